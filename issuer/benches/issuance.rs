@@ -5,6 +5,8 @@
 //!
 //! `cargo bench -p lanyard-issuer` prints both rates and the ratio.
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;

@@ -5,7 +5,7 @@
 //! root-ca / intermediate-ca` makes for a Linkerd install, so anchors and
 //! issuers move freely between Lanyard, `step` and `openssl`.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -43,12 +43,14 @@ pub struct Validity {
 
 /// The validity of a certificate signed at `now` for `lifetime`, never
 /// outliving `issuer_not_after`. Pure: the whole clamping rule lives here.
+/// Times are cut to whole seconds, as a certificate holds them.
 pub fn validity_within(
     now: DateTime<Utc>,
     backdate: TimeDelta,
     lifetime: TimeDelta,
     issuer_not_after: DateTime<Utc>,
 ) -> Validity {
+    let now = now.trunc_subsecs(0);
     let requested = now + lifetime;
     let not_after = requested.min(issuer_not_after);
     Validity {
