@@ -490,4 +490,21 @@ mod tests {
             assert_eq!(v.clamped_from, want_clamp, "{name}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn a_leaf_never_outlives_its_issuer_nor_its_requested_lifetime(
+            now_s in 0i64..4_000_000_000,
+            lifetime_s in 1i64..100_000_000,
+            issuer_left_s in -1_000_000i64..100_000_000,
+        ) {
+            let now = DateTime::from_timestamp(now_s, 0).unwrap();
+            let issuer_end = now + TimeDelta::seconds(issuer_left_s);
+            let v = validity_within(now, LEAF_BACKDATE, TimeDelta::seconds(lifetime_s), issuer_end);
+            proptest::prop_assert!(v.not_after <= issuer_end);
+            proptest::prop_assert!(v.not_after <= now + TimeDelta::seconds(lifetime_s));
+            proptest::prop_assert_eq!(v.not_before, now - LEAF_BACKDATE);
+            proptest::prop_assert_eq!(v.clamped_from.is_some(), issuer_end < now + TimeDelta::seconds(lifetime_s));
+        }
+    }
 }
