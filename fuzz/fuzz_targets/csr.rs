@@ -1,6 +1,7 @@
 //! CSR validation is the first thing outside bytes reach: it must return a
 //! typed error for anything, never panic.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use std::sync::OnceLock;
 

@@ -1,5 +1,6 @@
 //! Imported anchors, issuers and keys come from files users hand over.
 #![no_main]
+#![forbid(unsafe_code)]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = lanyard_issuer::SigningKey::from_pem(data, "fuzz");
