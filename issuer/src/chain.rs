@@ -62,6 +62,9 @@ pub enum ChainError {
         /// CAs below it on the path.
         found: usize,
     },
+    /// No certificate was given to verify.
+    #[error("no certificate was given to verify")]
+    Empty,
     /// The path is longer than Lanyard follows.
     #[error("the chain from `{subject}` is longer than {MAX_PATH} certificates")]
     TooLong {
@@ -81,9 +84,7 @@ pub fn verify_chain<'a>(
     now: DateTime<Utc>,
 ) -> Result<Vec<&'a Certificate>, ChainError> {
     let Some(first) = chain.first() else {
-        return Err(ChainError::TooLong {
-            subject: String::new(),
-        });
+        return Err(ChainError::Empty);
     };
     check_time(first, now)?;
     if anchors.iter().any(|a| a.der() == first.der()) {

@@ -223,6 +223,7 @@ fn failures_name_what_broke() {
             |e| matches!(e, ChainError::NoIssuer { hint, .. } if hint.contains("did not make the signature")),
         ),
     ];
+    assert_eq!(verify_chain(&[], &anchors, now), Err(ChainError::Empty));
     for (name, chain, check) in cases {
         let err = verify_chain(&chain, &anchors, now).expect_err(name);
         assert!(check(&err), "{name}: {err:?}");
