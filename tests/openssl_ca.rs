@@ -628,3 +628,52 @@ fn an_expired_issuer_made_by_openssl_ca_is_refused() {
     .failure_saying("expired");
     assert!(!s.exists("web.crt"));
 }
+
+#[test]
+fn encrypted_issuer_keys_are_refused_with_a_way_out() {
+    let s = Scratch::new();
+    openssl_pki(&s, "pki", |s, out| {
+        s.openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            out,
+        ])
+        .success();
+    });
+    let plain = s.read("pki/issuer.key");
+    let encryptions: [&[&str]; 2] = [
+        // Legacy PEM encryption keeps the `EC PRIVATE KEY` label.
+        &[
+            "ec",
+            "-in",
+            "pki/plain.key",
+            "-aes256",
+            "-passout",
+            "pass:secret",
+            "-out",
+            "pki/issuer.key",
+        ],
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "pki/plain.key",
+            "-v2",
+            "aes256",
+            "-passout",
+            "pass:secret",
+            "-out",
+            "pki/issuer.key",
+        ],
+    ];
+    for args in encryptions {
+        s.write("pki/plain.key", &plain);
+        s.openssl(args).success();
+        s.lanyard(&["ca", "check", "--ca-dir", "pki"])
+            .failure_saying("the private key is encrypted");
+    }
+}

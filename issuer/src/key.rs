@@ -166,6 +166,17 @@ impl SigningKey {
         if keys.next().is_some() {
             return Err(bad("more than one private key in the file".into()));
         }
+        // Legacy OpenSSL encryption (`Proc-Type: 4,ENCRYPTED`), as `step`
+        // and `openssl ec -aes256` write it, keeps the SEC1/PKCS#1 label.
+        let legacy_encrypted = block
+            .headers()
+            .get("Proc-Type")
+            .is_some_and(|v| v.contains("ENCRYPTED"));
+        if legacy_encrypted {
+            return Err(Error::EncryptedKey {
+                what: what.to_string(),
+            });
+        }
         let pkcs8: Zeroizing<Vec<u8>> = match block.tag() {
             "PRIVATE KEY" => Zeroizing::new(block.contents().to_vec()),
             "EC PRIVATE KEY" => sec1_to_pkcs8(block.contents()).map_err(bad)?,
@@ -411,6 +422,13 @@ mod tests {
         let encrypted = pem::encode(&pem::Pem::new("ENCRYPTED PRIVATE KEY", vec![1, 2, 3]));
         assert!(matches!(
             SigningKey::from_pem(encrypted.as_bytes(), "k"),
+            Err(Error::EncryptedKey { .. })
+        ));
+        let legacy = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                      DEK-Info: AES-256-CBC,00112233445566778899AABBCCDDEEFF\n\nAQID\n\
+                      -----END EC PRIVATE KEY-----\n";
+        assert!(matches!(
+            SigningKey::from_pem(legacy.as_bytes(), "k"),
             Err(Error::EncryptedKey { .. })
         ));
         let cert = pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3]));

@@ -75,7 +75,7 @@ pub enum Error {
     },
     /// The key is encrypted; Lanyard reads only plaintext keys.
     #[error(
-        "{what}: the private key is encrypted; decrypt it first (`openssl pkey -in KEY -out KEY.plain`)"
+        "{what}: the private key is encrypted; Lanyard reads plaintext keys only (decrypt with `openssl pkey -in KEY -out PLAIN`, or make it with `step ... --no-password --insecure`)"
     )]
     EncryptedKey {
         /// The source.
