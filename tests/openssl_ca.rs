@@ -27,6 +27,36 @@ fn openssl_csr(s: &Scratch, name: &str, newkey: &[&str], extra: &[&str]) {
     s.openssl(&args).success();
 }
 
+/// `lanyard ca issue` with a key made by Lanyard, written to `key`.
+fn issue_new_key(s: &Scratch, ca_dir: &str, key: &str, out: &str) -> support::Ran {
+    s.lanyard(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        ca_dir,
+        "--identity",
+        WEB,
+        "--key-out",
+        key,
+        "--out",
+        out,
+    ])
+}
+
+/// A SEC1 `EC PRIVATE KEY`, as `openssl ecparam -genkey -noout` writes it.
+fn sec1_key(s: &Scratch, out: &str) {
+    s.openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        out,
+    ])
+    .success();
+}
+
 fn issue_csr(s: &Scratch, csr: &str, out: &str) -> support::Ran {
     s.lanyard(&[
         "ca",
@@ -66,19 +96,7 @@ fn openssl_verifies_the_issuer_and_a_leaf_made_with_a_fresh_key() {
         .openssl(&["verify", "-CAfile", "certs/ca.crt", "certs/issuer.crt"])
         .success();
     assert!(ran.stdout.contains("certs/issuer.crt: OK"));
-    s.lanyard(&[
-        "ca",
-        "issue",
-        "--ca-dir",
-        "certs",
-        "--identity",
-        WEB,
-        "--key-out",
-        "web.key",
-        "--out",
-        "web.crt",
-    ])
-    .success();
+    issue_new_key(&s, "certs", "web.key", "web.crt").success();
     openssl_verifies_leaf(&s, "web.crt", "certs");
     // The key is the leaf's: openssl derives the same public key from both.
     let from_key = s
@@ -119,19 +137,7 @@ fn openssl_shows_the_profiles_linkerd_expects() {
     ] {
         assert!(issuer.contains(want), "issuer lacks `{want}`:\n{issuer}");
     }
-    s.lanyard(&[
-        "ca",
-        "issue",
-        "--ca-dir",
-        "certs",
-        "--identity",
-        WEB,
-        "--key-out",
-        "web.key",
-        "--out",
-        "web.crt",
-    ])
-    .success();
+    issue_new_key(&s, "certs", "web.key", "web.crt").success();
     let leaf = s.x509_text(&s.split_chain("web.crt")[0]);
     for want in [
         &format!("DNS:{WEB}") as &str,
@@ -355,22 +361,7 @@ fn anchors_and_issuers_made_by_openssl_import_with_sec1_and_pkcs8_keys() {
     let s = Scratch::new();
     type Keygen = fn(&Scratch, &str);
     let keygens: [(&str, Keygen, &str); 3] = [
-        (
-            "sec1",
-            |s, out| {
-                s.openssl(&[
-                    "ecparam",
-                    "-name",
-                    "prime256v1",
-                    "-genkey",
-                    "-noout",
-                    "-out",
-                    out,
-                ])
-                .success();
-            },
-            "BEGIN EC PRIVATE KEY",
-        ),
+        ("sec1", sec1_key, "BEGIN EC PRIVATE KEY"),
         (
             "sec1-with-params",
             |s, out| {
@@ -409,19 +400,7 @@ fn anchors_and_issuers_made_by_openssl_import_with_sec1_and_pkcs8_keys() {
             check.stdout
         );
         let out = format!("{dir}.crt");
-        s.lanyard(&[
-            "ca",
-            "issue",
-            "--ca-dir",
-            dir,
-            "--identity",
-            WEB,
-            "--key-out",
-            &format!("{dir}.key"),
-            "--out",
-            &out,
-        ])
-        .success();
+        issue_new_key(&s, dir, &format!("{dir}.key"), &out).success();
         openssl_verifies_leaf(&s, &out, dir);
     }
 }
@@ -434,19 +413,7 @@ fn a_key_that_does_not_match_its_certificate_is_refused() {
     let ran = s.lanyard(&["ca", "check", "--ca-dir", "certs"]);
     assert_eq!(ran.code, Some(1));
     ran.failure_saying("the identity issuer key does not match its certificate");
-    s.lanyard(&[
-        "ca",
-        "issue",
-        "--ca-dir",
-        "certs",
-        "--identity",
-        WEB,
-        "--key-out",
-        "web.key",
-        "--out",
-        "web.crt",
-    ])
-    .failure_saying("does not match");
+    issue_new_key(&s, "certs", "web.key", "web.crt").failure_saying("does not match");
     assert!(
         !s.exists("web.crt") && !s.exists("web.key"),
         "nothing is written"
@@ -528,19 +495,7 @@ fn init_refuses_to_overwrite_without_force_and_writes_keys_0600() {
 #[test]
 fn inspect_explains_a_chain_and_says_whether_it_verifies() {
     let s = initialised();
-    s.lanyard(&[
-        "ca",
-        "issue",
-        "--ca-dir",
-        "certs",
-        "--identity",
-        WEB,
-        "--key-out",
-        "web.key",
-        "--out",
-        "web.crt",
-    ])
-    .success();
+    issue_new_key(&s, "certs", "web.key", "web.crt").success();
     let ran = s
         .lanyard(&["ca", "inspect", "web.crt", "--ca", "certs/ca.crt"])
         .success();
@@ -565,18 +520,7 @@ fn inspect_explains_a_chain_and_says_whether_it_verifies() {
 #[test]
 fn an_expired_issuer_made_by_openssl_ca_is_refused() {
     let s = Scratch::new();
-    openssl_pki(&s, "pki", |s, out| {
-        s.openssl(&[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            out,
-        ])
-        .success();
-    });
+    openssl_pki(&s, "pki", sec1_key);
     // Re-sign the issuer with explicit dates in the past.
     s.write("pki/index.txt", "");
     s.write("pki/serial", "1000\n");
@@ -613,37 +557,14 @@ fn an_expired_issuer_made_by_openssl_ca_is_refused() {
         .failure_saying(
             "the identity issuer `CN=identity.linkerd.cluster.local` expired at 2020-02-01",
         );
-    s.lanyard(&[
-        "ca",
-        "issue",
-        "--ca-dir",
-        "pki",
-        "--identity",
-        WEB,
-        "--key-out",
-        "web.key",
-        "--out",
-        "web.crt",
-    ])
-    .failure_saying("expired");
+    issue_new_key(&s, "pki", "web.key", "web.crt").failure_saying("expired");
     assert!(!s.exists("web.crt"));
 }
 
 #[test]
 fn encrypted_issuer_keys_are_refused_with_a_way_out() {
     let s = Scratch::new();
-    openssl_pki(&s, "pki", |s, out| {
-        s.openssl(&[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            out,
-        ])
-        .success();
-    });
+    openssl_pki(&s, "pki", sec1_key);
     let plain = s.read("pki/issuer.key");
     let encryptions: [&[&str]; 2] = [
         // Legacy PEM encryption keeps the `EC PRIVATE KEY` label.
