@@ -87,8 +87,9 @@ fn leaf(signer: &Ca) -> Certificate {
     Certificate::from_der(cert.der(), "leaf").unwrap()
 }
 
-#[test]
-fn a_leaf_chains_through_its_issuer_to_the_anchor() {
+/// A root with path length 1 over an intermediate with path length 0, the
+/// shape of a Linkerd anchor and issuer.
+fn linkerd_shaped() -> (Ca, Ca) {
     let root = make(Spec {
         path_len: Some(1),
         ..Spec::named("root")
@@ -98,6 +99,12 @@ fn a_leaf_chains_through_its_issuer_to_the_anchor() {
         signer: Some(&root),
         ..Spec::named("mid")
     });
+    (root, mid)
+}
+
+#[test]
+fn a_leaf_chains_through_its_issuer_to_the_anchor() {
+    let (root, mid) = linkerd_shaped();
     let anchors = [root.cert.clone()];
     let chain = [leaf(&mid), mid.cert.clone()];
     let path = verify_chain(&chain, &anchors, t(NOW)).unwrap();
@@ -108,15 +115,7 @@ fn a_leaf_chains_through_its_issuer_to_the_anchor() {
 
 #[test]
 fn an_issuer_verifies_on_its_own_and_an_anchor_verifies_as_itself() {
-    let root = make(Spec {
-        path_len: Some(1),
-        ..Spec::named("root")
-    });
-    let mid = make(Spec {
-        path_len: Some(0),
-        signer: Some(&root),
-        ..Spec::named("mid")
-    });
+    let (root, mid) = linkerd_shaped();
     let anchors = [root.cert.clone()];
     assert_eq!(
         verify_chain(std::slice::from_ref(&mid.cert), &anchors, t(NOW))
