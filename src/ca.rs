@@ -45,8 +45,15 @@ pub struct InitArgs {
     #[arg(long, default_value = "linkerd")]
     control_plane_namespace: String,
     /// Trust anchor lifetime, Go duration syntax.
-    #[arg(long, default_value = "87600h")]
+    #[arg(long, default_value = "87600h", conflicts_with = "anchor_cert")]
     anchor_lifetime: GoDuration,
+    /// Keep this existing trust anchor (PEM, made by Lanyard, step or
+    /// openssl) and make only a new identity issuer under it.
+    #[arg(long, requires = "anchor_key")]
+    anchor_cert: Option<PathBuf>,
+    /// The existing trust anchor's private key (PKCS#8, SEC1 or PKCS#1 PEM).
+    #[arg(long, requires = "anchor_cert")]
+    anchor_key: Option<PathBuf>,
     /// Identity issuer lifetime; clamped to the anchor's.
     #[arg(long, default_value = "8760h")]
     issuer_lifetime: GoDuration,
@@ -182,7 +189,10 @@ fn init(args: InitArgs, now: DateTime<Utc>) -> Result<ExitCode, CliError> {
             }
         }
     }
-    let anchor = TrustAnchor::generate(&domain, lifetime(args.anchor_lifetime)?, algorithm, now)?;
+    let anchor = match (&args.anchor_cert, &args.anchor_key) {
+        (Some(cert), Some(key)) => import_anchor(cert, key, now)?,
+        _ => TrustAnchor::generate(&domain, lifetime(args.anchor_lifetime)?, algorithm, now)?,
+    };
     let (issuer, validity) =
         anchor.issue_identity_issuer(&domain, lifetime(args.issuer_lifetime)?, algorithm, now)?;
     std::fs::create_dir_all(&args.out).map_err(|source| CliError::Read {
@@ -221,10 +231,15 @@ fn init(args: InitArgs, now: DateTime<Utc>) -> Result<ExitCode, CliError> {
         );
     }
     println!(
-        "trust anchor     {}  {}  (valid until {})",
+        "trust anchor     {}  {}  (valid until {}{})",
         display(&files.anchor_crt),
         anchor.certificate().subject(),
-        anchor.certificate().not_after().to_rfc3339()
+        anchor.certificate().not_after().to_rfc3339(),
+        if args.anchor_cert.is_some() {
+            "; the existing anchor, kept"
+        } else {
+            ""
+        }
     );
     println!("trust anchor key {}  (0600)", display(&files.anchor_key));
     println!(
@@ -236,6 +251,20 @@ fn init(args: InitArgs, now: DateTime<Utc>) -> Result<ExitCode, CliError> {
     println!("issuer key       {}  (0600)", display(&files.issuer_key));
     println!("identity domain  {}", issuer.domain());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads an existing anchor and its key, validated as `ca check` does.
+fn import_anchor(cert: &Path, key: &Path, now: DateTime<Utc>) -> Result<TrustAnchor, CliError> {
+    let mut certs = read_certs(cert)?;
+    if certs.len() != 1 {
+        return Err(CliError::Usage(format!(
+            "{} holds {} certificates; --anchor-cert takes exactly one, the anchor to sign with",
+            display(cert),
+            certs.len()
+        )));
+    }
+    let key = SigningKey::from_pem(&read(key)?, &display(key))?;
+    Ok(TrustAnchor::new(certs.remove(0), key, now)?)
 }
 
 fn issue(args: IssueArgs, now: DateTime<Utc>) -> Result<ExitCode, CliError> {

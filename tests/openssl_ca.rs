@@ -598,3 +598,50 @@ fn encrypted_issuer_keys_are_refused_with_a_way_out() {
             .failure_saying("the private key is encrypted");
     }
 }
+
+#[test]
+fn init_can_keep_an_existing_anchor_and_make_only_a_new_issuer() {
+    let s = Scratch::new();
+    openssl_pki(&s, "old", sec1_key);
+    s.ca_init(
+        "new",
+        &["--anchor-cert", "old/ca.crt", "--anchor-key", "old/ca.key"],
+    )
+    .success();
+    assert_eq!(
+        s.read("new/ca.crt"),
+        s.read("old/ca.crt"),
+        "the anchor is kept"
+    );
+    s.openssl(&["verify", "-CAfile", "old/ca.crt", "new/issuer.crt"])
+        .success();
+    issue_new_key(&s, "new", "web.key", "web.crt").success();
+    openssl_verifies_leaf(&s, "web.crt", "new");
+
+    // The wrong key for the anchor: refused, and nothing is written.
+    s.ca_init("other", &[]).success();
+    s.ca_init(
+        "bad",
+        &[
+            "--anchor-cert",
+            "old/ca.crt",
+            "--anchor-key",
+            "other/ca.key",
+        ],
+    )
+    .failure_saying("the trust anchor key does not match its certificate");
+    assert!(!s.exists("bad/ca.crt") && !s.exists("bad/issuer.key"));
+
+    // An issuer is not an anchor to sign with.
+    s.ca_init(
+        "bad",
+        &[
+            "--anchor-cert",
+            "old/issuer.crt",
+            "--anchor-key",
+            "old/issuer.key",
+        ],
+    )
+    .failure_saying("has pathlen:0, so it cannot sign an identity issuer");
+    assert!(!s.exists("bad/ca.crt"));
+}

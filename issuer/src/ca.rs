@@ -116,6 +116,12 @@ impl TrustAnchor {
     ) -> Result<(IdentityIssuer, Validity), Error> {
         check_lifetime("identity issuer", lifetime)?;
         check_ca(Role::TrustAnchor, &self.cert, now)?;
+        if self.cert.ca().and_then(|c| c.path_len) == Some(0) {
+            return Err(Error::PathLenTooShort {
+                role: Role::TrustAnchor,
+                subject: self.cert.subject().to_string(),
+            });
+        }
         let validity = validity_within(now, TimeDelta::zero(), lifetime, self.cert.not_after());
         let key = SigningKey::generate(algorithm)?;
         let mut params = ca_params(&domain.to_string(), 0)?;

@@ -129,6 +129,16 @@ pub enum Error {
         /// What is missing.
         reason: String,
     },
+    /// An anchor whose path length leaves no room for an issuer below it.
+    #[error(
+        "the {role} `{subject}` has pathlen:0, so it cannot sign an identity issuer (is this the issuer rather than the anchor?)"
+    )]
+    PathLenTooShort {
+        /// Which certificate.
+        role: Role,
+        /// Its subject.
+        subject: String,
+    },
     /// A CA certificate has expired.
     #[error("the {role} `{subject}` expired at {not_after}")]
     Expired {
