@@ -553,3 +553,28 @@ fn the_identity_domain_is_read_from_the_issuer_name() {
         "{err}"
     );
 }
+
+#[test]
+fn an_issuer_passed_off_as_an_anchor_cannot_sign_another_issuer() {
+    let (_, issuer) = pki();
+    let key = SigningKey::from_pem(issuer.key().to_pkcs8_pem().as_bytes(), "issuer.key").unwrap();
+    let fake_anchor = TrustAnchor::new(issuer.certificate().clone(), key, t(NOW)).unwrap();
+    let err = fake_anchor
+        .issue_identity_issuer(
+            &domain(),
+            TimeDelta::hours(1),
+            KeyAlgorithm::EcdsaP256,
+            t(NOW),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PathLenTooShort {
+                role: Role::TrustAnchor,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
