@@ -419,3 +419,24 @@ mod tests {
         }
     }
 }
+
+/// In a CRD schema a duration is a string in Go's syntax, checked by a
+/// pattern so the API server refuses `1 year` before the controller sees it.
+#[cfg(feature = "api")]
+impl schemars::JsonSchema for GoDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "GoDuration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": 64,
+            "pattern": "^([0-9]+(\\.[0-9]+)?(ns|us|\u{b5}s|\u{3bc}s|ms|s|m|h))+$",
+        })
+    }
+}

@@ -1,9 +1,13 @@
-//! The shared vocabulary of the Lanyard workspace: Go-style durations as
-//! Linkerd and cert-manager users write them, workload identity names, and
-//! the injected clock. The Kubernetes API types join it later.
+//! The shared vocabulary of the Lanyard workspace: the Kubernetes API types
+//! (behind the default `api` feature, so the proxy can do without kube),
+//! Go-style durations as Linkerd and cert-manager users write them, key
+//! usages, workload identity names, and the injected clock.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod duration;
 pub mod identity;
 pub mod time;
+pub mod usage;
