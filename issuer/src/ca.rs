@@ -377,7 +377,7 @@ fn ca_params(common_name: &str, path_len: u8) -> Result<CertificateParams, Error
 /// 16 random bytes with the top bit clear (a positive INTEGER) and the next
 /// bit set (so DER keeps all 16 bytes): 126 bits of entropy, well above the
 /// 64 the CA/Browser Forum asks for.
-fn random_serial() -> Result<SerialNumber, Error> {
+pub(crate) fn random_serial() -> Result<SerialNumber, Error> {
     let mut bytes = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
@@ -386,7 +386,7 @@ fn random_serial() -> Result<SerialNumber, Error> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn check_lifetime(what: &'static str, lifetime: TimeDelta) -> Result<(), Error> {
+pub(crate) fn check_lifetime(what: &'static str, lifetime: TimeDelta) -> Result<(), Error> {
     if lifetime <= TimeDelta::zero() {
         return Err(Error::BadLifetime {
             what,
@@ -396,7 +396,7 @@ fn check_lifetime(what: &'static str, lifetime: TimeDelta) -> Result<(), Error> 
     Ok(())
 }
 
-fn check_time(role: Role, cert: &Certificate, now: DateTime<Utc>) -> Result<(), Error> {
+pub(crate) fn check_time(role: Role, cert: &Certificate, now: DateTime<Utc>) -> Result<(), Error> {
     if now < cert.not_before() {
         return Err(Error::NotYetValid {
             role,
@@ -414,7 +414,7 @@ fn check_time(role: Role, cert: &Certificate, now: DateTime<Utc>) -> Result<(), 
     Ok(())
 }
 
-fn check_ca(role: Role, cert: &Certificate, now: DateTime<Utc>) -> Result<(), Error> {
+pub(crate) fn check_ca(role: Role, cert: &Certificate, now: DateTime<Utc>) -> Result<(), Error> {
     match cert.ca() {
         Some(ca) if ca.may_sign_certificates => {}
         Some(_) => {
@@ -435,7 +435,11 @@ fn check_ca(role: Role, cert: &Certificate, now: DateTime<Utc>) -> Result<(), Er
     check_time(role, cert, now)
 }
 
-fn check_key_matches(role: Role, cert: &Certificate, key: &SigningKey) -> Result<(), Error> {
+pub(crate) fn check_key_matches(
+    role: Role,
+    cert: &Certificate,
+    key: &SigningKey,
+) -> Result<(), Error> {
     if !key.matches_public_key(cert.public_key_raw()) {
         return Err(Error::KeyMismatch {
             role,

@@ -207,7 +207,76 @@ impl Certificate {
         hex_colon(digest.as_ref())
     }
 
-    /// Parses the DER again for the details only `inspect` needs.
+    /// The SANs and usages the certificate carries, in the vocabulary of
+    /// a `Certificate` spec, for comparing what was issued with what is
+    /// asked for now. Usages are canonical, sorted and deduplicated.
+    pub fn profile(&self) -> CertificateProfile {
+        use lanyard_crds::usage::KeyUsage as U;
+        use x509_parser::extensions::{GeneralName, ParsedExtension};
+        let mut profile = CertificateProfile::default();
+        let x509 = self.x509();
+        for ext in x509.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    for name in &san.general_names {
+                        match name {
+                            GeneralName::DNSName(dns) => profile.dns_names.push(dns.to_string()),
+                            GeneralName::URI(uri) => profile.uris.push(uri.to_string()),
+                            _ => {}
+                        }
+                    }
+                }
+                ParsedExtension::KeyUsage(ku) => {
+                    for (set, usage) in [
+                        (ku.digital_signature(), U::DigitalSignature),
+                        (ku.non_repudiation(), U::ContentCommitment),
+                        (ku.key_encipherment(), U::KeyEncipherment),
+                        (ku.data_encipherment(), U::DataEncipherment),
+                        (ku.key_agreement(), U::KeyAgreement),
+                        (ku.key_cert_sign(), U::CertSign),
+                        (ku.crl_sign(), U::CrlSign),
+                        (ku.encipher_only(), U::EncipherOnly),
+                        (ku.decipher_only(), U::DecipherOnly),
+                    ] {
+                        if set {
+                            profile.usages.push(usage);
+                        }
+                    }
+                }
+                ParsedExtension::ExtendedKeyUsage(eku) => {
+                    for (set, usage) in [
+                        (eku.any, U::Any),
+                        (eku.server_auth, U::ServerAuth),
+                        (eku.client_auth, U::ClientAuth),
+                        (eku.code_signing, U::CodeSigning),
+                        (eku.email_protection, U::EmailProtection),
+                        (eku.time_stamping, U::Timestamping),
+                        (eku.ocsp_signing, U::OcspSigning),
+                    ] {
+                        if set {
+                            profile.usages.push(usage);
+                        }
+                    }
+                    for oid in &eku.other {
+                        match oid.to_id_string().as_str() {
+                            "1.3.6.1.5.5.7.3.5" => profile.usages.push(U::IpsecEndSystem),
+                            "1.3.6.1.5.5.7.3.6" => profile.usages.push(U::IpsecTunnel),
+                            "1.3.6.1.5.5.7.3.7" => profile.usages.push(U::IpsecUser),
+                            "1.3.6.1.4.1.311.10.3.3" => profile.usages.push(U::MicrosoftSgc),
+                            "2.16.840.1.113730.4.1" => profile.usages.push(U::NetscapeSgc),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        profile.usages.sort();
+        profile.usages.dedup();
+        profile
+    }
+
+    /// Parses the DER again for the details kept out of this struct.
     pub(crate) fn x509(&self) -> X509Certificate<'_> {
         X509Certificate::from_der(&self.der)
             .map(|(_, c)| c)
@@ -255,4 +324,15 @@ pub(crate) fn chrono_to_offset(t: DateTime<Utc>) -> Result<time::OffsetDateTime,
     time::OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|_| Error::TimeOutOfRange {
         time: t.to_rfc3339(),
     })
+}
+
+/// What a certificate was issued for: its SANs and usages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateProfile {
+    /// DNS SANs, in certificate order.
+    pub dns_names: Vec<String>,
+    /// URI SANs, in certificate order.
+    pub uris: Vec<String>,
+    /// Key usages and extended key usages, canonical and sorted.
+    pub usages: Vec<lanyard_crds::usage::KeyUsage>,
 }

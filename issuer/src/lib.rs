@@ -18,6 +18,7 @@ mod csr;
 pub mod files;
 mod inspect;
 mod key;
+mod sign;
 
 use std::path::PathBuf;
 
@@ -27,11 +28,12 @@ pub use ca::{
     DEFAULT_ANCHOR_LIFETIME, DEFAULT_ISSUER_LIFETIME, DEFAULT_LEAF_LIFETIME, IdentityIssuer,
     IssuedLeaf, LEAF_BACKDATE, TrustAnchor, Validity, validity_within,
 };
-pub use cert::{CaConstraints, Certificate};
+pub use cert::{CaConstraints, Certificate, CertificateProfile};
 pub use chain::{ChainError, verify_chain};
 pub use csr::{CsrError, ValidatedCsr, csr_der_from_pem, validate_csr};
 pub use inspect::{CertificateReport, describe};
 pub use key::{KeyAlgorithm, MAX_RSA_BITS, MIN_RSA_BITS, SigningKey};
+pub use sign::{CertificateTemplate, SignedCertificate, SigningCa, self_signed};
 
 /// Which CA certificate an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub enum Role {
     TrustAnchor,
     /// The intermediate that signs workloads (`issuer.crt`).
     IdentityIssuer,
+    /// The CA of a CA issuer (`tls.crt` of its Secret).
+    SigningCa,
 }
 
 impl std::fmt::Display for Role {
@@ -48,6 +52,7 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::TrustAnchor => "trust anchor",
             Role::IdentityIssuer => "identity issuer",
+            Role::SigningCa => "signing CA",
         })
     }
 }
@@ -158,6 +163,18 @@ pub enum Error {
         subject: String,
         /// When it starts.
         not_before: DateTime<Utc>,
+    },
+    /// A CA given with no certificate.
+    #[error("the {role} has no certificate")]
+    EmptyChain {
+        /// Which CA.
+        role: Role,
+    },
+    /// A certificate template that cannot be encoded.
+    #[error("cannot make the certificate: {reason}")]
+    BadTemplate {
+        /// What was wrong.
+        reason: String,
     },
     /// The anchor file holds no certificate.
     #[error("no trust anchor was given")]
