@@ -1,0 +1,291 @@
+//! The reconcile core both shells share: given a Certificate, its Secret,
+//! its issuer (or why the issuer cannot sign) and `now`, decide, issue if
+//! due, and return the new status, the Secret to write (if any) and when to
+//! look again. No I/O; the shells gather inputs and write outputs.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use lanyard_crds::api::{Certificate, CertificateStatus, Condition, IssuerKind, set_condition};
+
+use crate::issuing::{IssuerError, IssuerMaterial, issue};
+use crate::planner::{
+    CurrentCertificate, Failures, IssueReason, IssuerView, Plan, PlanInput, backoff, plan,
+};
+use crate::secret::SecretData;
+
+/// The issuer a Certificate names, as the shell found it.
+#[derive(Debug)]
+pub struct ResolvedIssuer<'a> {
+    /// Issuer or ClusterIssuer.
+    pub kind: IssuerKind,
+    /// Its name.
+    pub name: &'a str,
+    /// Its signing material, or why there is none.
+    pub material: Result<&'a IssuerMaterial, &'a IssuerError>,
+}
+
+/// What happened in one reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A certificate was issued.
+    Issued(IssueReason),
+    /// Nothing was due.
+    UpToDate,
+    /// Issuance is due, but failures are backing it off.
+    BackingOff(IssueReason),
+    /// The attempt failed with this CamelCase reason and message.
+    Failed {
+        /// CamelCase reason (`InvalidSpec`, `IssuerNotFound`, ...).
+        reason: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The result of one reconcile.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The status to record (unchanged when nothing happened).
+    pub status: CertificateStatus,
+    /// The Secret to write, when a certificate was issued.
+    pub secret: Option<SecretData>,
+    /// When to look again if nothing else changes: the renewal time, or
+    /// the end of the backoff after a failure.
+    pub requeue_at: DateTime<Utc>,
+    /// What happened.
+    pub event: Event,
+}
+
+const READY: &str = "Ready";
+const ISSUING: &str = "Issuing";
+
+/// Reconciles one Certificate.
+pub fn reconcile(
+    certificate: &Certificate,
+    secret: Option<&SecretData>,
+    issuer: ResolvedIssuer<'_>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let now = now.trunc_subsecs(0);
+    let generation = certificate.metadata.generation;
+    let name = certificate.metadata.name.as_deref().unwrap_or_default();
+    let status = certificate.status.clone().unwrap_or_default();
+    let failures = failures_for(&status, generation);
+
+    if let Err(invalid) = certificate.spec.validate() {
+        return failed(
+            status,
+            generation,
+            failures,
+            now,
+            "InvalidSpec",
+            invalid.to_string(),
+            false,
+        );
+    }
+    let material = match issuer.material {
+        Ok(material) => material,
+        Err(error) => {
+            // Whether what is in the Secret can still be used is for the
+            // planner to say, but it needs a CA to say it; without one, a
+            // certificate that is present and unexpired stays Ready.
+            let usable = secret_is_unexpired(secret, now);
+            return failed(
+                status,
+                generation,
+                failures,
+                now,
+                error.reason(),
+                error.to_string(),
+                usable,
+            );
+        }
+    };
+    let decision = plan(PlanInput {
+        spec: &certificate.spec,
+        secret,
+        issuer: IssuerView {
+            name: issuer.name,
+            kind: issuer.kind,
+            ca: material.ca(),
+        },
+        failures,
+        now,
+    });
+    match decision {
+        Plan::Wait { current } => Outcome {
+            status: ready(status, generation, current, now),
+            secret: None,
+            requeue_at: current.renewal_time,
+            event: Event::UpToDate,
+        },
+        Plan::BackOff { reason, until, .. } => Outcome {
+            status,
+            secret: None,
+            requeue_at: until,
+            event: Event::BackingOff(reason),
+        },
+        Plan::Issue {
+            reason, message, ..
+        } => match issue(
+            name,
+            &certificate.spec,
+            issuer.name,
+            issuer.kind,
+            material,
+            secret,
+            now,
+        ) {
+            Ok(issued) => {
+                let mut status = ready(status, generation, issued.certificate, now);
+                status.revision = Some(status.revision.unwrap_or(0) + 1);
+                set_condition(
+                    &mut status.conditions,
+                    condition(
+                        ISSUING,
+                        false,
+                        "Issued",
+                        format!("issued because {reason}: {message}"),
+                        generation,
+                        now,
+                    ),
+                );
+                Outcome {
+                    requeue_at: issued.certificate.renewal_time,
+                    status,
+                    secret: Some(issued.secret),
+                    event: Event::Issued(reason),
+                }
+            }
+            Err(error) => failed(
+                status,
+                generation,
+                failures,
+                now,
+                "IssuanceFailed",
+                error.to_string(),
+                reason.current_still_usable(),
+            ),
+        },
+    }
+}
+
+/// Failures count only for the generation they happened at: editing the
+/// spec resets the backoff, as it does in cert-manager.
+fn failures_for(status: &CertificateStatus, generation: Option<i64>) -> Failures {
+    let same_generation = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ISSUING)
+        .is_none_or(|c| c.observed_generation == generation);
+    match (status.failed_issuance_attempts, same_generation) {
+        (Some(count), true) if count > 0 => Failures {
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+            last: status.last_failure_time,
+        },
+        _ => Failures::default(),
+    }
+}
+
+fn secret_is_unexpired(secret: Option<&SecretData>, now: DateTime<Utc>) -> bool {
+    secret
+        .and_then(|s| s.get(crate::secret::TLS_CRT))
+        .and_then(|pem| lanyard_issuer::Certificate::parse_pem_bundle(pem, "tls.crt").ok())
+        .is_some_and(|chain| chain[0].is_valid_at(now))
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        last_transition_time: Some(now),
+        observed_generation: generation,
+    }
+}
+
+fn ready(
+    mut status: CertificateStatus,
+    generation: Option<i64>,
+    current: CurrentCertificate,
+    now: DateTime<Utc>,
+) -> CertificateStatus {
+    set_condition(
+        &mut status.conditions,
+        condition(
+            READY,
+            true,
+            "Ready",
+            "Certificate is up to date and has not expired".to_string(),
+            generation,
+            now,
+        ),
+    );
+    if status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ISSUING && c.is_true())
+    {
+        set_condition(
+            &mut status.conditions,
+            condition(
+                ISSUING,
+                false,
+                "UpToDate",
+                "no issuance is due".to_string(),
+                generation,
+                now,
+            ),
+        );
+    }
+    status.not_before = Some(current.not_before);
+    status.not_after = Some(current.not_after);
+    status.renewal_time = Some(current.renewal_time);
+    status.failed_issuance_attempts = None;
+    status.last_failure_time = None;
+    status
+}
+
+fn failed(
+    mut status: CertificateStatus,
+    generation: Option<i64>,
+    failures: Failures,
+    now: DateTime<Utc>,
+    reason: &'static str,
+    message: String,
+    current_usable: bool,
+) -> Outcome {
+    let count = failures.count.saturating_add(1);
+    status.failed_issuance_attempts = Some(i64::from(count));
+    status.last_failure_time = Some(now);
+    let ready_condition = if current_usable {
+        condition(
+            READY,
+            true,
+            "Ready",
+            format!("the current certificate is valid, but renewing it failed: {message}"),
+            generation,
+            now,
+        )
+    } else {
+        condition(READY, false, reason, message.clone(), generation, now)
+    };
+    set_condition(&mut status.conditions, ready_condition);
+    set_condition(
+        &mut status.conditions,
+        condition(ISSUING, false, "Failed", message.clone(), generation, now),
+    );
+    Outcome {
+        status,
+        secret: None,
+        requeue_at: now + backoff(count),
+        event: Event::Failed { reason, message },
+    }
+}

@@ -1,0 +1,404 @@
+//! The renewal planner as tables with sentence names and an injected clock.
+
+mod support;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use lanyard_crds::api::{CertificateSpec, IssuerKind};
+use lanyard_crds::duration::GoDuration;
+use lanyard_crds::usage::{KeyUsage, PrivateKeyAlgorithm};
+use lanyard_rotator::issuing::IssuerMaterial;
+use lanyard_rotator::planner::{
+    Failures, IssueReason, IssuerView, Plan, PlanInput, backoff, plan, renewal_time,
+};
+use lanyard_rotator::reconcile::{Event, ResolvedIssuer, reconcile};
+use lanyard_rotator::secret::{SecretData, TLS_CRT, TLS_KEY};
+use support::*;
+
+fn plan_at(
+    spec: &CertificateSpec,
+    secret: Option<&SecretData>,
+    material: &IssuerMaterial,
+    issuer_name: &str,
+    now: DateTime<Utc>,
+) -> Plan {
+    plan(PlanInput {
+        spec,
+        secret,
+        issuer: IssuerView {
+            name: issuer_name,
+            kind: spec.issuer_ref.issuer_kind().unwrap(),
+            ca: material.ca(),
+        },
+        failures: Failures::default(),
+        now,
+    })
+}
+
+fn reason(plan: &Plan) -> Option<IssueReason> {
+    match plan {
+        Plan::Issue { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+struct Fixture {
+    anchor: IssuerMaterial,
+    identity: IssuerMaterial,
+    identity_secret: SecretData,
+}
+
+/// An anchor at t0, the Linkerd-shaped identity issuer it signs, and a CA
+/// issuer over the identity issuer's Secret.
+fn fixture() -> Fixture {
+    let anchor = ca_issuer(&anchor_secret("root.linkerd.cluster.local", t0()), t0());
+    let identity_secret = issued_secret(&identity_issuer_spec(), &anchor, t0());
+    let identity = ca_issuer(&identity_secret, t0());
+    Fixture {
+        anchor,
+        identity,
+        identity_secret,
+    }
+}
+
+#[test]
+fn renewal_time_table() {
+    let start = t0();
+    let cases: Vec<(&str, DateTime<Utc>, Option<TimeDelta>, DateTime<Utc>)> = vec![
+        (
+            "renews a 24h leaf at two thirds of its life, at 16h",
+            start + hours(24),
+            None,
+            start + hours(16),
+        ),
+        (
+            "renews the Linkerd guide's issuer 720h before its 8760h end",
+            start + hours(8760),
+            Some(hours(720)),
+            start + hours(8040),
+        ),
+        (
+            "falls back to two thirds when renewBefore exceeds a clamped lifetime",
+            start + hours(30),
+            Some(hours(720)),
+            start + hours(20),
+        ),
+        (
+            "ignores a zero renewBefore",
+            start + hours(3),
+            Some(TimeDelta::zero()),
+            start + hours(2),
+        ),
+    ];
+    for (name, not_after, before, expected) in cases {
+        let got = renewal_time(start, not_after, before);
+        assert_eq!(got, expected, "{name}");
+        assert!(got >= start, "{name}: never earlier than notBefore");
+    }
+}
+
+#[test]
+fn backoff_doubles_from_ten_seconds_and_caps_at_an_hour() {
+    let cases = [
+        ("no failure, no wait", 0, 0),
+        ("first failure waits 10s", 1, 10),
+        ("second failure waits 20s", 2, 20),
+        ("third failure waits 40s", 3, 40),
+        ("ninth failure waits 2560s", 9, 2560),
+        ("tenth failure is capped at an hour", 10, 3600),
+        ("a thousandth failure is still an hour", 1000, 3600),
+    ];
+    for (name, failures, seconds) in cases {
+        assert_eq!(backoff(failures), TimeDelta::seconds(seconds), "{name}");
+    }
+}
+
+#[test]
+fn a_24h_leaf_waits_until_16h_then_renews() {
+    let f = fixture();
+    let spec = leaf_spec("web");
+    let secret = issued_secret(&spec, &f.identity, t0());
+    let before = plan_at(
+        &spec,
+        Some(&secret),
+        &f.identity,
+        "identity",
+        t0() + hours(15),
+    );
+    let Plan::Wait { current } = before else {
+        panic!("expected to wait, got {before:?}")
+    };
+    assert_eq!(current.renewal_time, t0() + hours(16));
+    assert_eq!(current.not_after, t0() + hours(24));
+    let at = plan_at(
+        &spec,
+        Some(&secret),
+        &f.identity,
+        "identity",
+        t0() + hours(16),
+    );
+    assert_eq!(reason(&at), Some(IssueReason::Renewing));
+    let after = plan_at(
+        &spec,
+        Some(&secret),
+        &f.identity,
+        "identity",
+        t0() + hours(25),
+    );
+    assert_eq!(reason(&after), Some(IssueReason::Expired));
+}
+
+#[test]
+fn the_guides_issuer_renews_720h_before_its_end() {
+    let f = fixture();
+    let spec = identity_issuer_spec();
+    let name = "linkerd-trust-anchor";
+    let plan_then = |h| {
+        plan_at(
+            &spec,
+            Some(&f.identity_secret),
+            &f.anchor,
+            name,
+            t0() + hours(h),
+        )
+    };
+    let Plan::Wait { current } = plan_then(8039) else {
+        panic!("the issuer should wait until 8040h")
+    };
+    assert_eq!(current.renewal_time, t0() + hours(8040));
+    assert_eq!(reason(&plan_then(8040)), Some(IssueReason::Renewing));
+}
+
+#[test]
+fn issue_reasons_table() {
+    let f = fixture();
+    let spec = leaf_spec("web");
+    let good = issued_secret(&spec, &f.identity, t0());
+    let with = |edit: &dyn Fn(&mut SecretData)| {
+        let mut s = good.clone();
+        edit(&mut s);
+        s
+    };
+    let respec = |edit: &dyn Fn(&mut CertificateSpec)| {
+        let mut s = spec.clone();
+        edit(&mut s);
+        s
+    };
+    // A new identity issuer from the same anchor: the leaf no longer chains
+    // to the issuer's current CA.
+    let rotated = ca_issuer(
+        &issued_secret(&identity_issuer_spec(), &f.anchor, t0()),
+        t0(),
+    );
+    let other = issued_secret(&spec, &f.identity, t0());
+    let now = t0() + hours(1);
+
+    let cases: Vec<(
+        &str,
+        CertificateSpec,
+        Option<SecretData>,
+        &IssuerMaterial,
+        IssueReason,
+    )> = vec![
+        (
+            "issues when the Secret does not exist",
+            spec.clone(),
+            None,
+            &f.identity,
+            IssueReason::DoesNotExist,
+        ),
+        (
+            "issues when tls.key is missing",
+            spec.clone(),
+            Some(with(&|s| {
+                s.data.remove(TLS_KEY);
+            })),
+            &f.identity,
+            IssueReason::MissingData,
+        ),
+        (
+            "issues when tls.crt is empty",
+            spec.clone(),
+            Some(with(&|s| {
+                s.data.insert(TLS_CRT.into(), vec![]);
+            })),
+            &f.identity,
+            IssueReason::MissingData,
+        ),
+        (
+            "re-issues a Secret whose tls.crt is corrupt",
+            spec.clone(),
+            Some(with(&|s| {
+                s.data.insert(
+                    TLS_CRT.into(),
+                    b"-----BEGIN CERTIFICATE-----\ngarbage\n".to_vec(),
+                );
+            })),
+            &f.identity,
+            IssueReason::InvalidKeyPair,
+        ),
+        (
+            "re-issues when tls.key belongs to another certificate",
+            spec.clone(),
+            Some(with(&|s| {
+                s.data.insert(TLS_KEY.into(), other.data[TLS_KEY].clone());
+            })),
+            &f.identity,
+            IssueReason::InvalidKeyPair,
+        ),
+        (
+            "re-issues when dnsNames change",
+            respec(&|s| s.dns_names.push("web.example".into())),
+            Some(good.clone()),
+            &f.identity,
+            IssueReason::SpecChanged,
+        ),
+        (
+            "re-issues when usages change",
+            respec(&|s| s.usages = vec![KeyUsage::ServerAuth]),
+            Some(good.clone()),
+            &f.identity,
+            IssueReason::SpecChanged,
+        ),
+        (
+            "re-issues when the duration changes",
+            respec(&|s| s.duration = Some(GoDuration::from_hours(48))),
+            Some(good.clone()),
+            &f.identity,
+            IssueReason::SpecChanged,
+        ),
+        (
+            "re-issues when the key algorithm changes",
+            respec(&|s| {
+                s.private_key = Some(lanyard_crds::api::PrivateKeySpec {
+                    algorithm: Some(PrivateKeyAlgorithm::Ed25519),
+                    ..Default::default()
+                })
+            }),
+            Some(good.clone()),
+            &f.identity,
+            IssueReason::SpecChanged,
+        ),
+        (
+            "re-issues when isCA changes",
+            respec(&|s| s.is_ca = true),
+            Some(good.clone()),
+            &f.identity,
+            IssueReason::SpecChanged,
+        ),
+        (
+            "re-issues a leaf signed by the old issuer after the issuer rotates",
+            spec.clone(),
+            Some(good.clone()),
+            &rotated,
+            IssueReason::IssuerRotated,
+        ),
+    ];
+    for (name, spec, secret, material, expected) in cases {
+        let got = plan_at(&spec, secret.as_ref(), material, "identity", now);
+        assert_eq!(reason(&got), Some(expected), "{name}: {got:?}");
+    }
+
+    let moved = plan_at(&spec, Some(&good), &f.identity, "identity-2", now);
+    assert_eq!(
+        reason(&moved),
+        Some(IssueReason::SpecChanged),
+        "re-issues when the issuerRef names another issuer"
+    );
+    let Plan::Issue { message, .. } = moved else {
+        unreachable!()
+    };
+    assert!(message.contains("issuerRef changed"), "{message}");
+}
+
+#[test]
+fn failures_back_off_and_success_resets_them() {
+    let f = fixture();
+    let mut cert = certificate("default", "web", leaf_spec("web"));
+    let missing = lanyard_rotator::issuing::IssuerError::NotFound {
+        kind: IssuerKind::Issuer,
+        name: "default/identity".into(),
+    };
+    let mut now = t0();
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let outcome = reconcile(
+            &cert,
+            None,
+            ResolvedIssuer {
+                kind: IssuerKind::Issuer,
+                name: "identity",
+                material: Err(&missing),
+            },
+            now,
+        );
+        assert!(matches!(
+            outcome.event,
+            Event::Failed {
+                reason: "IssuerNotFound",
+                ..
+            }
+        ));
+        assert!(outcome.secret.is_none(), "a failure writes no Secret");
+        let ready = &outcome.status.conditions[0];
+        assert_eq!(
+            (ready.type_.as_str(), ready.status.as_str()),
+            ("Ready", "False")
+        );
+        assert_eq!(ready.reason.as_deref(), Some("IssuerNotFound"));
+        waits.push((outcome.requeue_at - now).num_seconds());
+        now = outcome.requeue_at;
+        cert.status = Some(outcome.status);
+    }
+    assert_eq!(waits, vec![10, 20, 40, 80], "backoff doubles from 10s");
+
+    // The issuer appears: before the backoff ends nothing happens...
+    let ok = |at| {
+        reconcile(
+            &cert,
+            None,
+            ResolvedIssuer {
+                kind: IssuerKind::Issuer,
+                name: "identity",
+                material: Ok(&f.identity),
+            },
+            at,
+        )
+    };
+    let early = ok(now - TimeDelta::seconds(1));
+    assert_eq!(early.event, Event::BackingOff(IssueReason::DoesNotExist));
+    // ...and once it ends, issuance succeeds and the failures reset.
+    let issued = ok(now);
+    assert_eq!(issued.event, Event::Issued(IssueReason::DoesNotExist));
+    assert!(issued.secret.is_some());
+    assert_eq!(issued.status.failed_issuance_attempts, None);
+    assert_eq!(issued.status.last_failure_time, None);
+    assert_eq!(issued.status.revision, Some(1));
+    assert_eq!(issued.requeue_at, now + hours(16));
+}
+
+#[test]
+fn an_invalid_spec_fails_without_writing_and_says_why() {
+    let f = fixture();
+    let mut spec = leaf_spec("web");
+    spec.renew_before = Some(GoDuration::from_hours(48));
+    let cert = certificate("default", "web", spec);
+    let outcome = reconcile(
+        &cert,
+        None,
+        ResolvedIssuer {
+            kind: IssuerKind::Issuer,
+            name: "identity",
+            material: Ok(&f.identity),
+        },
+        t0(),
+    );
+    assert!(outcome.secret.is_none());
+    let Event::Failed { reason, message } = outcome.event else {
+        panic!("expected a failure")
+    };
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.contains("spec.renewBefore 48h0m0s must be shorter than spec.duration 24h0m0s"),
+        "{message}"
+    );
+}
