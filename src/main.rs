@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod local;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,15 @@ enum Command {
     /// Make, import, sign with and explain the mesh's certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Run the controller on this machine, no cluster: issue and renew every
+    /// Certificate in the state directory, and serve metrics.
+    Up(local::UpArgs),
+    /// Validate manifests and add them to the local state directory.
+    Apply(local::ApplyArgs),
+    /// List objects in the local state directory, like kubectl.
+    Get(local::GetArgs),
+    /// Print the CustomResourceDefinitions, generated from the Rust types.
+    Crds,
 }
 
 fn main() -> ExitCode {
@@ -35,6 +45,13 @@ fn main() -> ExitCode {
     let clock = lanyard_crds::time::SystemClock;
     let result = match cli.command {
         Command::Ca(command) => ca::run(command, &clock),
+        Command::Up(args) => local::up(args),
+        Command::Apply(args) => local::apply(args),
+        Command::Get(args) => local::get(args),
+        Command::Crds => {
+            print!("{}", lanyard_crds::api::custom_resource_definitions_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

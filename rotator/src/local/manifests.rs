@@ -1,0 +1,451 @@
+//! Manifests in the local store: parsing YAML streams into typed objects,
+//! with errors that name the file, the document and the field, and
+//! `lanyard apply`, which validates everything before it writes anything.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use lanyard_crds::api::{
+    API_VERSION, Certificate, ClusterIssuer, Issuer, IssuerConfig, is_valid_object_name,
+};
+use lanyard_issuer::files::{FileMode, write_atomic};
+use serde::de::DeserializeOwned;
+
+use crate::secret::SecretData;
+
+/// One object from a manifest.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// A Certificate.
+    Certificate(Box<Certificate>),
+    /// A namespaced Issuer.
+    Issuer(Box<Issuer>),
+    /// A ClusterIssuer.
+    ClusterIssuer(Box<ClusterIssuer>),
+    /// A `v1` Secret (`kubectl create secret tls ... -o yaml` output).
+    Secret {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Contents.
+        data: SecretData,
+    },
+}
+
+/// Which object: kind, namespace (empty for cluster-scoped) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// `Certificate`, `Issuer`, `ClusterIssuer` or `Secret`.
+    pub kind: &'static str,
+    /// Namespace; empty for a ClusterIssuer.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+impl Object {
+    /// The object's key.
+    pub fn key(&self) -> ObjectKey {
+        let (kind, namespace, name) = match self {
+            Object::Certificate(c) => ("Certificate", c.metadata.namespace.clone(), c.metadata.name.clone()),
+            Object::Issuer(i) => ("Issuer", i.metadata.namespace.clone(), i.metadata.name.clone()),
+            Object::ClusterIssuer(i) => ("ClusterIssuer", None, i.metadata.name.clone()),
+            Object::Secret {
+                namespace, name, ..
+            } => ("Secret", Some(namespace.clone()), Some(name.clone())),
+        };
+        ObjectKey {
+            kind,
+            namespace: namespace.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+        }
+    }
+}
+
+/// A manifest that cannot be used: which file, which document (1-based),
+/// which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The file.
+    pub file: PathBuf,
+    /// The document in the file, counting from 1; 0 when the YAML stream
+    /// itself does not parse.
+    pub document: usize,
+    /// The field at fault, as a path like `spec.renewBefore`.
+    pub field: Option<String>,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, ": document {}", self.document)?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// Parses a YAML stream. Every document must be usable; all errors are
+/// returned together. Empty documents are skipped. Namespaced objects
+/// without a namespace get `default_namespace`, as kubectl does.
+pub fn parse(file: &Path, text: &str, default_namespace: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
+    let error = |document, field: Option<&str>, message: String| ManifestError {
+        file: file.to_path_buf(),
+        document,
+        field: field.map(str::to_string),
+        message,
+    };
+    let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+        Ok(docs) => docs,
+        Err(e) => return Err(vec![error(0, None, format!("not valid YAML: {e}"))]),
+    };
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (i, doc) in documents.into_iter().enumerate() {
+        let document = i + 1;
+        if doc.is_null() {
+            continue;
+        }
+        match parse_document(doc, default_namespace) {
+            Ok(object) => objects.push(object),
+            Err((field, message)) => errors.push(error(document, field.as_deref(), message)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(objects)
+    } else {
+        Err(errors)
+    }
+}
+
+type DocError = (Option<String>, String);
+
+fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, DocError> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        (field, e.into_inner().to_string())
+    })
+}
+
+fn parse_document(doc: serde_json::Value, default_namespace: &str) -> Result<Object, DocError> {
+    let text = |field: &str| doc.get(field).and_then(|v| v.as_str()).map(str::to_string);
+    let api_version = text("apiVersion").ok_or((
+        Some("apiVersion".into()),
+        "missing; Lanyard's kinds are `apiVersion: lanyard.dev/v1`".into(),
+    ))?;
+    let kind = text("kind").ok_or((Some("kind".into()), "missing".into()))?;
+    let mut object = match (api_version.as_str(), kind.as_str()) {
+        (API_VERSION, "Certificate") => Object::Certificate(Box::new(typed(doc)?)),
+        (API_VERSION, "Issuer") => Object::Issuer(Box::new(typed(doc)?)),
+        (API_VERSION, "ClusterIssuer") => Object::ClusterIssuer(Box::new(typed(doc)?)),
+        ("v1", "Secret") => {
+            let secret: k8s_openapi::api::core::v1::Secret = typed(doc)?;
+            let mut data = SecretData::default();
+            for (key, value) in secret.data.unwrap_or_default() {
+                data.data.insert(key, value.0);
+            }
+            for (key, value) in secret.string_data.unwrap_or_default() {
+                data.data.insert(key, value.into_bytes());
+            }
+            data.labels = secret.metadata.labels.unwrap_or_default();
+            data.annotations = secret.metadata.annotations.unwrap_or_default();
+            Object::Secret {
+                namespace: secret.metadata.namespace.unwrap_or_default(),
+                name: secret.metadata.name.unwrap_or_default(),
+                data,
+            }
+        }
+        ("cert-manager.io/v1", _) => {
+            return Err((
+                Some("apiVersion".into()),
+                format!(
+                    "`cert-manager.io/v1` is cert-manager's API; change it to `{API_VERSION}` and the {kind} applies unchanged"
+                ),
+            ));
+        }
+        (API_VERSION, other) => {
+            return Err((
+                Some("kind".into()),
+                format!("`{other}` is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer)"),
+            ));
+        }
+        (other, kind) => {
+            return Err((
+                Some("apiVersion".into()),
+                format!("`{other}` `{kind}` is not served here; Lanyard takes {API_VERSION} Certificate, Issuer and ClusterIssuer, and v1 Secret"),
+            ));
+        }
+    };
+    // Names and namespaces, defaulted and checked as the API server would.
+    let (name, namespace) = match &mut object {
+        Object::Certificate(c) => (c.metadata.name.clone(), Some(&mut c.metadata.namespace)),
+        Object::Issuer(i) => (i.metadata.name.clone(), Some(&mut i.metadata.namespace)),
+        Object::ClusterIssuer(i) => (i.metadata.name.clone(), None),
+        Object::Secret {
+            namespace, name, ..
+        } => {
+            if namespace.is_empty() {
+                *namespace = default_namespace.to_string();
+            }
+            (Some(name.clone()).filter(|n| !n.is_empty()), None)
+        }
+    };
+    match name {
+        Some(name) if is_valid_object_name(&name) => {}
+        Some(name) => {
+            return Err((
+                Some("metadata.name".into()),
+                format!("`{name}` is not a valid name (lower-case letters, digits, '-' and '.')"),
+            ));
+        }
+        None => return Err((Some("metadata.name".into()), "missing".into())),
+    }
+    if let Some(namespace) = namespace {
+        let ns = namespace.get_or_insert_with(|| default_namespace.to_string());
+        if !is_valid_object_name(ns) {
+            return Err((
+                Some("metadata.namespace".into()),
+                format!("`{ns}` is not a valid namespace"),
+            ));
+        }
+    }
+    if let Object::Secret { namespace, .. } = &object
+        && !is_valid_object_name(namespace)
+    {
+        return Err((
+            Some("metadata.namespace".into()),
+            format!("`{namespace}` is not a valid namespace"),
+        ));
+    }
+    match &object {
+        Object::Certificate(c) => c
+            .spec
+            .validate()
+            .map_err(|e| (None, e.to_string()))?,
+        Object::Issuer(i) => validate_issuer(&i.spec.config)?,
+        Object::ClusterIssuer(i) => validate_issuer(&i.spec.config)?,
+        Object::Secret { .. } => {}
+    }
+    Ok(object)
+}
+
+fn validate_issuer(config: &IssuerConfig) -> Result<(), DocError> {
+    config.validate().map_err(|message| (Some("spec".into()), message))
+}
+
+/// Every object in every `*.yaml` / `*.yml` / `*.json` file of `dir`, by
+/// file. Files that fail to parse are returned as errors, one per problem.
+pub fn load_dir(dir: &Path, default_namespace: &str) -> (BTreeMap<PathBuf, Vec<Object>>, BTreeMap<PathBuf, Vec<ManifestError>>) {
+    let mut objects = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    for path in manifest_files(dir) {
+        let result = std::fs::read_to_string(&path)
+            .map_err(|e| {
+                vec![ManifestError {
+                    file: path.clone(),
+                    document: 0,
+                    field: None,
+                    message: format!("cannot read: {e}"),
+                }]
+            })
+            .and_then(|text| parse(&path, &text, default_namespace));
+        match result {
+            Ok(objs) => {
+                objects.insert(path, objs);
+            }
+            Err(errs) => {
+                errors.insert(path, errs);
+            }
+        }
+    }
+    (objects, errors)
+}
+
+/// The manifest files in `dir`, sorted; hidden and temporary files skipped.
+pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            !name.starts_with('.')
+                && p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// What `apply` did to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The object.
+    pub key: ObjectKey,
+    /// `created`, `configured` or `unchanged`, as kubectl says.
+    pub action: &'static str,
+}
+
+/// Adds or updates objects in `manifests_dir`; Secrets go to `secrets`.
+/// Nothing is written unless every document of every input is valid.
+pub fn apply(
+    manifests_dir: &Path,
+    secrets: &super::secrets::SecretStore,
+    inputs: &[(PathBuf, String)],
+    default_namespace: &str,
+) -> Result<Vec<Applied>, ApplyError> {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (file, text) in inputs {
+        match parse(file, text, default_namespace) {
+            Ok(objs) => objects.extend(objs),
+            Err(errs) => errors.extend(errs),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApplyError::Invalid(errors));
+    }
+    std::fs::create_dir_all(manifests_dir).map_err(|e| ApplyError::Write(manifests_dir.display().to_string(), e.to_string()))?;
+    let mut applied = Vec::new();
+    for object in objects {
+        let key = object.key();
+        let action = match &object {
+            Object::Secret {
+                namespace, name, data,
+            } => {
+                let old = secrets
+                    .read(namespace, name)
+                    .map_err(|e| ApplyError::Write(key.to_string(), e.to_string()))?;
+                if old.as_ref() == Some(data) {
+                    "unchanged"
+                } else {
+                    secrets
+                        .write(namespace, name, data)
+                        .map_err(|e| ApplyError::Write(key.to_string(), e.to_string()))?;
+                    if old.is_some() { "configured" } else { "created" }
+                }
+            }
+            _ => upsert(manifests_dir, &object, default_namespace)?,
+        };
+        applied.push(Applied { key, action });
+    }
+    Ok(applied)
+}
+
+/// Why `apply` wrote nothing (or could not finish writing).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// Some documents are invalid; nothing was written.
+    Invalid(Vec<ManifestError>),
+    /// Writing failed.
+    Write(String, String),
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyError::Invalid(errors) => {
+                for (i, e) in errors.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "error: {e}")?;
+                }
+                Ok(())
+            }
+            ApplyError::Write(what, why) => write!(f, "error: writing {what}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+fn to_value(object: &Object) -> serde_json::Value {
+    let value = match object {
+        Object::Certificate(c) => serde_json::to_value(c),
+        Object::Issuer(i) => serde_json::to_value(i),
+        Object::ClusterIssuer(i) => serde_json::to_value(i),
+        Object::Secret { .. } => unreachable!("Secrets are not kept as manifests"),
+    };
+    let mut value = value.expect("API objects serialise to JSON");
+    if let Some(map) = value.as_object_mut() {
+        // Status is the controller's, not the manifest's.
+        map.remove("status");
+    }
+    value
+}
+
+/// Writes `object` into the file that already defines it, or a new file.
+fn upsert(dir: &Path, object: &Object, default_namespace: &str) -> Result<&'static str, ApplyError> {
+    let key = object.key();
+    let new_value = to_value(object);
+    let write_err = |e: String| ApplyError::Write(key.to_string(), e);
+    for path in manifest_files(dir) {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(objects) = parse(&path, &text, default_namespace) else {
+            continue;
+        };
+        let Some(index) = objects.iter().position(|o| o.key() == key) else {
+            continue;
+        };
+        let mut values: Vec<serde_json::Value> = objects.iter().map(to_value).collect();
+        if values[index] == new_value {
+            return Ok("unchanged");
+        }
+        values[index] = new_value;
+        let yaml = to_yaml_stream(&values).map_err(write_err)?;
+        write_atomic(&path, yaml.as_bytes(), FileMode::Public)
+            .map_err(|e| write_err(e.to_string()))?;
+        return Ok("configured");
+    }
+    let file_name = if key.namespace.is_empty() {
+        format!("{}.{}.yaml", key.kind.to_lowercase(), key.name)
+    } else {
+        format!("{}.{}.{}.yaml", key.kind.to_lowercase(), key.namespace, key.name)
+    };
+    let yaml = to_yaml_stream(std::slice::from_ref(&new_value)).map_err(write_err)?;
+    write_atomic(&dir.join(file_name), yaml.as_bytes(), FileMode::Public)
+        .map_err(|e| write_err(e.to_string()))?;
+    Ok("created")
+}
+
+/// YAML for a list of documents.
+pub fn to_yaml_stream(values: &[serde_json::Value]) -> Result<String, String> {
+    let mut out = String::new();
+    for value in values {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(value).map_err(|e| e.to_string())?);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,595 @@
+//! The local shell: `lanyard up` on one machine, no cluster. Objects are
+//! manifests in `DIR/manifests/`, Secrets are directories in
+//! `DIR/secrets/<namespace>/<name>/`, status is JSON in `DIR/status/`. The
+//! same reconcile core as in a cluster decides and issues.
+
+pub mod manifests;
+pub mod run;
+pub mod secrets;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use lanyard_crds::api::{
+    CaIssuer, Certificate, CertificateSpec, CertificateStatus, ClusterIssuer, ClusterIssuerSpec,
+    Condition, IssuerConfig, IssuerKind, IssuerRef, IssuerStatus, set_condition,
+};
+use lanyard_crds::duration::GoDuration;
+use lanyard_crds::identity::IdentityDomain;
+use lanyard_crds::time::Clock;
+use lanyard_crds::usage::{KeyUsage, PrivateKeyAlgorithm};
+use lanyard_issuer::{DEFAULT_ANCHOR_LIFETIME, KeyAlgorithm, TrustAnchor};
+use serde::{Deserialize, Serialize};
+
+use crate::issuing::{IssuerError, IssuerMaterial, load_issuer};
+use crate::metrics::Metrics;
+use crate::planner::IssueReason;
+use crate::reconcile::{Event, ResolvedIssuer, reconcile};
+use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY};
+use manifests::{ManifestError, Object, ObjectKey};
+pub use secrets::{Durability, SecretStore, SecretStoreError};
+
+/// The name of the trust anchor's ClusterIssuer and Secret, as in
+/// Linkerd's cert-manager guide.
+pub const TRUST_ANCHOR_NAME: &str = "linkerd-trust-anchor";
+/// The name of the identity issuer's Certificate and Secret.
+pub const IDENTITY_ISSUER_NAME: &str = "linkerd-identity-issuer";
+/// Where ClusterIssuers' CA Secrets live unless told otherwise.
+pub const DEFAULT_CLUSTER_RESOURCE_NAMESPACE: &str = "lanyard";
+
+/// Errors of the local shell.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalError {
+    /// A file could not be read or written.
+    #[error(transparent)]
+    Store(#[from] SecretStoreError),
+    /// The first-start setup failed.
+    #[error("setting up the trust anchor: {0}")]
+    Bootstrap(#[from] lanyard_issuer::Error),
+    /// A state file is corrupt.
+    #[error("{}: corrupt state file: {reason}", path.display())]
+    CorruptState {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How `lanyard up` is set up.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The identity domain (trust domain and control-plane namespace).
+    pub domain: IdentityDomain,
+    /// Where ClusterIssuers' CA Secrets live.
+    pub cluster_resource_namespace: String,
+    /// Whether writes are flushed to disk.
+    pub durability: Durability,
+}
+
+impl LocalOptions {
+    /// The manifests directory.
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.state_dir.join("manifests")
+    }
+
+    /// The Secret store.
+    pub fn secret_store(&self) -> SecretStore {
+        SecretStore::new(self.state_dir.join("secrets"), self.durability)
+    }
+
+    fn status_dir(&self) -> PathBuf {
+        self.state_dir.join("status")
+    }
+}
+
+/// What the controller keeps per Certificate between passes and restarts:
+/// the spec it last saw (a changed spec is a new generation) and status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Record {
+    generation: i64,
+    spec: serde_json::Value,
+    status: CertificateStatus,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// Certificates issued, and why.
+    pub issued: Vec<(ObjectKey, IssueReason)>,
+    /// Certificates that failed, with reason and message.
+    pub failed: Vec<(ObjectKey, &'static str, String)>,
+    /// The earliest time any Certificate needs looking at again.
+    pub next_wake: Option<DateTime<Utc>>,
+    /// Manifests that could not be used (their last good version, if any,
+    /// stays in force).
+    pub manifest_errors: Vec<ManifestError>,
+}
+
+/// The local controller.
+#[derive(Debug)]
+pub struct LocalController<C> {
+    options: LocalOptions,
+    clock: C,
+    metrics: Arc<Metrics>,
+    secrets: SecretStore,
+    last_good: BTreeMap<PathBuf, Vec<Object>>,
+    records: BTreeMap<(String, String), Record>,
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String, now: DateTime<Utc>) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        last_transition_time: Some(now),
+        observed_generation: None,
+    }
+}
+
+impl<C: Clock> LocalController<C> {
+    /// Opens (creating) the state directory and loads recorded status.
+    pub fn open(options: LocalOptions, clock: C, metrics: Arc<Metrics>) -> Result<Self, LocalError> {
+        let secrets = options.secret_store();
+        secrets.create_root()?;
+        let mut records = BTreeMap::new();
+        let status_root = options.status_dir().join("certificates");
+        for ns in std::fs::read_dir(&status_root).into_iter().flatten().flatten() {
+            for file in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let path = file.path();
+                let (Some(namespace), Some(name)) = (
+                    ns.file_name().to_str().map(str::to_string),
+                    path.file_stem().and_then(|s| s.to_str()).map(str::to_string),
+                ) else {
+                    continue;
+                };
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                let bytes = std::fs::read(&path).map_err(|source| SecretStoreError {
+                    path: path.clone(),
+                    source,
+                })?;
+                let record: Record =
+                    serde_json::from_slice(&bytes).map_err(|e| LocalError::CorruptState {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                records.insert((namespace, name), record);
+            }
+        }
+        Ok(LocalController {
+            options,
+            clock,
+            metrics,
+            secrets,
+            last_good: BTreeMap::new(),
+            records,
+        })
+    }
+
+    /// The metrics this controller updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// On first start (no manifests directory yet), sets up what the Linkerd
+    /// mTLS guide sets up by hand: a trust anchor Secret, a CA ClusterIssuer
+    /// `linkerd-trust-anchor` over it, and the identity issuer Certificate
+    /// `<namespace>/linkerd-identity-issuer` (8760h, renewBefore 720h,
+    /// isCA). Returns whether it did anything.
+    pub fn bootstrap(&self) -> Result<bool, LocalError> {
+        let manifests_dir = self.options.manifests_dir();
+        if manifests_dir.exists() {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let domain = &self.options.domain;
+        let anchor = TrustAnchor::generate(domain, DEFAULT_ANCHOR_LIFETIME, KeyAlgorithm::EcdsaP256, now)?;
+        let mut secret = SecretData::default();
+        let pem = anchor.certificate().to_pem();
+        secret.data.insert(TLS_CRT.into(), pem.clone().into_bytes());
+        secret
+            .data
+            .insert(TLS_KEY.into(), anchor.key().to_pkcs8_pem().as_bytes().to_vec());
+        secret.data.insert(CA_CRT.into(), pem.into_bytes());
+        self.secrets.write(
+            &self.options.cluster_resource_namespace,
+            TRUST_ANCHOR_NAME,
+            &secret,
+        )?;
+
+        let mut issuer = ClusterIssuer::new(
+            TRUST_ANCHOR_NAME,
+            ClusterIssuerSpec {
+                config: IssuerConfig {
+                    ca: Some(CaIssuer {
+                        secret_name: TRUST_ANCHOR_NAME.into(),
+                    }),
+                    self_signed: None,
+                },
+            },
+        );
+        issuer.status = None;
+        let mut certificate = Certificate::new(
+            IDENTITY_ISSUER_NAME,
+            CertificateSpec {
+                secret_name: IDENTITY_ISSUER_NAME.into(),
+                common_name: Some(domain.to_string()),
+                dns_names: vec![],
+                uris: vec![],
+                duration: Some(GoDuration::from_hours(8760)),
+                renew_before: Some(GoDuration::from_hours(720)),
+                renew_before_percentage: None,
+                is_ca: true,
+                usages: vec![
+                    KeyUsage::CertSign,
+                    KeyUsage::CrlSign,
+                    KeyUsage::ServerAuth,
+                    KeyUsage::ClientAuth,
+                ],
+                private_key: Some(lanyard_crds::api::PrivateKeySpec {
+                    algorithm: Some(PrivateKeyAlgorithm::Ecdsa),
+                    ..Default::default()
+                }),
+                issuer_ref: IssuerRef {
+                    name: TRUST_ANCHOR_NAME.into(),
+                    kind: Some(IssuerKind::ClusterIssuer.as_str().into()),
+                    group: None,
+                },
+                secret_template: None,
+            },
+        );
+        certificate.metadata.namespace = Some(domain.control_plane_namespace().to_string());
+        let stream = manifests::to_yaml_stream(&[
+            serde_json::to_value(&issuer).expect("API objects serialise"),
+            serde_json::to_value(&certificate).expect("API objects serialise"),
+        ])
+        .map_err(|reason| LocalError::CorruptState {
+            path: manifests_dir.clone(),
+            reason,
+        })?;
+        let header = "# Made by `lanyard up` on first start: the trust anchor's CA ClusterIssuer\n\
+                      # and the identity issuer Certificate, as Linkerd's cert-manager guide sets them up.\n";
+        secrets::write_file_atomic(
+            &manifests_dir.join("linkerd-identity.yaml"),
+            format!("{header}{stream}").as_bytes(),
+            0o644,
+            self.options.durability,
+        )?;
+        Ok(true)
+    }
+
+    fn load_objects(&mut self, report: &mut PassReport) -> Vec<Object> {
+        let (loaded, errors) = manifests::load_dir(&self.options.manifests_dir(), "default");
+        let mut current = loaded;
+        for (path, errs) in errors {
+            // A broken edit keeps the last good version of that file.
+            if let Some(previous) = self.last_good.get(&path) {
+                current.insert(path.clone(), previous.clone());
+            }
+            report.manifest_errors.extend(errs);
+        }
+        self.last_good = current.clone();
+        let mut seen: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
+        let mut objects = Vec::new();
+        for (path, objs) in current {
+            for object in objs {
+                let key = object.key();
+                if let Some(first) = seen.get(&key) {
+                    report.manifest_errors.push(ManifestError {
+                        file: path.clone(),
+                        document: 0,
+                        field: None,
+                        message: format!(
+                            "{key} is already defined in {}; this definition is ignored",
+                            first.display()
+                        ),
+                    });
+                    continue;
+                }
+                seen.insert(key, path.clone());
+                objects.push(object);
+            }
+        }
+        objects
+    }
+
+    /// One pass over every object: load issuers, reconcile every
+    /// Certificate, write what changed. When a pass rewrites the Secret of a
+    /// CA issuer (the identity issuer renewing), issuers are reloaded and
+    /// the Certificates they sign are looked at again in the same call.
+    pub fn reconcile_all(&mut self) -> Result<PassReport, LocalError> {
+        let mut report = PassReport::default();
+        let objects = self.load_objects(&mut report);
+        let now = self.clock.now();
+        let mut certificates = Vec::new();
+        let mut issuers: BTreeMap<(IssuerKind, String, String), IssuerConfig> = BTreeMap::new();
+        for object in objects {
+            match object {
+                Object::Certificate(c) => certificates.push(*c),
+                Object::Issuer(i) => {
+                    let ns = i.metadata.namespace.clone().unwrap_or_default();
+                    let name = i.metadata.name.clone().unwrap_or_default();
+                    issuers.insert((IssuerKind::Issuer, ns, name), i.spec.config);
+                }
+                Object::ClusterIssuer(i) => {
+                    let name = i.metadata.name.clone().unwrap_or_default();
+                    issuers.insert((IssuerKind::ClusterIssuer, String::new(), name), i.spec.config);
+                }
+                Object::Secret { .. } => {}
+            }
+        }
+
+        let mut next_wake: Option<DateTime<Utc>> = None;
+        for _round in 0..8 {
+            let materials = self.load_issuers(&issuers, now)?;
+            let ca_secrets: BTreeSet<(String, String)> = issuers
+                .iter()
+                .filter_map(|((kind, ns, _), config)| {
+                    let secret = config.ca.as_ref()?.secret_name.clone();
+                    Some((self.ca_namespace(*kind, ns), secret))
+                })
+                .collect();
+            let mut rewrote_ca = false;
+            next_wake = None;
+            for certificate in &mut certificates {
+                let ns = certificate.metadata.namespace.clone().unwrap_or_default();
+                let name = certificate.metadata.name.clone().unwrap_or_default();
+                let key = ObjectKey {
+                    kind: "Certificate",
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                };
+                let spec_value = serde_json::to_value(&certificate.spec).expect("specs serialise");
+                let record = self.records.get(&(ns.clone(), name.clone()));
+                let generation = match record {
+                    Some(r) if r.spec == spec_value => r.generation,
+                    Some(r) => r.generation + 1,
+                    None => 1,
+                };
+                certificate.metadata.generation = Some(generation);
+                certificate.status = record.map(|r| r.status.clone());
+
+                let issuer_ref = &certificate.spec.issuer_ref;
+                let kind = issuer_ref.issuer_kind().unwrap_or(IssuerKind::Issuer);
+                let issuer_key = (
+                    kind,
+                    if kind == IssuerKind::Issuer { ns.clone() } else { String::new() },
+                    issuer_ref.name.clone(),
+                );
+                let not_found = IssuerError::NotFound {
+                    kind,
+                    name: if kind == IssuerKind::Issuer {
+                        format!("{ns}/{}", issuer_ref.name)
+                    } else {
+                        issuer_ref.name.clone()
+                    },
+                };
+                let material = match materials.get(&issuer_key) {
+                    Some(Ok(m)) => Ok(m),
+                    Some(Err(e)) => Err(e),
+                    None => Err(&not_found),
+                };
+                let secret = self.secrets.read(&ns, &certificate.spec.secret_name)?;
+                let outcome = reconcile(
+                    certificate,
+                    secret.as_ref(),
+                    ResolvedIssuer {
+                        kind,
+                        name: &issuer_ref.name,
+                        material,
+                    },
+                    now,
+                );
+                if let Some(new_secret) = &outcome.secret {
+                    self.secrets.write(&ns, &certificate.spec.secret_name, new_secret)?;
+                    if ca_secrets.contains(&(ns.clone(), certificate.spec.secret_name.clone())) {
+                        rewrote_ca = true;
+                    }
+                }
+                match &outcome.event {
+                    Event::Issued(reason) => {
+                        self.metrics.issued(&ns, &name, &certificate.spec);
+                        tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "issued");
+                        report.issued.push((key.clone(), *reason));
+                    }
+                    Event::Failed { reason, message } => {
+                        self.metrics.failed(&ns, &name, &certificate.spec, reason);
+                        tracing::warn!(certificate = %key, reason, message, "issuance failed");
+                        report.failed.push((key.clone(), reason, message.clone()));
+                    }
+                    Event::UpToDate | Event::BackingOff(_) => {}
+                }
+                self.metrics
+                    .observe_certificate(&ns, &name, &certificate.spec, &outcome.status);
+                let new_record = Record {
+                    generation,
+                    spec: spec_value,
+                    status: outcome.status,
+                };
+                if self.records.get(&(ns.clone(), name.clone())) != Some(&new_record) {
+                    self.write_record(&ns, &name, &new_record)?;
+                    self.records.insert((ns, name), new_record);
+                }
+                next_wake = Some(next_wake.map_or(outcome.requeue_at, |w| w.min(outcome.requeue_at)));
+            }
+            if !rewrote_ca {
+                break;
+            }
+        }
+        report.next_wake = next_wake;
+
+        // Certificates that are gone lose their status and series; their
+        // Secrets stay, as cert-manager leaves them by default.
+        let live: BTreeSet<(String, String)> = certificates
+            .iter()
+            .map(|c| {
+                (
+                    c.metadata.namespace.clone().unwrap_or_default(),
+                    c.metadata.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .records
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            self.records.remove(&(ns.clone(), name.clone()));
+            let _ = std::fs::remove_file(self.record_path(&ns, &name));
+            self.metrics.forget_certificate(&ns, &name);
+        }
+        for (kind, ns, name) in self.metrics.tracked_issuers() {
+            if !issuers.contains_key(&(kind, ns.clone(), name.clone())) {
+                self.metrics.forget_issuer(kind, &ns, &name);
+            }
+        }
+        Ok(report)
+    }
+
+    fn ca_namespace(&self, kind: IssuerKind, namespace: &str) -> String {
+        match kind {
+            IssuerKind::Issuer => namespace.to_string(),
+            IssuerKind::ClusterIssuer => self.options.cluster_resource_namespace.clone(),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn load_issuers(
+        &self,
+        issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<(IssuerKind, String, String), Result<IssuerMaterial, IssuerError>>, LocalError>
+    {
+        let mut materials = BTreeMap::new();
+        for ((kind, ns, name), config) in issuers {
+            let secret_ns = self.ca_namespace(*kind, ns);
+            let (secret, secret_ref) = match &config.ca {
+                Some(ca) => (
+                    self.secrets.read(&secret_ns, &ca.secret_name)?,
+                    format!("{secret_ns}/{}", ca.secret_name),
+                ),
+                None => (None, String::new()),
+            };
+            let material = load_issuer(*kind, name, config, secret.as_ref(), &secret_ref, now);
+            self.metrics
+                .observe_issuer(*kind, ns, name, material.as_ref().ok());
+            let status = IssuerStatus {
+                conditions: vec![match &material {
+                    Ok(_) => condition("Ready", true, "KeyPairVerified", "Signing CA verified".into(), now),
+                    Err(e) => condition("Ready", false, e.reason(), e.to_string(), now),
+                }],
+            };
+            self.write_issuer_status(*kind, ns, name, status)?;
+            materials.insert((*kind, ns.clone(), name.clone()), material);
+        }
+        Ok(materials)
+    }
+
+    fn record_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.options
+            .status_dir()
+            .join("certificates")
+            .join(namespace)
+            .join(format!("{name}.json"))
+    }
+
+    fn write_record(&self, namespace: &str, name: &str, record: &Record) -> Result<(), LocalError> {
+        let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
+        secrets::write_file_atomic(&self.record_path(namespace, name), &bytes, 0o644, self.options.durability)?;
+        Ok(())
+    }
+
+    fn write_issuer_status(
+        &self,
+        kind: IssuerKind,
+        namespace: &str,
+        name: &str,
+        status: IssuerStatus,
+    ) -> Result<(), LocalError> {
+        let path = match kind {
+            IssuerKind::Issuer => self.options.status_dir().join("issuers").join(namespace).join(format!("{name}.json")),
+            IssuerKind::ClusterIssuer => self.options.status_dir().join("clusterissuers").join(format!("{name}.json")),
+        };
+        // Keep the old transition time when nothing changed.
+        let mut conditions = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<IssuerStatus>(&b).ok())
+            .map(|s| s.conditions)
+            .unwrap_or_default();
+        let previous = conditions.clone();
+        for c in status.conditions {
+            set_condition(&mut conditions, c);
+        }
+        if conditions != previous || previous.is_empty() {
+            let bytes = serde_json::to_vec_pretty(&IssuerStatus { conditions }).expect("status serialises");
+            secrets::write_file_atomic(&path, &bytes, 0o644, self.options.durability)?;
+        }
+        Ok(())
+    }
+}
+
+/// One row of `lanyard get certificates`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRow {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `True`, `False` or `Unknown`.
+    pub ready: String,
+    /// The Secret.
+    pub secret: String,
+    /// Current certificate's end.
+    pub not_after: Option<DateTime<Utc>>,
+    /// Renewal time.
+    pub renewal_time: Option<DateTime<Utc>>,
+    /// The Ready condition's message.
+    pub message: String,
+}
+
+/// The Certificates in a state directory with their recorded status.
+pub fn certificate_rows(state_dir: &Path) -> Result<(Vec<CertificateRow>, Vec<ManifestError>), LocalError> {
+    let (objects, errors) = manifests::load_dir(&state_dir.join("manifests"), "default");
+    let mut rows = Vec::new();
+    for object in objects.into_values().flatten() {
+        let Object::Certificate(cert) = object else {
+            continue;
+        };
+        let namespace = cert.metadata.namespace.clone().unwrap_or_default();
+        let name = cert.metadata.name.clone().unwrap_or_default();
+        let path = state_dir
+            .join("status/certificates")
+            .join(&namespace)
+            .join(format!("{name}.json"));
+        let record: Option<Record> = match std::fs::read(&path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| LocalError::CorruptState {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?),
+            Err(_) => None,
+        };
+        let status = record.map(|r| r.status).unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        rows.push(CertificateRow {
+            namespace,
+            name,
+            ready: ready.map_or("Unknown".into(), |c| c.status.clone()),
+            secret: cert.spec.secret_name.clone(),
+            not_after: status.not_after,
+            renewal_time: status.renewal_time,
+            message: ready.and_then(|c| c.message.clone()).unwrap_or_default(),
+        });
+    }
+    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok((rows, errors.into_values().flatten().collect()))
+}

@@ -1,0 +1,307 @@
+//! Secrets as directories, written the way the kubelet writes a Secret
+//! volume: the files live in a fresh hidden directory, `..data` is a symlink
+//! to it, and each key is a symlink through `..data`. One `rename` of
+//! `..data` swaps every key at once, so a reader never sees a new `tls.crt`
+//! with an old `tls.key`, and an interrupted write leaves the old version.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use crate::secret::SecretData;
+
+const DATA: &str = "..data";
+const DATA_TMP: &str = "..data_tmp";
+const METADATA: &str = "..metadata.json";
+
+/// A store error, naming the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct SecretStoreError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> SecretStoreError + '_ {
+    move |source| SecretStoreError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Metadata {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// Whether each write is flushed to disk before it becomes visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync files and directories: a crash never loses an acknowledged
+    /// Secret. The default.
+    Fsync,
+    /// Leave flushing to the kernel (tests and benchmarks on tmpfs-like
+    /// scratch directories only). Writes are still atomic.
+    Deferred,
+}
+
+/// Secrets under `root/<namespace>/<name>/`.
+#[derive(Debug, Clone)]
+pub struct SecretStore {
+    root: PathBuf,
+    durability: Durability,
+}
+
+impl SecretStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>, durability: Durability) -> Self {
+        SecretStore {
+            root: root.into(),
+            durability,
+        }
+    }
+
+    /// The directory holding the Secret's keys.
+    pub fn dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join(namespace).join(name)
+    }
+
+    /// Reads a Secret; `None` when it does not exist.
+    pub fn read(&self, namespace: &str, name: &str) -> Result<Option<SecretData>, SecretStoreError> {
+        let data_dir = self.dir(namespace, name).join(DATA);
+        let entries = match fs::read_dir(&data_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(at(&data_dir)(e)),
+        };
+        let mut secret = SecretData::default();
+        for entry in entries {
+            let entry = entry.map_err(at(&data_dir))?;
+            let file_name = entry.file_name();
+            let Some(key) = file_name.to_str() else {
+                continue;
+            };
+            let path = entry.path();
+            if key == METADATA {
+                let bytes = fs::read(&path).map_err(at(&path))?;
+                let metadata: Metadata = serde_json::from_slice(&bytes).map_err(|e| {
+                    at(&path)(std::io::Error::new(ErrorKind::InvalidData, e))
+                })?;
+                secret.labels = metadata.labels;
+                secret.annotations = metadata.annotations;
+            } else if !key.starts_with("..") {
+                secret
+                    .data
+                    .insert(key.to_string(), fs::read(&path).map_err(at(&path))?);
+            }
+        }
+        Ok(Some(secret))
+    }
+
+    /// Replaces a Secret atomically: every key changes at once or none does.
+    /// `tls.key` and every key not known to be public are written 0600.
+    pub fn write(&self, namespace: &str, name: &str, secret: &SecretData) -> Result<(), SecretStoreError> {
+        for key in secret.data.keys() {
+            if !is_valid_key(key) {
+                return Err(at(Path::new(key))(std::io::Error::new(
+                    ErrorKind::InvalidInput,
+                    "not a valid Secret key (letters, digits, '-', '_', '.'; not starting with '..')",
+                )));
+            }
+        }
+        let dir = self.dir(namespace, name);
+        create_private_dirs(&dir)?;
+        let staged = tempfile::Builder::new()
+            .prefix("..")
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir_in(&dir)
+            .map_err(at(&dir))?;
+        for (key, value) in &secret.data {
+            let mode = if key == "tls.crt" || key == "ca.crt" { 0o644 } else { 0o600 };
+            self.write_file(&staged.path().join(key), value, mode)?;
+        }
+        let metadata = serde_json::to_vec(&Metadata {
+            labels: secret.labels.clone(),
+            annotations: secret.annotations.clone(),
+        })
+        .map_err(|e| at(&dir)(std::io::Error::other(e)))?;
+        self.write_file(&staged.path().join(METADATA), &metadata, 0o644)?;
+        self.sync_dir(staged.path())?;
+        let staged = staged.keep();
+        let staged_name = staged
+            .file_name()
+            .expect("a temporary directory has a name")
+            .to_owned();
+
+        // Swap `..data` to the new version in one rename.
+        let previous = fs::read_link(dir.join(DATA)).ok();
+        let tmp_link = dir.join(DATA_TMP);
+        let _ = fs::remove_file(&tmp_link);
+        symlink(&staged_name, &tmp_link).map_err(at(&tmp_link))?;
+        fs::rename(&tmp_link, dir.join(DATA)).map_err(at(&dir))?;
+
+        // User-visible keys are stable symlinks through `..data`.
+        for key in secret.data.keys() {
+            let link = dir.join(key);
+            if fs::read_link(&link).is_err() {
+                let _ = fs::remove_file(&link);
+                symlink(Path::new(DATA).join(key), &link).map_err(at(&link))?;
+            }
+        }
+        for entry in fs::read_dir(&dir).map_err(at(&dir))? {
+            let entry = entry.map_err(at(&dir))?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            if !name.starts_with("..") && !secret.data.contains_key(name) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        self.sync_dir(&dir)?;
+        if let Some(previous) = previous
+            && previous.as_os_str() != staged_name
+        {
+            let _ = fs::remove_dir_all(dir.join(previous));
+        }
+        Ok(())
+    }
+
+    /// Makes sure the store's root exists with owner-only permissions.
+    pub fn create_root(&self) -> Result<(), SecretStoreError> {
+        create_private_dirs(&self.root)
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<(), SecretStoreError> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(at(path))?;
+        file.write_all(bytes).map_err(at(path))?;
+        if self.durability == Durability::Fsync {
+            file.sync_all().map_err(at(path))?;
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), SecretStoreError> {
+        if self.durability == Durability::Fsync {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(at(dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `path` atomically (temporary file in the same directory, then
+/// rename), with `mode`, flushed to disk when `durability` says so.
+pub(crate) fn write_file_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> Result<(), SecretStoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(at(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(at(dir))?;
+    tmp.write_all(bytes).map_err(at(path))?;
+    if durability == Durability::Fsync {
+        tmp.as_file().sync_all().map_err(at(path))?;
+    }
+    tmp.persist(path).map_err(|e| at(path)(e.error))?;
+    if durability == Durability::Fsync {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(at(dir))?;
+    }
+    Ok(())
+}
+
+/// Secret keys as Kubernetes allows them, minus the `..` prefix the store
+/// reserves for itself.
+fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && !key.starts_with("..")
+        && key != "."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn create_private_dirs(dir: &Path) -> Result<(), SecretStoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(at(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(at(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(pairs: &[(&str, &str)]) -> SecretData {
+        let mut s = SecretData::default();
+        for (k, v) in pairs {
+            s.data.insert(k.to_string(), v.as_bytes().to_vec());
+        }
+        s.annotations.insert("a".into(), "b".into());
+        s
+    }
+
+    #[test]
+    fn a_secret_round_trips_and_a_rewrite_swaps_every_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SecretStore::new(tmp.path(), Durability::Fsync);
+        assert_eq!(store.read("ns", "s").unwrap(), None);
+        let first = secret(&[("tls.crt", "c1"), ("tls.key", "k1"), ("extra", "x")]);
+        store.write("ns", "s", &first).unwrap();
+        assert_eq!(store.read("ns", "s").unwrap(), Some(first));
+        let second = secret(&[("tls.crt", "c2"), ("tls.key", "k2")]);
+        store.write("ns", "s", &second).unwrap();
+        assert_eq!(store.read("ns", "s").unwrap(), Some(second));
+        let dir = store.dir("ns", "s");
+        assert_eq!(fs::read(dir.join("tls.crt")).unwrap(), b"c2");
+        assert!(!dir.join("extra").exists(), "a dropped key's link is removed");
+        let versions = fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_str().unwrap();
+                n.starts_with("..") && n != DATA
+            })
+            .count();
+        assert_eq!(versions, 1, "the old version is removed");
+        let mode = fs::metadata(dir.join("tls.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_bad_key_name_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SecretStore::new(tmp.path(), Durability::Deferred);
+        let good = secret(&[("tls.crt", "c1")]);
+        store.write("ns", "s", &good).unwrap();
+        let bad = secret(&[("../escape", "x")]);
+        assert!(store.write("ns", "s", &bad).is_err());
+        assert_eq!(store.read("ns", "s").unwrap(), Some(good));
+    }
+}

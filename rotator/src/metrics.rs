@@ -1,0 +1,422 @@
+//! Controller metrics, named and labelled as cert-manager's with a
+//! `lanyard_` prefix, plus the expiry of the signing CAs themselves, which
+//! cert-manager does not export. A deleted Certificate's series disappear.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use lanyard_crds::api::{CertificateSpec, CertificateStatus, GROUP, IssuerKind};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::issuing::IssuerMaterial;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    name: String,
+    namespace: String,
+    issuer_name: String,
+    issuer_kind: String,
+    issuer_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    name: String,
+    namespace: String,
+    condition: String,
+    issuer_name: String,
+    issuer_kind: String,
+    issuer_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    name: String,
+    namespace: String,
+    issuer_name: String,
+    issuer_kind: String,
+    issuer_group: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    name: String,
+    namespace: String,
+    kind: String,
+    condition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaLabels {
+    issuer: String,
+    issuer_kind: String,
+    namespace: String,
+    role: String,
+    subject: String,
+}
+
+const CONDITIONS: [&str; 3] = ["True", "False", "Unknown"];
+
+/// The series one object has, so they can all be removed with it.
+#[derive(Debug, Default)]
+struct Known {
+    certificates: BTreeMap<(String, String), (CertificateLabels, BTreeSet<String>)>,
+    issuers: BTreeMap<(IssuerKind, String, String), Vec<CaLabels>>,
+}
+
+/// The controller's metrics and the registry that exports them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    expiration: Family<CertificateLabels, Gauge>,
+    renewal: Family<CertificateLabels, Gauge>,
+    ready: Family<ReadyLabels, Gauge>,
+    issued: Family<CertificateLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    issuer_ready: Family<IssuerLabels, Gauge>,
+    ca_expiration: Family<CaLabels, Gauge>,
+    known: Mutex<Known>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            expiration: Family::default(),
+            renewal: Family::default(),
+            ready: Family::default(),
+            issued: Family::default(),
+            failures: Family::default(),
+            issuer_ready: Family::default(),
+            ca_expiration: Family::default(),
+            known: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "lanyard_certificate_expiration_timestamp_seconds",
+            "The date after which the certificate expires, as a Unix timestamp",
+            m.expiration.clone(),
+        );
+        registry.register(
+            "lanyard_certificate_renewal_timestamp_seconds",
+            "The time at which the certificate will be renewed, as a Unix timestamp",
+            m.renewal.clone(),
+        );
+        registry.register(
+            "lanyard_certificate_ready_status",
+            "The Ready condition of the certificate (1 for the current condition)",
+            m.ready.clone(),
+        );
+        registry.register(
+            "lanyard_certificate_issued",
+            "Certificates issued",
+            m.issued.clone(),
+        );
+        registry.register(
+            "lanyard_certificate_issuance_failures",
+            "Failed issuance attempts, by reason",
+            m.failures.clone(),
+        );
+        registry.register(
+            "lanyard_issuer_ready_status",
+            "The Ready condition of the issuer (1 for the current condition)",
+            m.issuer_ready.clone(),
+        );
+        registry.register(
+            "lanyard_ca_expiration_timestamp_seconds",
+            "The date after which a signing CA (role=issuer) or the trust anchor it chains to (role=anchor) expires",
+            m.ca_expiration.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    fn certificate_labels(namespace: &str, name: &str, spec: &CertificateSpec) -> CertificateLabels {
+        CertificateLabels {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            issuer_name: spec.issuer_ref.name.clone(),
+            issuer_kind: spec
+                .issuer_ref
+                .kind
+                .clone()
+                .unwrap_or_else(|| IssuerKind::Issuer.as_str().to_string()),
+            issuer_group: spec.issuer_ref.group.clone().unwrap_or_else(|| GROUP.to_string()),
+        }
+    }
+
+    fn track(&self, labels: &CertificateLabels) {
+        let mut known = self.known.lock().expect("metrics lock");
+        let key = (labels.namespace.clone(), labels.name.clone());
+        let stale = match known.certificates.get(&key) {
+            Some((old, _)) if old != labels => true,
+            Some(_) => false,
+            None => {
+                known
+                    .certificates
+                    .insert(key.clone(), (labels.clone(), BTreeSet::new()));
+                false
+            }
+        };
+        if stale {
+            drop(known);
+            self.forget_certificate(&labels.namespace, &labels.name);
+            self.known
+                .lock()
+                .expect("metrics lock")
+                .certificates
+                .insert(key, (labels.clone(), BTreeSet::new()));
+        }
+    }
+
+    /// Records a Certificate's status: expiry, renewal time and Ready.
+    pub fn observe_certificate(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: &CertificateSpec,
+        status: &CertificateStatus,
+    ) {
+        let labels = Self::certificate_labels(namespace, name, spec);
+        self.track(&labels);
+        if let Some(not_after) = status.not_after {
+            self.expiration.get_or_create(&labels).set(not_after.timestamp());
+        }
+        if let Some(renewal) = status.renewal_time {
+            self.renewal.get_or_create(&labels).set(renewal.timestamp());
+        }
+        let current = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map_or("Unknown", |c| c.status.as_str());
+        for condition in CONDITIONS {
+            let ready = ReadyLabels {
+                name: labels.name.clone(),
+                namespace: labels.namespace.clone(),
+                condition: condition.to_string(),
+                issuer_name: labels.issuer_name.clone(),
+                issuer_kind: labels.issuer_kind.clone(),
+                issuer_group: labels.issuer_group.clone(),
+            };
+            self.ready
+                .get_or_create(&ready)
+                .set(i64::from(condition == current));
+        }
+    }
+
+    /// Counts an issuance.
+    pub fn issued(&self, namespace: &str, name: &str, spec: &CertificateSpec) {
+        let labels = Self::certificate_labels(namespace, name, spec);
+        self.track(&labels);
+        self.issued.get_or_create(&labels).inc();
+    }
+
+    /// Counts a failed issuance attempt.
+    pub fn failed(&self, namespace: &str, name: &str, spec: &CertificateSpec, reason: &str) {
+        let labels = Self::certificate_labels(namespace, name, spec);
+        self.track(&labels);
+        if let Some((_, reasons)) = self
+            .known
+            .lock()
+            .expect("metrics lock")
+            .certificates
+            .get_mut(&(namespace.to_string(), name.to_string()))
+        {
+            reasons.insert(reason.to_string());
+        }
+        self.failures
+            .get_or_create(&FailureLabels {
+                name: labels.name,
+                namespace: labels.namespace,
+                issuer_name: labels.issuer_name,
+                issuer_kind: labels.issuer_kind,
+                issuer_group: labels.issuer_group,
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Removes every series of a deleted Certificate.
+    pub fn forget_certificate(&self, namespace: &str, name: &str) {
+        let removed = self
+            .known
+            .lock()
+            .expect("metrics lock")
+            .certificates
+            .remove(&(namespace.to_string(), name.to_string()));
+        let Some((labels, reasons)) = removed else {
+            return;
+        };
+        self.expiration.remove(&labels);
+        self.renewal.remove(&labels);
+        self.issued.remove(&labels);
+        for condition in CONDITIONS {
+            self.ready.remove(&ReadyLabels {
+                name: labels.name.clone(),
+                namespace: labels.namespace.clone(),
+                condition: condition.to_string(),
+                issuer_name: labels.issuer_name.clone(),
+                issuer_kind: labels.issuer_kind.clone(),
+                issuer_group: labels.issuer_group.clone(),
+            });
+        }
+        for reason in reasons {
+            self.failures.remove(&FailureLabels {
+                name: labels.name.clone(),
+                namespace: labels.namespace.clone(),
+                issuer_name: labels.issuer_name.clone(),
+                issuer_kind: labels.issuer_kind.clone(),
+                issuer_group: labels.issuer_group.clone(),
+                reason,
+            });
+        }
+    }
+
+    /// Records an issuer's readiness and the expiry of its CA and anchors.
+    /// `namespace` is empty for a ClusterIssuer.
+    pub fn observe_issuer(
+        &self,
+        kind: IssuerKind,
+        namespace: &str,
+        name: &str,
+        material: Option<&IssuerMaterial>,
+    ) {
+        self.forget_issuer(kind, namespace, name);
+        for condition in CONDITIONS {
+            let current = if material.is_some() { "True" } else { "False" };
+            self.issuer_ready
+                .get_or_create(&IssuerLabels {
+                    name: name.to_string(),
+                    namespace: namespace.to_string(),
+                    kind: kind.as_str().to_string(),
+                    condition: condition.to_string(),
+                })
+                .set(i64::from(condition == current));
+        }
+        let mut series = Vec::new();
+        if let Some(IssuerMaterial::Ca { ca, roots }) = material {
+            let signing = ca.certificate();
+            let role = if signing.is_self_issued() { "anchor" } else { "issuer" };
+            let mut certs = vec![(role, signing)];
+            certs.extend(
+                roots
+                    .iter()
+                    .filter(|r| r.der() != signing.der())
+                    .map(|r| ("anchor", r)),
+            );
+            for (role, cert) in certs {
+                let labels = CaLabels {
+                    issuer: name.to_string(),
+                    issuer_kind: kind.as_str().to_string(),
+                    namespace: namespace.to_string(),
+                    role: role.to_string(),
+                    subject: cert.subject().to_string(),
+                };
+                self.ca_expiration
+                    .get_or_create(&labels)
+                    .set(cert.not_after().timestamp());
+                series.push(labels);
+            }
+        }
+        self.known
+            .lock()
+            .expect("metrics lock")
+            .issuers
+            .insert((kind, namespace.to_string(), name.to_string()), series);
+    }
+
+    /// Removes every series of a deleted issuer.
+    pub fn forget_issuer(&self, kind: IssuerKind, namespace: &str, name: &str) {
+        let removed = self
+            .known
+            .lock()
+            .expect("metrics lock")
+            .issuers
+            .remove(&(kind, namespace.to_string(), name.to_string()));
+        let Some(series) = removed else { return };
+        for condition in CONDITIONS {
+            self.issuer_ready.remove(&IssuerLabels {
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+                kind: kind.as_str().to_string(),
+                condition: condition.to_string(),
+            });
+        }
+        for labels in series {
+            self.ca_expiration.remove(&labels);
+        }
+    }
+
+    /// The certificates with series now, as `(namespace, name)`.
+    pub fn tracked_certificates(&self) -> Vec<(String, String)> {
+        self.known
+            .lock()
+            .expect("metrics lock")
+            .certificates
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The issuers with series now, as `(kind, namespace, name)`.
+    pub fn tracked_issuers(&self) -> Vec<(IssuerKind, String, String)> {
+        self.known
+            .lock()
+            .expect("metrics lock")
+            .issuers
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String");
+        out
+    }
+}
+
+/// Serves `/metrics` (and `/healthz`) on `addr` until the future is
+/// dropped. Returns the bound address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    Ok((bound, async move { axum::serve(listener, app).await }))
+}

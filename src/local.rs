@@ -1,0 +1,245 @@
+//! `lanyard up`, `lanyard apply` and `lanyard get`: the local mode.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, ValueEnum};
+use lanyard_crds::identity::{IdentityDomain, TrustDomain};
+use lanyard_crds::time::SystemClock;
+use lanyard_rotator::local::manifests::{self, ApplyError};
+use lanyard_rotator::local::{
+    DEFAULT_CLUSTER_RESOURCE_NAMESPACE, Durability, LocalController, LocalOptions, certificate_rows,
+};
+use lanyard_rotator::metrics::Metrics;
+
+use crate::ca::CliError;
+
+/// `lanyard up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The state directory: manifests/, secrets/, status/.
+    #[arg(long, env = "LANYARD_STATE_DIR")]
+    state_dir: PathBuf,
+    /// The mesh's trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The control plane's namespace: the identity issuer lives there and
+    /// names the identity domain `identity.<namespace>.<trust-domain>`.
+    #[arg(long, default_value = "linkerd")]
+    control_plane_namespace: String,
+    /// Where ClusterIssuers' CA Secrets live.
+    #[arg(long, default_value = DEFAULT_CLUSTER_RESOURCE_NAMESPACE)]
+    cluster_resource_namespace: String,
+    /// Where to serve Prometheus metrics.
+    #[arg(long, default_value = "127.0.0.1:9402")]
+    metrics_addr: SocketAddr,
+}
+
+/// `lanyard apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The state directory.
+    #[arg(long, env = "LANYARD_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Manifest files (`-` for standard input).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Namespace for objects that do not name one.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+}
+
+/// What `lanyard get` lists.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Resource {
+    /// Certificates.
+    #[value(alias = "certificate", alias = "cert", alias = "certs")]
+    Certificates,
+}
+
+/// `lanyard get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// What to list.
+    resource: Resource,
+    /// The state directory.
+    #[arg(long, env = "LANYARD_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Only this namespace.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+}
+
+fn options(args: &UpArgs) -> Result<LocalOptions, CliError> {
+    let trust_domain: TrustDomain = args.trust_domain.parse()?;
+    let domain = IdentityDomain::new(&args.control_plane_namespace, trust_domain)?;
+    Ok(LocalOptions {
+        state_dir: args.state_dir.clone(),
+        domain,
+        cluster_resource_namespace: args.cluster_resource_namespace.clone(),
+        durability: Durability::Fsync,
+    })
+}
+
+/// Runs the local controller until Ctrl-C or SIGTERM.
+pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
+    let options = options(&args)?;
+    let metrics = Arc::new(Metrics::new());
+    let controller = LocalController::open(options.clone(), SystemClock, metrics).map_err(local)?;
+    if controller.bootstrap().map_err(local)? {
+        eprintln!(
+            "lanyard: new trust anchor `{}` in {}; manifests in {}",
+            options.domain.anchor_common_name(),
+            options.state_dir.join("secrets").display(),
+            options.manifests_dir().display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CliError::Read {
+            path: "tokio runtime".into(),
+            source,
+        })?;
+    let state_dir = options.state_dir.clone();
+    runtime
+        .block_on(lanyard_rotator::local::run::run(
+            controller,
+            args.metrics_addr,
+            move |addr| {
+                eprintln!(
+                    "lanyard: watching {} ; metrics on http://{addr}/metrics ; Ctrl-C to stop",
+                    state_dir.join("manifests").display()
+                );
+            },
+            shutdown_signal(),
+        ))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn local(e: lanyard_rotator::local::LocalError) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+/// Validates manifests and adds them to the store; writes nothing when any
+/// document is wrong.
+pub fn apply(args: ApplyArgs) -> Result<ExitCode, CliError> {
+    let mut inputs = Vec::new();
+    for file in &args.files {
+        let text = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|source| CliError::Read {
+                    path: file.clone(),
+                    source,
+                })?;
+            text
+        } else {
+            std::fs::read_to_string(file).map_err(|source| CliError::Read {
+                path: file.clone(),
+                source,
+            })?
+        };
+        inputs.push((file.clone(), text));
+    }
+    let store = lanyard_rotator::local::SecretStore::new(args.state_dir.join("secrets"), Durability::Fsync);
+    match manifests::apply(&args.state_dir.join("manifests"), &store, &inputs, &args.namespace) {
+        Ok(applied) => {
+            for a in applied {
+                let resource = match a.key.kind {
+                    "Secret" => "secret".to_string(),
+                    kind => format!("{}.lanyard.dev", kind.to_lowercase()),
+                };
+                println!("{resource}/{} {}", a.key.name, a.action);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ ApplyError::Invalid(_)) => {
+            eprintln!("{e}");
+            eprintln!("nothing was applied");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or("<none>".into(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+/// Prints a table like `kubectl get certificates -A`.
+pub fn get(args: GetArgs) -> Result<ExitCode, CliError> {
+    let Resource::Certificates = args.resource;
+    let (rows, errors) = certificate_rows(&args.state_dir).map_err(local)?;
+    for e in errors {
+        eprintln!("warning: {e}");
+    }
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| args.namespace.as_ref().is_none_or(|ns| &r.namespace == ns))
+        .collect();
+    if rows.is_empty() {
+        eprintln!("No resources found.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table: Vec<[String; 6]> = std::iter::once([
+        "NAMESPACE".to_string(),
+        "NAME".into(),
+        "READY".into(),
+        "SECRET".into(),
+        "NOT AFTER".into(),
+        "RENEWAL".into(),
+    ])
+    .chain(rows.into_iter().map(|r| {
+        [
+            r.namespace,
+            r.name,
+            r.ready,
+            r.secret,
+            time(r.not_after),
+            time(r.renewal_time),
+        ]
+    }))
+    .collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|i| table.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
