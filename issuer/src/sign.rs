@@ -99,8 +99,8 @@ impl SigningCa {
                     subject: ca.subject().to_string(),
                 });
             }
-            Some(n) => Some(n - 1),
-            None => None,
+            Some(n) if template.is_ca => Some(n - 1),
+            _ => None,
         };
         let validity = validity_within(now, TimeDelta::zero(), template.lifetime, ca.not_after());
         let mut params = params_for(template, path_len)?;

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod issuing;
+pub mod local;
+pub mod metrics;
 pub mod planner;
 pub mod reconcile;
 pub mod secret;

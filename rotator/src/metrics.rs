@@ -143,7 +143,11 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    fn certificate_labels(namespace: &str, name: &str, spec: &CertificateSpec) -> CertificateLabels {
+    fn certificate_labels(
+        namespace: &str,
+        name: &str,
+        spec: &CertificateSpec,
+    ) -> CertificateLabels {
         CertificateLabels {
             name: name.to_string(),
             namespace: namespace.to_string(),
@@ -153,7 +157,11 @@ impl Metrics {
                 .kind
                 .clone()
                 .unwrap_or_else(|| IssuerKind::Issuer.as_str().to_string()),
-            issuer_group: spec.issuer_ref.group.clone().unwrap_or_else(|| GROUP.to_string()),
+            issuer_group: spec
+                .issuer_ref
+                .group
+                .clone()
+                .unwrap_or_else(|| GROUP.to_string()),
         }
     }
 
@@ -192,7 +200,9 @@ impl Metrics {
         let labels = Self::certificate_labels(namespace, name, spec);
         self.track(&labels);
         if let Some(not_after) = status.not_after {
-            self.expiration.get_or_create(&labels).set(not_after.timestamp());
+            self.expiration
+                .get_or_create(&labels)
+                .set(not_after.timestamp());
         }
         if let Some(renewal) = status.renewal_time {
             self.renewal.get_or_create(&labels).set(renewal.timestamp());
@@ -309,7 +319,11 @@ impl Metrics {
         let mut series = Vec::new();
         if let Some(IssuerMaterial::Ca { ca, roots }) = material {
             let signing = ca.certificate();
-            let role = if signing.is_self_issued() { "anchor" } else { "issuer" };
+            let role = if signing.is_self_issued() {
+                "anchor"
+            } else {
+                "issuer"
+            };
             let mut certs = vec![(role, signing)];
             certs.extend(
                 roots
@@ -340,12 +354,11 @@ impl Metrics {
 
     /// Removes every series of a deleted issuer.
     pub fn forget_issuer(&self, kind: IssuerKind, namespace: &str, name: &str) {
-        let removed = self
-            .known
-            .lock()
-            .expect("metrics lock")
-            .issuers
-            .remove(&(kind, namespace.to_string(), name.to_string()));
+        let removed = self.known.lock().expect("metrics lock").issuers.remove(&(
+            kind,
+            namespace.to_string(),
+            name.to_string(),
+        ));
         let Some(series) = removed else { return };
         for condition in CONDITIONS {
             self.issuer_ready.remove(&IssuerLabels {

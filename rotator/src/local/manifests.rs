@@ -59,8 +59,16 @@ impl Object {
     /// The object's key.
     pub fn key(&self) -> ObjectKey {
         let (kind, namespace, name) = match self {
-            Object::Certificate(c) => ("Certificate", c.metadata.namespace.clone(), c.metadata.name.clone()),
-            Object::Issuer(i) => ("Issuer", i.metadata.namespace.clone(), i.metadata.name.clone()),
+            Object::Certificate(c) => (
+                "Certificate",
+                c.metadata.namespace.clone(),
+                c.metadata.name.clone(),
+            ),
+            Object::Issuer(i) => (
+                "Issuer",
+                i.metadata.namespace.clone(),
+                i.metadata.name.clone(),
+            ),
             Object::ClusterIssuer(i) => ("ClusterIssuer", None, i.metadata.name.clone()),
             Object::Secret {
                 namespace, name, ..
@@ -107,7 +115,11 @@ impl std::error::Error for ManifestError {}
 /// Parses a YAML stream. Every document must be usable; all errors are
 /// returned together. Empty documents are skipped. Namespaced objects
 /// without a namespace get `default_namespace`, as kubectl does.
-pub fn parse(file: &Path, text: &str, default_namespace: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
+pub fn parse(
+    file: &Path,
+    text: &str,
+    default_namespace: &str,
+) -> Result<Vec<Object>, Vec<ManifestError>> {
     let error = |document, field: Option<&str>, message: String| ManifestError {
         file: file.to_path_buf(),
         document,
@@ -186,13 +198,17 @@ fn parse_document(doc: serde_json::Value, default_namespace: &str) -> Result<Obj
         (API_VERSION, other) => {
             return Err((
                 Some("kind".into()),
-                format!("`{other}` is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer)"),
+                format!(
+                    "`{other}` is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer)"
+                ),
             ));
         }
         (other, kind) => {
             return Err((
                 Some("apiVersion".into()),
-                format!("`{other}` `{kind}` is not served here; Lanyard takes {API_VERSION} Certificate, Issuer and ClusterIssuer, and v1 Secret"),
+                format!(
+                    "`{other}` `{kind}` is not served here; Lanyard takes {API_VERSION} Certificate, Issuer and ClusterIssuer, and v1 Secret"
+                ),
             ));
         }
     };
@@ -238,10 +254,7 @@ fn parse_document(doc: serde_json::Value, default_namespace: &str) -> Result<Obj
         ));
     }
     match &object {
-        Object::Certificate(c) => c
-            .spec
-            .validate()
-            .map_err(|e| (None, e.to_string()))?,
+        Object::Certificate(c) => c.spec.validate().map_err(|e| (None, e.to_string()))?,
         Object::Issuer(i) => validate_issuer(&i.spec.config)?,
         Object::ClusterIssuer(i) => validate_issuer(&i.spec.config)?,
         Object::Secret { .. } => {}
@@ -250,12 +263,20 @@ fn parse_document(doc: serde_json::Value, default_namespace: &str) -> Result<Obj
 }
 
 fn validate_issuer(config: &IssuerConfig) -> Result<(), DocError> {
-    config.validate().map_err(|message| (Some("spec".into()), message))
+    config
+        .validate()
+        .map_err(|message| (Some("spec".into()), message))
 }
 
 /// Every object in every `*.yaml` / `*.yml` / `*.json` file of `dir`, by
 /// file. Files that fail to parse are returned as errors, one per problem.
-pub fn load_dir(dir: &Path, default_namespace: &str) -> (BTreeMap<PathBuf, Vec<Object>>, BTreeMap<PathBuf, Vec<ManifestError>>) {
+pub fn load_dir(
+    dir: &Path,
+    default_namespace: &str,
+) -> (
+    BTreeMap<PathBuf, Vec<Object>>,
+    BTreeMap<PathBuf, Vec<ManifestError>>,
+) {
     let mut objects = BTreeMap::new();
     let mut errors = BTreeMap::new();
     for path in manifest_files(dir) {
@@ -330,13 +351,16 @@ pub fn apply(
     if !errors.is_empty() {
         return Err(ApplyError::Invalid(errors));
     }
-    std::fs::create_dir_all(manifests_dir).map_err(|e| ApplyError::Write(manifests_dir.display().to_string(), e.to_string()))?;
+    std::fs::create_dir_all(manifests_dir)
+        .map_err(|e| ApplyError::Write(manifests_dir.display().to_string(), e.to_string()))?;
     let mut applied = Vec::new();
     for object in objects {
         let key = object.key();
         let action = match &object {
             Object::Secret {
-                namespace, name, data,
+                namespace,
+                name,
+                data,
             } => {
                 let old = secrets
                     .read(namespace, name)
@@ -347,7 +371,11 @@ pub fn apply(
                     secrets
                         .write(namespace, name, data)
                         .map_err(|e| ApplyError::Write(key.to_string(), e.to_string()))?;
-                    if old.is_some() { "configured" } else { "created" }
+                    if old.is_some() {
+                        "configured"
+                    } else {
+                        "created"
+                    }
                 }
             }
             _ => upsert(manifests_dir, &object, default_namespace)?,
@@ -402,7 +430,11 @@ fn to_value(object: &Object) -> serde_json::Value {
 }
 
 /// Writes `object` into the file that already defines it, or a new file.
-fn upsert(dir: &Path, object: &Object, default_namespace: &str) -> Result<&'static str, ApplyError> {
+fn upsert(
+    dir: &Path,
+    object: &Object,
+    default_namespace: &str,
+) -> Result<&'static str, ApplyError> {
     let key = object.key();
     let new_value = to_value(object);
     let write_err = |e: String| ApplyError::Write(key.to_string(), e);
@@ -429,7 +461,12 @@ fn upsert(dir: &Path, object: &Object, default_namespace: &str) -> Result<&'stat
     let file_name = if key.namespace.is_empty() {
         format!("{}.{}.yaml", key.kind.to_lowercase(), key.name)
     } else {
-        format!("{}.{}.{}.yaml", key.kind.to_lowercase(), key.namespace, key.name)
+        format!(
+            "{}.{}.{}.yaml",
+            key.kind.to_lowercase(),
+            key.namespace,
+            key.name
+        )
     };
     let yaml = to_yaml_stream(std::slice::from_ref(&new_value)).map_err(write_err)?;
     write_atomic(&dir.join(file_name), yaml.as_bytes(), FileMode::Public)

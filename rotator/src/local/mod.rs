@@ -122,7 +122,13 @@ pub struct LocalController<C> {
     records: BTreeMap<(String, String), Record>,
 }
 
-fn condition(type_: &str, ok: bool, reason: &str, message: String, now: DateTime<Utc>) -> Condition {
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) -> Condition {
     Condition {
         type_: type_.to_string(),
         status: if ok { "True" } else { "False" }.to_string(),
@@ -135,17 +141,27 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String, now: DateTime
 
 impl<C: Clock> LocalController<C> {
     /// Opens (creating) the state directory and loads recorded status.
-    pub fn open(options: LocalOptions, clock: C, metrics: Arc<Metrics>) -> Result<Self, LocalError> {
+    pub fn open(
+        options: LocalOptions,
+        clock: C,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, LocalError> {
         let secrets = options.secret_store();
         secrets.create_root()?;
         let mut records = BTreeMap::new();
         let status_root = options.status_dir().join("certificates");
-        for ns in std::fs::read_dir(&status_root).into_iter().flatten().flatten() {
+        for ns in std::fs::read_dir(&status_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             for file in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
                 let path = file.path();
                 let (Some(namespace), Some(name)) = (
                     ns.file_name().to_str().map(str::to_string),
-                    path.file_stem().and_then(|s| s.to_str()).map(str::to_string),
+                    path.file_stem()
+                        .and_then(|s| s.to_str())
+                        .map(str::to_string),
                 ) else {
                     continue;
                 };
@@ -191,13 +207,19 @@ impl<C: Clock> LocalController<C> {
         }
         let now = self.clock.now();
         let domain = &self.options.domain;
-        let anchor = TrustAnchor::generate(domain, DEFAULT_ANCHOR_LIFETIME, KeyAlgorithm::EcdsaP256, now)?;
+        let anchor = TrustAnchor::generate(
+            domain,
+            DEFAULT_ANCHOR_LIFETIME,
+            KeyAlgorithm::EcdsaP256,
+            now,
+        )?;
         let mut secret = SecretData::default();
         let pem = anchor.certificate().to_pem();
         secret.data.insert(TLS_CRT.into(), pem.clone().into_bytes());
-        secret
-            .data
-            .insert(TLS_KEY.into(), anchor.key().to_pkcs8_pem().as_bytes().to_vec());
+        secret.data.insert(
+            TLS_KEY.into(),
+            anchor.key().to_pkcs8_pem().as_bytes().to_vec(),
+        );
         secret.data.insert(CA_CRT.into(), pem.into_bytes());
         self.secrets.write(
             &self.options.cluster_resource_namespace,
@@ -321,108 +343,162 @@ impl<C: Clock> LocalController<C> {
                 }
                 Object::ClusterIssuer(i) => {
                     let name = i.metadata.name.clone().unwrap_or_default();
-                    issuers.insert((IssuerKind::ClusterIssuer, String::new(), name), i.spec.config);
+                    issuers.insert(
+                        (IssuerKind::ClusterIssuer, String::new(), name),
+                        i.spec.config,
+                    );
                 }
                 Object::Secret { .. } => {}
             }
         }
 
+        let ca_secrets: BTreeSet<(String, String)> = issuers
+            .iter()
+            .filter_map(|((kind, ns, _), config)| {
+                let secret = config.ca.as_ref()?.secret_name.clone();
+                Some((self.ca_namespace(*kind, ns), secret))
+            })
+            .collect();
+        // Certificates whose Secrets back a CA issuer go first, deepest
+        // chain first, so what they sign is looked at with the fresh CA.
+        let depth = |c: &Certificate| -> usize {
+            let mut depth = 0;
+            let mut current = (
+                c.metadata.namespace.clone().unwrap_or_default(),
+                c.spec.secret_name.clone(),
+            );
+            while ca_secrets.contains(&current) && depth < 8 {
+                depth += 1;
+                let next = certificates.iter().find(|c| {
+                    let kind = c
+                        .spec
+                        .issuer_ref
+                        .issuer_kind()
+                        .unwrap_or(IssuerKind::Issuer);
+                    let ns = c.metadata.namespace.clone().unwrap_or_default();
+                    issuers
+                        .get(&(
+                            kind,
+                            if kind == IssuerKind::Issuer {
+                                ns.clone()
+                            } else {
+                                String::new()
+                            },
+                            c.spec.issuer_ref.name.clone(),
+                        ))
+                        .and_then(|config| config.ca.as_ref())
+                        .is_some_and(|ca| {
+                            (self.ca_namespace(kind, &ns), ca.secret_name.clone()) == current
+                        })
+                });
+                match next {
+                    Some(n) => {
+                        current = (
+                            n.metadata.namespace.clone().unwrap_or_default(),
+                            n.spec.secret_name.clone(),
+                        )
+                    }
+                    None => break,
+                }
+            }
+            depth
+        };
+        let mut order: Vec<(usize, usize)> = certificates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (usize::MAX - depth(c), i))
+            .collect();
+        order.sort();
+        let mut materials = self.load_issuers(&issuers, now)?;
         let mut next_wake: Option<DateTime<Utc>> = None;
-        for _round in 0..8 {
-            let materials = self.load_issuers(&issuers, now)?;
-            let ca_secrets: BTreeSet<(String, String)> = issuers
-                .iter()
-                .filter_map(|((kind, ns, _), config)| {
-                    let secret = config.ca.as_ref()?.secret_name.clone();
-                    Some((self.ca_namespace(*kind, ns), secret))
-                })
-                .collect();
-            let mut rewrote_ca = false;
-            next_wake = None;
-            for certificate in &mut certificates {
-                let ns = certificate.metadata.namespace.clone().unwrap_or_default();
-                let name = certificate.metadata.name.clone().unwrap_or_default();
-                let key = ObjectKey {
-                    kind: "Certificate",
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                };
-                let spec_value = serde_json::to_value(&certificate.spec).expect("specs serialise");
-                let record = self.records.get(&(ns.clone(), name.clone()));
-                let generation = match record {
-                    Some(r) if r.spec == spec_value => r.generation,
-                    Some(r) => r.generation + 1,
-                    None => 1,
-                };
-                certificate.metadata.generation = Some(generation);
-                certificate.status = record.map(|r| r.status.clone());
+        for (_, index) in order {
+            let certificate = &mut certificates[index];
+            let ns = certificate.metadata.namespace.clone().unwrap_or_default();
+            let name = certificate.metadata.name.clone().unwrap_or_default();
+            let key = ObjectKey {
+                kind: "Certificate",
+                namespace: ns.clone(),
+                name: name.clone(),
+            };
+            let spec_value = serde_json::to_value(&certificate.spec).expect("specs serialise");
+            let record = self.records.get(&(ns.clone(), name.clone()));
+            let generation = match record {
+                Some(r) if r.spec == spec_value => r.generation,
+                Some(r) => r.generation + 1,
+                None => 1,
+            };
+            certificate.metadata.generation = Some(generation);
+            certificate.status = record.map(|r| r.status.clone());
 
-                let issuer_ref = &certificate.spec.issuer_ref;
-                let kind = issuer_ref.issuer_kind().unwrap_or(IssuerKind::Issuer);
-                let issuer_key = (
+            let issuer_ref = &certificate.spec.issuer_ref;
+            let kind = issuer_ref.issuer_kind().unwrap_or(IssuerKind::Issuer);
+            let issuer_key = (
+                kind,
+                if kind == IssuerKind::Issuer {
+                    ns.clone()
+                } else {
+                    String::new()
+                },
+                issuer_ref.name.clone(),
+            );
+            let not_found = IssuerError::NotFound {
+                kind,
+                name: if kind == IssuerKind::Issuer {
+                    format!("{ns}/{}", issuer_ref.name)
+                } else {
+                    issuer_ref.name.clone()
+                },
+            };
+            let material = match materials.get(&issuer_key) {
+                Some(Ok(m)) => Ok(m),
+                Some(Err(e)) => Err(e),
+                None => Err(&not_found),
+            };
+            let secret = self.secrets.read(&ns, &certificate.spec.secret_name)?;
+            let outcome = reconcile(
+                certificate,
+                secret.as_ref(),
+                ResolvedIssuer {
                     kind,
-                    if kind == IssuerKind::Issuer { ns.clone() } else { String::new() },
-                    issuer_ref.name.clone(),
-                );
-                let not_found = IssuerError::NotFound {
-                    kind,
-                    name: if kind == IssuerKind::Issuer {
-                        format!("{ns}/{}", issuer_ref.name)
-                    } else {
-                        issuer_ref.name.clone()
-                    },
-                };
-                let material = match materials.get(&issuer_key) {
-                    Some(Ok(m)) => Ok(m),
-                    Some(Err(e)) => Err(e),
-                    None => Err(&not_found),
-                };
-                let secret = self.secrets.read(&ns, &certificate.spec.secret_name)?;
-                let outcome = reconcile(
-                    certificate,
-                    secret.as_ref(),
-                    ResolvedIssuer {
-                        kind,
-                        name: &issuer_ref.name,
-                        material,
-                    },
-                    now,
-                );
-                if let Some(new_secret) = &outcome.secret {
-                    self.secrets.write(&ns, &certificate.spec.secret_name, new_secret)?;
-                    if ca_secrets.contains(&(ns.clone(), certificate.spec.secret_name.clone())) {
-                        rewrote_ca = true;
-                    }
+                    name: &issuer_ref.name,
+                    material,
+                },
+                now,
+            );
+            if let Some(new_secret) = &outcome.secret {
+                self.secrets
+                    .write(&ns, &certificate.spec.secret_name, new_secret)?;
+                if ca_secrets.contains(&(ns.clone(), certificate.spec.secret_name.clone())) {
+                    // What this CA signs is reconciled later in this pass,
+                    // against the new CA.
+                    materials = self.load_issuers(&issuers, now)?;
                 }
-                match &outcome.event {
-                    Event::Issued(reason) => {
-                        self.metrics.issued(&ns, &name, &certificate.spec);
-                        tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "issued");
-                        report.issued.push((key.clone(), *reason));
-                    }
-                    Event::Failed { reason, message } => {
-                        self.metrics.failed(&ns, &name, &certificate.spec, reason);
-                        tracing::warn!(certificate = %key, reason, message, "issuance failed");
-                        report.failed.push((key.clone(), reason, message.clone()));
-                    }
-                    Event::UpToDate | Event::BackingOff(_) => {}
-                }
-                self.metrics
-                    .observe_certificate(&ns, &name, &certificate.spec, &outcome.status);
-                let new_record = Record {
-                    generation,
-                    spec: spec_value,
-                    status: outcome.status,
-                };
-                if self.records.get(&(ns.clone(), name.clone())) != Some(&new_record) {
-                    self.write_record(&ns, &name, &new_record)?;
-                    self.records.insert((ns, name), new_record);
-                }
-                next_wake = Some(next_wake.map_or(outcome.requeue_at, |w| w.min(outcome.requeue_at)));
             }
-            if !rewrote_ca {
-                break;
+            match &outcome.event {
+                Event::Issued(reason) => {
+                    self.metrics.issued(&ns, &name, &certificate.spec);
+                    tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "issued");
+                    report.issued.push((key.clone(), *reason));
+                }
+                Event::Failed { reason, message } => {
+                    self.metrics.failed(&ns, &name, &certificate.spec, reason);
+                    tracing::warn!(certificate = %key, reason, message, "issuance failed");
+                    report.failed.push((key.clone(), reason, message.clone()));
+                }
+                Event::UpToDate | Event::BackingOff(_) => {}
             }
+            self.metrics
+                .observe_certificate(&ns, &name, &certificate.spec, &outcome.status);
+            let new_record = Record {
+                generation,
+                spec: spec_value,
+                status: outcome.status,
+            };
+            if self.records.get(&(ns.clone(), name.clone())) != Some(&new_record) {
+                self.write_record(&ns, &name, &new_record)?;
+                self.records.insert((ns, name), new_record);
+            }
+            next_wake = Some(next_wake.map_or(outcome.requeue_at, |w| w.min(outcome.requeue_at)));
         }
         report.next_wake = next_wake;
 
@@ -468,8 +544,10 @@ impl<C: Clock> LocalController<C> {
         &self,
         issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
         now: DateTime<Utc>,
-    ) -> Result<BTreeMap<(IssuerKind, String, String), Result<IssuerMaterial, IssuerError>>, LocalError>
-    {
+    ) -> Result<
+        BTreeMap<(IssuerKind, String, String), Result<IssuerMaterial, IssuerError>>,
+        LocalError,
+    > {
         let mut materials = BTreeMap::new();
         for ((kind, ns, name), config) in issuers {
             let secret_ns = self.ca_namespace(*kind, ns);
@@ -485,7 +563,13 @@ impl<C: Clock> LocalController<C> {
                 .observe_issuer(*kind, ns, name, material.as_ref().ok());
             let status = IssuerStatus {
                 conditions: vec![match &material {
-                    Ok(_) => condition("Ready", true, "KeyPairVerified", "Signing CA verified".into(), now),
+                    Ok(_) => condition(
+                        "Ready",
+                        true,
+                        "KeyPairVerified",
+                        "Signing CA verified".into(),
+                        now,
+                    ),
                     Err(e) => condition("Ready", false, e.reason(), e.to_string(), now),
                 }],
             };
@@ -505,7 +589,12 @@ impl<C: Clock> LocalController<C> {
 
     fn write_record(&self, namespace: &str, name: &str, record: &Record) -> Result<(), LocalError> {
         let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
-        secrets::write_file_atomic(&self.record_path(namespace, name), &bytes, 0o644, self.options.durability)?;
+        secrets::write_file_atomic(
+            &self.record_path(namespace, name),
+            &bytes,
+            0o644,
+            self.options.durability,
+        )?;
         Ok(())
     }
 
@@ -517,8 +606,17 @@ impl<C: Clock> LocalController<C> {
         status: IssuerStatus,
     ) -> Result<(), LocalError> {
         let path = match kind {
-            IssuerKind::Issuer => self.options.status_dir().join("issuers").join(namespace).join(format!("{name}.json")),
-            IssuerKind::ClusterIssuer => self.options.status_dir().join("clusterissuers").join(format!("{name}.json")),
+            IssuerKind::Issuer => self
+                .options
+                .status_dir()
+                .join("issuers")
+                .join(namespace)
+                .join(format!("{name}.json")),
+            IssuerKind::ClusterIssuer => self
+                .options
+                .status_dir()
+                .join("clusterissuers")
+                .join(format!("{name}.json")),
         };
         // Keep the old transition time when nothing changed.
         let mut conditions = std::fs::read(&path)
@@ -531,7 +629,8 @@ impl<C: Clock> LocalController<C> {
             set_condition(&mut conditions, c);
         }
         if conditions != previous || previous.is_empty() {
-            let bytes = serde_json::to_vec_pretty(&IssuerStatus { conditions }).expect("status serialises");
+            let bytes =
+                serde_json::to_vec_pretty(&IssuerStatus { conditions }).expect("status serialises");
             secrets::write_file_atomic(&path, &bytes, 0o644, self.options.durability)?;
         }
         Ok(())
@@ -558,7 +657,9 @@ pub struct CertificateRow {
 }
 
 /// The Certificates in a state directory with their recorded status.
-pub fn certificate_rows(state_dir: &Path) -> Result<(Vec<CertificateRow>, Vec<ManifestError>), LocalError> {
+pub fn certificate_rows(
+    state_dir: &Path,
+) -> Result<(Vec<CertificateRow>, Vec<ManifestError>), LocalError> {
     let (objects, errors) = manifests::load_dir(&state_dir.join("manifests"), "default");
     let mut rows = Vec::new();
     for object in objects.into_values().flatten() {
@@ -572,10 +673,14 @@ pub fn certificate_rows(state_dir: &Path) -> Result<(Vec<CertificateRow>, Vec<Ma
             .join(&namespace)
             .join(format!("{name}.json"));
         let record: Option<Record> = match std::fs::read(&path) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| LocalError::CorruptState {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?),
+            Ok(bytes) => {
+                Some(
+                    serde_json::from_slice(&bytes).map_err(|e| LocalError::CorruptState {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
             Err(_) => None,
         };
         let status = record.map(|r| r.status).unwrap_or_default();

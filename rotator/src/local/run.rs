@@ -86,15 +86,22 @@ pub async fn run<C: Clock + 'static>(
     loop {
         let report = tokio::task::block_in_place(|| controller.reconcile_all())?;
         // Report each broken manifest once, not on every pass.
-        let errors: std::collections::BTreeSet<String> =
-            report.manifest_errors.iter().map(|e| e.to_string()).collect();
+        let errors: std::collections::BTreeSet<String> = report
+            .manifest_errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         for error in errors.difference(&reported) {
             tracing::error!(%error, "manifest ignored; the last good version (if any) stays in force");
         }
         reported = errors;
         let wait = report
             .next_wake
-            .map(|at| (at - controller.clock.now()).to_std().unwrap_or(Duration::ZERO))
+            .map(|at| {
+                (at - controller.clock.now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+            })
             .unwrap_or(RESYNC_INTERVAL)
             .min(RESYNC_INTERVAL);
         tokio::select! {

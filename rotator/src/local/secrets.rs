@@ -75,7 +75,11 @@ impl SecretStore {
     }
 
     /// Reads a Secret; `None` when it does not exist.
-    pub fn read(&self, namespace: &str, name: &str) -> Result<Option<SecretData>, SecretStoreError> {
+    pub fn read(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, SecretStoreError> {
         let data_dir = self.dir(namespace, name).join(DATA);
         let entries = match fs::read_dir(&data_dir) {
             Ok(entries) => entries,
@@ -92,9 +96,8 @@ impl SecretStore {
             let path = entry.path();
             if key == METADATA {
                 let bytes = fs::read(&path).map_err(at(&path))?;
-                let metadata: Metadata = serde_json::from_slice(&bytes).map_err(|e| {
-                    at(&path)(std::io::Error::new(ErrorKind::InvalidData, e))
-                })?;
+                let metadata: Metadata = serde_json::from_slice(&bytes)
+                    .map_err(|e| at(&path)(std::io::Error::new(ErrorKind::InvalidData, e)))?;
                 secret.labels = metadata.labels;
                 secret.annotations = metadata.annotations;
             } else if !key.starts_with("..") {
@@ -108,7 +111,12 @@ impl SecretStore {
 
     /// Replaces a Secret atomically: every key changes at once or none does.
     /// `tls.key` and every key not known to be public are written 0600.
-    pub fn write(&self, namespace: &str, name: &str, secret: &SecretData) -> Result<(), SecretStoreError> {
+    pub fn write(
+        &self,
+        namespace: &str,
+        name: &str,
+        secret: &SecretData,
+    ) -> Result<(), SecretStoreError> {
         for key in secret.data.keys() {
             if !is_valid_key(key) {
                 return Err(at(Path::new(key))(std::io::Error::new(
@@ -125,7 +133,11 @@ impl SecretStore {
             .tempdir_in(&dir)
             .map_err(at(&dir))?;
         for (key, value) in &secret.data {
-            let mode = if key == "tls.crt" || key == "ca.crt" { 0o644 } else { 0o600 };
+            let mode = if key == "tls.crt" || key == "ca.crt" {
+                0o644
+            } else {
+                0o600
+            };
             self.write_file(&staged.path().join(key), value, mode)?;
         }
         let metadata = serde_json::to_vec(&Metadata {
@@ -278,7 +290,10 @@ mod tests {
         assert_eq!(store.read("ns", "s").unwrap(), Some(second));
         let dir = store.dir("ns", "s");
         assert_eq!(fs::read(dir.join("tls.crt")).unwrap(), b"c2");
-        assert!(!dir.join("extra").exists(), "a dropped key's link is removed");
+        assert!(
+            !dir.join("extra").exists(),
+            "a dropped key's link is removed"
+        );
         let versions = fs::read_dir(&dir)
             .unwrap()
             .filter(|e| {
@@ -288,7 +303,10 @@ mod tests {
             })
             .count();
         assert_eq!(versions, 1, "the old version is removed");
-        let mode = fs::metadata(dir.join("tls.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let mode = fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
