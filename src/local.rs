@@ -126,13 +126,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -168,8 +169,14 @@ pub fn apply(args: ApplyArgs) -> Result<ExitCode, CliError> {
         };
         inputs.push((file.clone(), text));
     }
-    let store = lanyard_rotator::local::SecretStore::new(args.state_dir.join("secrets"), Durability::Fsync);
-    match manifests::apply(&args.state_dir.join("manifests"), &store, &inputs, &args.namespace) {
+    let store =
+        lanyard_rotator::local::SecretStore::new(args.state_dir.join("secrets"), Durability::Fsync);
+    match manifests::apply(
+        &args.state_dir.join("manifests"),
+        &store,
+        &inputs,
+        &args.namespace,
+    ) {
         Ok(applied) => {
             for a in applied {
                 let resource = match a.key.kind {
@@ -193,7 +200,9 @@ pub fn apply(args: ApplyArgs) -> Result<ExitCode, CliError> {
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {
-    t.map_or("<none>".into(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+    t.map_or("<none>".into(), |t| {
+        t.to_rfc3339_opts(SecondsFormat::Secs, true)
+    })
 }
 
 /// Prints a table like `kubectl get certificates -A`.

@@ -30,8 +30,8 @@ pub enum Event {
     Issued(IssueReason),
     /// Nothing was due.
     UpToDate,
-    /// Issuance is due, but failures are backing it off.
-    BackingOff(IssueReason),
+    /// The last attempts failed; the next waits until the backoff ends.
+    BackingOff,
     /// The attempt failed with this CamelCase reason and message.
     Failed {
         /// CamelCase reason (`InvalidSpec`, `IssuerNotFound`, ...).
@@ -71,6 +71,19 @@ pub fn reconcile(
     let status = certificate.status.clone().unwrap_or_default();
     let failures = failures_for(&status, generation);
 
+    // After a failure, nothing is tried again until the backoff ends, be
+    // it an invalid spec, a missing issuer or a failed signature.
+    if failures.count > 0
+        && let Some(last) = failures.last
+        && now < last + backoff(failures.count)
+    {
+        return Outcome {
+            status,
+            secret: None,
+            requeue_at: last + backoff(failures.count),
+            event: Event::BackingOff,
+        };
+    }
     if let Err(invalid) = certificate.spec.validate() {
         return failed(
             status,
@@ -118,11 +131,11 @@ pub fn reconcile(
             requeue_at: current.renewal_time,
             event: Event::UpToDate,
         },
-        Plan::BackOff { reason, until, .. } => Outcome {
+        Plan::BackOff { until, .. } => Outcome {
             status,
             secret: None,
             requeue_at: until,
-            event: Event::BackingOff(reason),
+            event: Event::BackingOff,
         },
         Plan::Issue {
             reason, message, ..

@@ -365,7 +365,7 @@ fn failures_back_off_and_success_resets_them() {
         )
     };
     let early = ok(now - TimeDelta::seconds(1));
-    assert_eq!(early.event, Event::BackingOff(IssueReason::DoesNotExist));
+    assert_eq!(early.event, Event::BackingOff);
     // ...and once it ends, issuance succeeds and the failures reset.
     let issued = ok(now);
     assert_eq!(issued.event, Event::Issued(IssueReason::DoesNotExist));

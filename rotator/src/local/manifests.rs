@@ -112,6 +112,18 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
+/// How much of an object [`parse`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checks {
+    /// Shape, names and every spec rule, as the API server's schema and CEL
+    /// rules would: what `lanyard apply` refuses.
+    Admission,
+    /// Shape and names only. The controller loads objects this way, so a
+    /// Certificate with a bad spec that reached the store anyway is still
+    /// seen, and gets `Ready=False` with the reason.
+    Structure,
+}
+
 /// Parses a YAML stream. Every document must be usable; all errors are
 /// returned together. Empty documents are skipped. Namespaced objects
 /// without a namespace get `default_namespace`, as kubectl does.
@@ -119,6 +131,7 @@ pub fn parse(
     file: &Path,
     text: &str,
     default_namespace: &str,
+    checks: Checks,
 ) -> Result<Vec<Object>, Vec<ManifestError>> {
     let error = |document, field: Option<&str>, message: String| ManifestError {
         file: file.to_path_buf(),
@@ -137,7 +150,7 @@ pub fn parse(
         if doc.is_null() {
             continue;
         }
-        match parse_document(doc, default_namespace) {
+        match parse_document(doc, default_namespace, checks) {
             Ok(object) => objects.push(object),
             Err((field, message)) => errors.push(error(document, field.as_deref(), message)),
         }
@@ -159,7 +172,11 @@ fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, DocError> {
     })
 }
 
-fn parse_document(doc: serde_json::Value, default_namespace: &str) -> Result<Object, DocError> {
+fn parse_document(
+    doc: serde_json::Value,
+    default_namespace: &str,
+    checks: Checks,
+) -> Result<Object, DocError> {
     let text = |field: &str| doc.get(field).and_then(|v| v.as_str()).map(str::to_string);
     let api_version = text("apiVersion").ok_or((
         Some("apiVersion".into()),
@@ -253,6 +270,9 @@ fn parse_document(doc: serde_json::Value, default_namespace: &str) -> Result<Obj
             format!("`{namespace}` is not a valid namespace"),
         ));
     }
+    if checks == Checks::Structure {
+        return Ok(object);
+    }
     match &object {
         Object::Certificate(c) => c.spec.validate().map_err(|e| (None, e.to_string()))?,
         Object::Issuer(i) => validate_issuer(&i.spec.config)?,
@@ -289,7 +309,7 @@ pub fn load_dir(
                     message: format!("cannot read: {e}"),
                 }]
             })
-            .and_then(|text| parse(&path, &text, default_namespace));
+            .and_then(|text| parse(&path, &text, default_namespace, Checks::Structure));
         match result {
             Ok(objs) => {
                 objects.insert(path, objs);
@@ -343,7 +363,7 @@ pub fn apply(
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (file, text) in inputs {
-        match parse(file, text, default_namespace) {
+        match parse(file, text, default_namespace, Checks::Admission) {
             Ok(objs) => objects.extend(objs),
             Err(errs) => errors.extend(errs),
         }
@@ -442,7 +462,7 @@ fn upsert(
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let Ok(objects) = parse(&path, &text, default_namespace) else {
+        let Ok(objects) = parse(&path, &text, default_namespace, Checks::Structure) else {
             continue;
         };
         let Some(index) = objects.iter().position(|o| o.key() == key) else {

@@ -485,7 +485,7 @@ impl<C: Clock> LocalController<C> {
                     tracing::warn!(certificate = %key, reason, message, "issuance failed");
                     report.failed.push((key.clone(), reason, message.clone()));
                 }
-                Event::UpToDate | Event::BackingOff(_) => {}
+                Event::UpToDate | Event::BackingOff => {}
             }
             self.metrics
                 .observe_certificate(&ns, &name, &certificate.spec, &outcome.status);
