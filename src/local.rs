@@ -116,31 +116,10 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
                     state_dir.join("manifests").display()
                 );
             },
-            shutdown_signal(),
+            lanyard_rotator::kube::shutdown_signal(),
         ))
         .map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 fn local(e: lanyard_rotator::local::LocalError) -> CliError {

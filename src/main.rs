@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod controller;
 mod local;
 
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Command {
     Apply(local::ApplyArgs),
     /// List objects in the local state directory, like kubectl.
     Get(local::GetArgs),
+    /// Run the controller against a Kubernetes API server (in cluster, or
+    /// the current KUBECONFIG context).
+    Controller(controller::ControllerArgs),
     /// Print the CustomResourceDefinitions, generated from the Rust types.
     Crds,
 }
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Up(args) => local::up(args),
         Command::Apply(args) => local::apply(args),
         Command::Get(args) => local::get(args),
+        Command::Controller(args) => controller::controller(args),
         Command::Crds => {
             print!("{}", lanyard_crds::api::custom_resource_definitions_yaml());
             Ok(ExitCode::SUCCESS)

@@ -268,6 +268,27 @@ impl<'de> Deserialize<'de> for GoDuration {
     }
 }
 
+/// In a CRD schema a duration is a string in Go's syntax, checked by a
+/// pattern so the API server refuses `1 year` before the controller sees it.
+#[cfg(feature = "api")]
+impl schemars::JsonSchema for GoDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "GoDuration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": 64,
+            "pattern": "^([0-9]+(\\.[0-9]+)?(ns|us|\u{b5}s|\u{3bc}s|ms|s|m|h))+$",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,26 +438,5 @@ mod tests {
         fn duration_shaped_strings_never_panic(s in "[-+]?[0-9.]{0,22}(ns|us|ms|s|m|h|d)?([0-9.]{0,5}(s|m|h))?") {
             let _ = s.parse::<GoDuration>();
         }
-    }
-}
-
-/// In a CRD schema a duration is a string in Go's syntax, checked by a
-/// pattern so the API server refuses `1 year` before the controller sees it.
-#[cfg(feature = "api")]
-impl schemars::JsonSchema for GoDuration {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "GoDuration".into()
-    }
-
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "maxLength": 64,
-            "pattern": "^([0-9]+(\\.[0-9]+)?(ns|us|\u{b5}s|\u{3bc}s|ms|s|m|h))+$",
-        })
     }
 }

@@ -52,7 +52,7 @@ pub enum IssuerError {
         /// `namespace/name`.
         secret: String,
         /// Why.
-        source: lanyard_issuer::Error,
+        source: Box<lanyard_issuer::Error>,
     },
 }
 
@@ -76,7 +76,7 @@ pub enum IssuerMaterial {
     /// A CA from a Secret.
     Ca {
         /// The CA, checked.
-        ca: SigningCa,
+        ca: Box<SigningCa>,
         /// The roots for `ca.crt` of what it signs: the CA Secret's
         /// `ca.crt`, or else the last certificate of its `tls.crt`.
         roots: Vec<Certificate>,
@@ -123,7 +123,7 @@ pub fn load_issuer(
     };
     let bad = |source| IssuerError::BadCa {
         secret: secret_ref.to_string(),
-        source,
+        source: Box::new(source),
     };
     let crt = secret.get(TLS_CRT).ok_or_else(|| missing(TLS_CRT))?;
     let key = secret.get(TLS_KEY).ok_or_else(|| missing(TLS_KEY))?;
@@ -137,7 +137,10 @@ pub fn load_issuer(
         None => chain.last().cloned().into_iter().collect(),
     };
     let ca = SigningCa::new(chain, key, now).map_err(bad)?;
-    Ok(IssuerMaterial::Ca { ca, roots })
+    Ok(IssuerMaterial::Ca {
+        ca: Box::new(ca),
+        roots,
+    })
 }
 
 /// A freshly issued Secret and what status needs to know of it.

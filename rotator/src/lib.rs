@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod issuing;
+pub mod kube;
 pub mod local;
 pub mod metrics;
 pub mod planner;

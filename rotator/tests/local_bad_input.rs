@@ -193,8 +193,10 @@ fn an_issuer_whose_ca_secret_is_garbage_or_not_a_ca_signs_nothing() {
     env.apply(&leaf("plain", "")).unwrap();
     env.pass();
     let plain = env.secret("default", "plain-tls").unwrap();
-    let mut leaf_ca = SecretData::default();
-    leaf_ca.data = plain.data.clone();
+    let leaf_ca = SecretData {
+        data: plain.data.clone(),
+        ..Default::default()
+    };
     env.options
         .secret_store()
         .write("default", "leaf-ca", &leaf_ca)

@@ -63,7 +63,13 @@ fn fixture() -> Fixture {
 #[test]
 fn renewal_time_table() {
     let start = t0();
-    let cases: Vec<(&str, DateTime<Utc>, Option<TimeDelta>, DateTime<Utc>)> = vec![
+    type Case = (
+        &'static str,
+        DateTime<Utc>,
+        Option<TimeDelta>,
+        DateTime<Utc>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "renews a 24h leaf at two thirds of its life, at 16h",
             start + hours(24),

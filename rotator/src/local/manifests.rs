@@ -373,6 +373,7 @@ pub fn apply(
     }
     std::fs::create_dir_all(manifests_dir)
         .map_err(|e| ApplyError::Write(manifests_dir.display().to_string(), e.to_string()))?;
+    let mut index = Index::load(manifests_dir, default_namespace);
     let mut applied = Vec::new();
     for object in objects {
         let key = object.key();
@@ -398,10 +399,11 @@ pub fn apply(
                     }
                 }
             }
-            _ => upsert(manifests_dir, &object, default_namespace)?,
+            _ => index.upsert(manifests_dir, &object),
         };
         applied.push(Applied { key, action });
     }
+    index.write()?;
     Ok(applied)
 }
 
@@ -449,49 +451,84 @@ fn to_value(object: &Object) -> serde_json::Value {
     value
 }
 
-/// Writes `object` into the file that already defines it, or a new file.
-fn upsert(
-    dir: &Path,
-    object: &Object,
-    default_namespace: &str,
-) -> Result<&'static str, ApplyError> {
-    let key = object.key();
-    let new_value = to_value(object);
-    let write_err = |e: String| ApplyError::Write(key.to_string(), e);
-    for path in manifest_files(dir) {
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
+/// The manifests directory in memory: every file's documents, and where
+/// each object is defined. `apply` reads it once, edits it, and writes only
+/// the files it changed.
+struct Index {
+    files: BTreeMap<PathBuf, Vec<serde_json::Value>>,
+    objects: std::collections::HashMap<ObjectKey, (PathBuf, usize)>,
+    dirty: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Index {
+    fn load(dir: &Path, default_namespace: &str) -> Self {
+        let mut index = Index {
+            files: BTreeMap::new(),
+            objects: std::collections::HashMap::new(),
+            dirty: std::collections::BTreeSet::new(),
         };
-        let Ok(objects) = parse(&path, &text, default_namespace, Checks::Structure) else {
-            continue;
-        };
-        let Some(index) = objects.iter().position(|o| o.key() == key) else {
-            continue;
-        };
-        let mut values: Vec<serde_json::Value> = objects.iter().map(to_value).collect();
-        if values[index] == new_value {
-            return Ok("unchanged");
+        for path in manifest_files(dir) {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            // A file that does not parse is left alone; apply adds objects
+            // beside it rather than rewriting what it cannot read.
+            let Ok(objects) = parse(&path, &text, default_namespace, Checks::Structure) else {
+                continue;
+            };
+            for (i, object) in objects.iter().enumerate() {
+                index
+                    .objects
+                    .entry(object.key())
+                    .or_insert((path.clone(), i));
+            }
+            index
+                .files
+                .insert(path, objects.iter().map(to_value).collect());
         }
-        values[index] = new_value;
-        let yaml = to_yaml_stream(&values).map_err(write_err)?;
-        write_atomic(&path, yaml.as_bytes(), FileMode::Public)
-            .map_err(|e| write_err(e.to_string()))?;
-        return Ok("configured");
+        index
     }
-    let file_name = if key.namespace.is_empty() {
-        format!("{}.{}.yaml", key.kind.to_lowercase(), key.name)
-    } else {
-        format!(
-            "{}.{}.{}.yaml",
-            key.kind.to_lowercase(),
-            key.namespace,
-            key.name
-        )
-    };
-    let yaml = to_yaml_stream(std::slice::from_ref(&new_value)).map_err(write_err)?;
-    write_atomic(&dir.join(file_name), yaml.as_bytes(), FileMode::Public)
-        .map_err(|e| write_err(e.to_string()))?;
-    Ok("created")
+
+    /// Puts `object` in the file that already defines it, or a new file.
+    fn upsert(&mut self, dir: &Path, object: &Object) -> &'static str {
+        let key = object.key();
+        let value = to_value(object);
+        if let Some((path, i)) = self.objects.get(&key) {
+            let docs = self.files.get_mut(path).expect("indexed files are loaded");
+            if docs[*i] == value {
+                return "unchanged";
+            }
+            docs[*i] = value;
+            self.dirty.insert(path.clone());
+            return "configured";
+        }
+        let file_name = if key.namespace.is_empty() {
+            format!("{}.{}.yaml", key.kind.to_lowercase(), key.name)
+        } else {
+            format!(
+                "{}.{}.{}.yaml",
+                key.kind.to_lowercase(),
+                key.namespace,
+                key.name
+            )
+        };
+        let path = dir.join(file_name);
+        let docs = self.files.entry(path.clone()).or_default();
+        docs.push(value);
+        self.objects.insert(key, (path.clone(), docs.len() - 1));
+        self.dirty.insert(path);
+        "created"
+    }
+
+    fn write(self) -> Result<(), ApplyError> {
+        for path in &self.dirty {
+            let write_err = |e: String| ApplyError::Write(path.display().to_string(), e);
+            let yaml = to_yaml_stream(&self.files[path]).map_err(write_err)?;
+            write_atomic(path, yaml.as_bytes(), FileMode::Public)
+                .map_err(|e| write_err(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 /// YAML for a list of documents.

@@ -1,0 +1,184 @@
+//! Reconciling 10,000 Certificates in the local shell: a cold pass (every
+//! one needs issuing) and a steady pass (none does), beside the CA core's
+//! raw issuance rate (key generation + signing, nothing else) measured in
+//! the same run, so the ratio shows what the store and planner cost.
+//!
+//! `cargo bench -p lanyard-rotator` prints the figures. Without `--bench`
+//! (as `cargo test --benches` runs it) it does a quick smoke run.
+
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::TimeDelta;
+use lanyard_crds::api::IssuerKind;
+use lanyard_crds::identity::IdentityDomain;
+use lanyard_crds::time::{Clock, SystemClock};
+use lanyard_crds::usage::KeyUsage;
+use lanyard_issuer::{CertificateTemplate, KeyAlgorithm, SigningKey};
+use lanyard_rotator::issuing::{IssuerMaterial, load_issuer};
+use lanyard_rotator::local::manifests::apply;
+use lanyard_rotator::local::{Durability, LocalController, LocalOptions};
+use lanyard_rotator::metrics::Metrics;
+
+#[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
+fn stopwatch() -> Instant {
+    Instant::now()
+}
+
+/// Keys generated and certificates signed per second by the CA core alone.
+fn raw_issuance_rate(material: &IssuerMaterial, n: usize) -> f64 {
+    let IssuerMaterial::Ca { ca, .. } = material else {
+        unreachable!("a CA issuer")
+    };
+    let template = CertificateTemplate {
+        common_name: None,
+        dns_names: vec!["web.default.svc.cluster.local".into()],
+        uris: vec![],
+        is_ca: false,
+        usages: vec![KeyUsage::DigitalSignature],
+        lifetime: TimeDelta::hours(24),
+    };
+    let now = SystemClock.now();
+    let start = stopwatch();
+    for _ in 0..n {
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
+        std::hint::black_box(ca.sign(&template, &key, now).expect("sign"));
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The Issuer and `n` Certificates, in files of 500 documents (a manifest
+/// file holds at most 1,024, the YAML parser's guard against document
+/// storms).
+fn manifests(n: usize) -> Vec<(std::path::PathBuf, String)> {
+    let mut files = vec![(
+        "issuer.yaml".into(),
+        "apiVersion: lanyard.dev/v1\nkind: Issuer\nmetadata:\n  name: identity\n  namespace: linkerd\nspec:\n  ca:\n    secretName: linkerd-identity-issuer\n".to_string(),
+    )];
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        files.push((
+            format!("bench-{}.yaml", chunk[0]).into(),
+            certificates_yaml(chunk),
+        ));
+    }
+    files
+}
+
+fn certificates_yaml(indices: &[usize]) -> String {
+    let mut out = String::new();
+    for i in indices {
+        let _ = write!(
+            out,
+            "---\napiVersion: lanyard.dev/v1\nkind: Certificate\nmetadata:\n  name: w{i}\n  namespace: linkerd\nspec:\n  secretName: w{i}-tls\n  dnsNames: [w{i}.linkerd.svc.cluster.local]\n  duration: 24h\n  issuerRef: {{name: identity}}\n"
+        );
+    }
+    out
+}
+
+struct Run {
+    cold: Duration,
+    steady: Duration,
+    issued: usize,
+}
+
+fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial) {
+    let dir = tempfile::tempdir_in(
+        std::env::var_os("LANYARD_BENCH_DIR")
+            .unwrap_or_else(|| std::env::temp_dir().into_os_string()),
+    )
+    .expect("scratch directory");
+    let options = LocalOptions {
+        state_dir: dir.path().to_path_buf(),
+        domain: IdentityDomain::linkerd_default(),
+        cluster_resource_namespace: "lanyard".into(),
+        durability,
+    };
+    let mut controller =
+        LocalController::open(options.clone(), SystemClock, Arc::new(Metrics::new()))
+            .expect("open");
+    controller.bootstrap().expect("bootstrap");
+    // The identity issuer first, so the cold pass measures leaves only.
+    controller.reconcile_all().expect("issuer pass");
+    apply(
+        &options.manifests_dir(),
+        &options.secret_store(),
+        &manifests(n),
+        "default",
+    )
+    .expect("apply");
+
+    let start = stopwatch();
+    let cold = controller.reconcile_all().expect("cold pass");
+    let cold_time = start.elapsed();
+    assert!(cold.failed.is_empty(), "{:?}", cold.failed.first());
+    let start = stopwatch();
+    let steady = controller.reconcile_all().expect("steady pass");
+    let steady_time = start.elapsed();
+    assert!(steady.issued.is_empty() && steady.failed.is_empty());
+
+    let issuer_secret = options
+        .secret_store()
+        .read("linkerd", "linkerd-identity-issuer")
+        .expect("read")
+        .expect("issuer secret");
+    let material = load_issuer(
+        IssuerKind::Issuer,
+        "identity",
+        &lanyard_crds::api::IssuerConfig {
+            ca: Some(lanyard_crds::api::CaIssuer {
+                secret_name: "linkerd-identity-issuer".into(),
+            }),
+            self_signed: None,
+        },
+        Some(&issuer_secret),
+        "linkerd/linkerd-identity-issuer",
+        SystemClock.now(),
+    )
+    .expect("issuer");
+    (
+        Run {
+            cold: cold_time,
+            steady: steady_time,
+            issued: cold.issued.len(),
+        },
+        material,
+    )
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 50 } else { 10_000 };
+
+    for (label, durability, n) in [
+        ("deferred flush", Durability::Deferred, n),
+        ("fsync every write", Durability::Fsync, n / 10),
+    ] {
+        let (run, material) = run(n, durability);
+        // The peer: the CA core's raw rate, before and after, same material.
+        let raw = (raw_issuance_rate(&material, n.min(2_000))
+            + raw_issuance_rate(&material, n.min(2_000)))
+            / 2.0;
+        let cold_rate = run.issued as f64 / run.cold.as_secs_f64();
+        let steady_rate = n as f64 / run.steady.as_secs_f64();
+        println!("local shell, {n} Certificates, {label}:");
+        println!(
+            "  cold pass   {:>9.3} s  {:>9.0} certificates/s (issued {})",
+            run.cold.as_secs_f64(),
+            cold_rate,
+            run.issued
+        );
+        println!(
+            "  steady pass {:>9.3} s  {:>9.0} certificates/s",
+            run.steady.as_secs_f64(),
+            steady_rate
+        );
+        println!("  CA core raw issuance (P-256 keygen + sign) {raw:>9.0} /s");
+        println!(
+            "  cold pass / raw issuance = {:.2} (goal >= 0.5)",
+            cold_rate / raw
+        );
+    }
+}

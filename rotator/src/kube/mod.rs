@@ -1,0 +1,898 @@
+//! The Kubernetes shell (`lanyard controller`), in kube-rs' controller-rs
+//! layout: [`reconcile_certificate`] gathers a Certificate's inputs from
+//! the API server (its issuer, the issuer's CA Secret, its own Secret),
+//! hands them to the pure [`crate::reconcile::reconcile`], and writes what
+//! it returns; [`error_policy`] backs off when the API server fails; [`run`]
+//! wires both into a kube-runtime `Controller` that runs only while this
+//! replica holds the Lease ([`lease`]).
+//!
+//! The Secret is written with server-side apply as field manager
+//! `lanyard`, holding only the keys the controller manages, so keys,
+//! labels and annotations written by others are never removed.
+
+pub mod lease;
+pub mod secret;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::kube::api::{Api, Patch, PatchParams};
+use ::kube::runtime::controller::{self, Action, Controller};
+use ::kube::runtime::reflector::{self, ObjectRef, Store};
+use ::kube::runtime::{WatchStreamExt, watcher};
+use ::kube::{Client, ResourceExt};
+use chrono::DateTime;
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use lanyard_crds::api::{
+    API_VERSION, Certificate, CertificateStatus, ClusterIssuer, Issuer, IssuerConfig, IssuerKind,
+};
+use lanyard_crds::time::Clock;
+use tracing::{debug, info, warn};
+
+use crate::issuing::{IssuerError, IssuerMaterial, load_issuer};
+use crate::metrics::Metrics;
+use crate::reconcile::{Event, ResolvedIssuer, reconcile};
+use crate::secret::SecretData;
+
+pub use lease::{LeaderElection, LeaseDecision, LeaseLock, lease_decision};
+pub use secret::{applied_secret, secret_data};
+
+/// The field manager of every write: server-side apply records which
+/// fields the controller owns under this name.
+pub const FIELD_MANAGER: &str = "lanyard";
+/// Where a ClusterIssuer's CA Secret lives unless configured otherwise
+/// (cert-manager's `--cluster-resource-namespace`).
+pub const DEFAULT_CLUSTER_RESOURCE_NAMESPACE: &str = "lanyard";
+/// The longest a Certificate waits between reconciles even when nothing
+/// is due: a missed watch event costs at most this long, and a renewal
+/// months away never waits on one timer through clock jumps and sleeps.
+pub const MAX_REQUEUE: Duration = Duration::from_secs(3_600);
+/// The shortest requeue, so a renewal due now does not spin.
+pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
+
+/// What every reconcile shares: the client, the clock, the metrics.
+pub struct Context<C: Clock> {
+    /// The API client.
+    pub client: Client,
+    /// Where `now` comes from.
+    pub clock: C,
+    /// The controller's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The namespace of ClusterIssuers' CA Secrets.
+    pub cluster_resource_namespace: String,
+    /// API failures per Certificate since its last successful reconcile,
+    /// for [`error_policy`]'s backoff.
+    api_failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl<C: Clock> fmt::Debug for Context<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("clock", &self.clock)
+            .field(
+                "cluster_resource_namespace",
+                &self.cluster_resource_namespace,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Clock> Context<C> {
+    /// A context whose ClusterIssuers keep their CA Secrets in
+    /// [`DEFAULT_CLUSTER_RESOURCE_NAMESPACE`].
+    pub fn new(client: Client, clock: C, metrics: Arc<Metrics>) -> Self {
+        Context {
+            client,
+            clock,
+            metrics,
+            cluster_resource_namespace: DEFAULT_CLUSTER_RESOURCE_NAMESPACE.to_string(),
+            api_failures: Mutex::default(),
+        }
+    }
+
+    /// Sets the namespace of ClusterIssuers' CA Secrets.
+    pub fn with_cluster_resource_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.cluster_resource_namespace = namespace.into();
+        self
+    }
+
+    fn api_failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+        // The map only counts; a panic elsewhere cannot leave it invalid.
+        self.api_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record_api_failure(&self, namespace: String, name: String) -> u32 {
+        let mut failures = self.api_failures();
+        let count = failures.entry((namespace, name)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn clear_api_failures(&self, namespace: &str, name: &str) {
+        self.api_failures()
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+}
+
+/// Why a reconcile (or the controller) failed. Everything here is the API
+/// server's or the object's fault, not the certificate's: a Certificate
+/// that cannot be issued is a `Ready=False` status, not an `Error`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Certificate came without a namespace.
+    #[error("Certificate `{name}` has no namespace")]
+    NoNamespace {
+        /// The Certificate's name.
+        name: String,
+    },
+    /// Reading an object failed (other than it not existing).
+    #[error("reading {what}: {source}")]
+    Read {
+        /// Kind and `namespace/name` of the object.
+        what: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// The Secret to write could not be built.
+    #[error("building Secret `{namespace}/{name}`: {source}")]
+    BuildSecret {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// What is missing.
+        #[source]
+        source: secret::AppliedSecretError,
+    },
+    /// Applying the Secret failed.
+    #[error("applying Secret `{namespace}/{name}`: {source}")]
+    ApplySecret {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// Writing the Certificate's status failed.
+    #[error("updating the status of Certificate `{namespace}/{name}`: {source}")]
+    PatchStatus {
+        /// The Certificate's namespace.
+        namespace: String,
+        /// The Certificate's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// The status did not serialise.
+    #[error("serialising the status of Certificate `{namespace}/{name}`: {source}")]
+    SerializeStatus {
+        /// The Certificate's namespace.
+        namespace: String,
+        /// The Certificate's name.
+        name: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No API client could be configured.
+    #[error("configuring the Kubernetes client: {0}")]
+    Client(#[source] ::kube::Error),
+}
+
+/// A client from the environment: the in-cluster service account, else
+/// `$KUBECONFIG` or `~/.kube/config`.
+pub async fn infer_client() -> Result<Client, Error> {
+    Client::try_default().await.map_err(Error::Client)
+}
+
+/// The issuer a Certificate names, as read from the API server.
+struct FoundIssuer {
+    config: IssuerConfig,
+    /// `namespace/name` of its CA Secret, when it has one.
+    ca_secret_ref: String,
+    ca_secret: Option<SecretData>,
+}
+
+/// Reconciles one Certificate: read its issuer, the issuer's CA Secret and
+/// its own Secret; run the core; apply the Secret if the core issued one;
+/// record the status; requeue at the renewal time (at most
+/// [`MAX_REQUEUE`] away).
+pub async fn reconcile_certificate<C: Clock>(
+    certificate: Arc<Certificate>,
+    ctx: Arc<Context<C>>,
+) -> Result<Action, Error> {
+    let name = certificate.name_any();
+    let namespace = certificate
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace { name: name.clone() })?;
+    if certificate.metadata.deletion_timestamp.is_some() {
+        // Going away (someone else's finalizer holds it): issuing now would
+        // only write a Secret the garbage collector is about to delete.
+        return Ok(Action::await_change());
+    }
+    let spec = &certificate.spec;
+    let issuer_name = spec.issuer_ref.name.clone();
+    let issuer_kind = spec.issuer_ref.issuer_kind();
+
+    // An invalid spec is reported by the core before it looks at anything
+    // else; reading objects it names (a kind we do not serve, a Secret name
+    // the API would reject) would be wasted and noisy.
+    let valid = spec.validate().is_ok();
+    let (issuer, current) = match issuer_kind {
+        Some(kind) if valid => {
+            let issuer = fetch_issuer(&ctx, &namespace, kind, &issuer_name).await?;
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+            let current =
+                secrets
+                    .get_opt(&spec.secret_name)
+                    .await
+                    .map_err(|source| Error::Read {
+                        what: format!("Secret `{namespace}/{}`", spec.secret_name),
+                        source,
+                    })?;
+            (issuer, current)
+        }
+        _ => (None, None),
+    };
+    let current_data = current.as_ref().map(secret_data);
+    let kind = issuer_kind.unwrap_or(IssuerKind::Issuer);
+
+    let now = ctx.clock.now();
+    let material: Result<IssuerMaterial, IssuerError> = match issuer {
+        _ if !valid => Err(IssuerError::InvalidSpec {
+            kind,
+            name: issuer_name.clone(),
+            reason: "the Certificate's spec is invalid; the issuer was not read".to_string(),
+        }),
+        None => Err(IssuerError::NotFound {
+            kind,
+            name: match kind {
+                IssuerKind::Issuer => format!("{namespace}/{issuer_name}"),
+                IssuerKind::ClusterIssuer => issuer_name.clone(),
+            },
+        }),
+        Some(found) => load_issuer(
+            kind,
+            &issuer_name,
+            &found.config,
+            found.ca_secret.as_ref(),
+            &found.ca_secret_ref,
+            now,
+        ),
+    };
+    if valid {
+        observe_issuer(&ctx.metrics, kind, &namespace, &issuer_name, &material);
+    }
+
+    let outcome = reconcile(
+        &certificate,
+        current_data.as_ref(),
+        ResolvedIssuer {
+            kind,
+            name: &issuer_name,
+            material: material.as_ref(),
+        },
+        now,
+    );
+
+    if let Some(issued) = &outcome.secret {
+        let applied = applied_secret(
+            &certificate,
+            issued,
+            current.as_ref().and_then(|s| s.type_.as_deref()),
+        )
+        .map_err(|source| Error::BuildSecret {
+            namespace: namespace.clone(),
+            name: spec.secret_name.clone(),
+            source,
+        })?;
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        secrets
+            .patch(
+                &spec.secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&applied),
+            )
+            .await
+            .map_err(|source| Error::ApplySecret {
+                namespace: namespace.clone(),
+                name: spec.secret_name.clone(),
+                source,
+            })?;
+    }
+
+    if certificate.status.as_ref() != Some(&outcome.status) {
+        let patch =
+            status_patch(certificate.status.as_ref(), &outcome.status).map_err(|source| {
+                Error::SerializeStatus {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    source,
+                }
+            })?;
+        let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        certificates
+            .patch_status(&name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::PatchStatus {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source,
+            })?;
+    }
+
+    match &outcome.event {
+        Event::Issued(reason) => {
+            info!(certificate = %format!("{namespace}/{name}"), secret = %spec.secret_name, reason = reason.as_str(), "issued a certificate");
+            ctx.metrics.issued(&namespace, &name, spec);
+        }
+        Event::Failed { reason, message } => {
+            warn!(certificate = %format!("{namespace}/{name}"), reason = *reason, "issuance failed: {message}");
+            ctx.metrics.failed(&namespace, &name, spec, reason);
+        }
+        Event::BackingOff => {
+            debug!(certificate = %format!("{namespace}/{name}"), until = %outcome.requeue_at, "backing off");
+        }
+        Event::UpToDate => {
+            debug!(certificate = %format!("{namespace}/{name}"), renewal = %outcome.requeue_at, "up to date");
+        }
+    }
+    ctx.metrics
+        .observe_certificate(&namespace, &name, spec, &outcome.status);
+    ctx.clear_api_failures(&namespace, &name);
+    Ok(Action::requeue(requeue_after(outcome.requeue_at, now)))
+}
+
+/// How long to wait until `at`, clamped to [`MIN_REQUEUE`]..[`MAX_REQUEUE`].
+pub fn requeue_after(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (at - now)
+        .to_std()
+        .unwrap_or(Duration::ZERO)
+        .clamp(MIN_REQUEUE, MAX_REQUEUE)
+}
+
+async fn fetch_issuer<C: Clock>(
+    ctx: &Context<C>,
+    namespace: &str,
+    kind: IssuerKind,
+    name: &str,
+) -> Result<Option<FoundIssuer>, Error> {
+    let read = |what: String| move |source| Error::Read { what, source };
+    let found = match kind {
+        IssuerKind::Issuer => Api::<Issuer>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(read(format!("Issuer `{namespace}/{name}`")))?
+            .map(|issuer| (issuer.spec.config, namespace.to_string())),
+        IssuerKind::ClusterIssuer => Api::<ClusterIssuer>::all(ctx.client.clone())
+            .get_opt(name)
+            .await
+            .map_err(read(format!("ClusterIssuer `{name}`")))?
+            .map(|issuer| (issuer.spec.config, ctx.cluster_resource_namespace.clone())),
+    };
+    let Some((config, secret_namespace)) = found else {
+        return Ok(None);
+    };
+    // load_issuer validates the config first; read the Secret only when it
+    // would be used.
+    let secret_name = match (&config.ca, config.validate()) {
+        (Some(ca), Ok(())) => Some(ca.secret_name.clone()),
+        _ => None,
+    };
+    let mut found = FoundIssuer {
+        ca_secret_ref: format!(
+            "{secret_namespace}/{}",
+            secret_name.as_deref().unwrap_or_default()
+        ),
+        config,
+        ca_secret: None,
+    };
+    if let Some(secret_name) = secret_name {
+        found.ca_secret = Api::<Secret>::namespaced(ctx.client.clone(), &secret_namespace)
+            .get_opt(&secret_name)
+            .await
+            .map_err(read(format!("Secret `{secret_namespace}/{secret_name}`")))?
+            .as_ref()
+            .map(secret_data);
+    }
+    Ok(Some(found))
+}
+
+fn observe_issuer(
+    metrics: &Metrics,
+    kind: IssuerKind,
+    certificate_namespace: &str,
+    name: &str,
+    material: &Result<IssuerMaterial, IssuerError>,
+) {
+    let namespace = match kind {
+        IssuerKind::Issuer => certificate_namespace,
+        IssuerKind::ClusterIssuer => "",
+    };
+    match material {
+        Ok(material) => metrics.observe_issuer(kind, namespace, name, Some(material)),
+        Err(IssuerError::NotFound { .. }) => metrics.forget_issuer(kind, namespace, name),
+        Err(_) => metrics.observe_issuer(kind, namespace, name, None),
+    }
+}
+
+/// The merge patch that makes the status `new`: a merge patch leaves keys
+/// it does not mention alone, so every key of `old` that `new` no longer
+/// has (a cleared `failedIssuanceAttempts`, say) is sent as `null`.
+pub fn status_patch(
+    old: Option<&CertificateStatus>,
+    new: &CertificateStatus,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut status = serde_json::to_value(new)?;
+    let old = old.map(serde_json::to_value).transpose()?;
+    if let (Some(serde_json::Value::Object(old)), serde_json::Value::Object(status)) =
+        (old, &mut status)
+    {
+        for key in old.keys() {
+            status.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(serde_json::json!({ "status": status }))
+}
+
+/// Backs off a Certificate whose reconcile failed against the API server:
+/// 5s after the first failure, doubling to at most 5 minutes.
+pub fn error_policy<C: Clock>(
+    certificate: Arc<Certificate>,
+    error: &Error,
+    ctx: Arc<Context<C>>,
+) -> Action {
+    let namespace = certificate.namespace().unwrap_or_default();
+    let name = certificate.name_any();
+    let attempts = ctx.record_api_failure(namespace.clone(), name.clone());
+    let delay = error_backoff(attempts);
+    warn!(
+        certificate = %format!("{namespace}/{name}"),
+        attempts,
+        retry_in = ?delay,
+        "reconcile failed: {error}"
+    );
+    Action::requeue(delay)
+}
+
+/// The delay after `attempts` consecutive API failures.
+pub fn error_backoff(attempts: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_secs(300);
+    let doublings = attempts.saturating_sub(1).min(16);
+    FIRST.saturating_mul(1 << doublings).min(MAX)
+}
+
+/// Runs the controller until `shutdown` completes.
+///
+/// With `election`, the controller runs only while this replica holds the
+/// Lease: it waits for the Lease, runs while renewing it, stops as soon as
+/// it is lost (then waits again), and gives it up on shutdown. Without, it
+/// runs at once (one replica, or tests).
+pub async fn run<C: Clock + 'static>(
+    ctx: Arc<Context<C>>,
+    election: Option<LeaderElection>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown_task = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            // Err means the sender is gone, which also means stop.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let Some(election) = election else {
+        run_controller(ctx, stopped()).await;
+        shutdown_task.abort();
+        return Ok(());
+    };
+    let lock = LeaseLock::new(ctx.client.clone(), election);
+    let interval = lock.election().renew_interval;
+    loop {
+        // Wait for the Lease.
+        loop {
+            match lock.try_acquire_or_renew(ctx.clock.now()).await {
+                Ok(LeaseDecision::Acquire | LeaseDecision::Renew) => break,
+                Ok(LeaseDecision::Wait { holder, until }) => {
+                    debug!(%holder, %until, "another replica leads; waiting for the Lease");
+                }
+                Err(error) => warn!("leader election: {error}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = stopped() => return Ok(()),
+            }
+        }
+        info!(identity = %lock.election().identity, "acquired the Lease; starting the controller");
+        tokio::select! {
+            () = run_controller(ctx.clone(), stopped()) => {
+                if let Err(error) = lock.release().await {
+                    warn!("releasing the Lease: {error}");
+                }
+                shutdown_task.abort();
+                return Ok(());
+            }
+            () = hold_lease(&lock, &ctx.clock) => {
+                warn!("lost the Lease; stopping the controller until it is acquired again");
+            }
+        }
+    }
+}
+
+/// Renews the Lease every renew interval; returns when it is lost: another
+/// replica holds it, or renewals have failed for the renew deadline.
+async fn hold_lease<C: Clock>(lock: &LeaseLock, clock: &C) {
+    let election = lock.election();
+    let deadline = chrono::TimeDelta::from_std(election.renew_deadline)
+        .unwrap_or(chrono::TimeDelta::seconds(10));
+    let mut renewed = clock.now();
+    loop {
+        tokio::time::sleep(election.renew_interval).await;
+        let now = clock.now();
+        match lock.try_acquire_or_renew(now).await {
+            Ok(LeaseDecision::Acquire | LeaseDecision::Renew) => renewed = now,
+            Ok(LeaseDecision::Wait { holder, .. }) => {
+                warn!(%holder, "the Lease is held by another replica");
+                return;
+            }
+            Err(error) => {
+                warn!("renewing the Lease: {error}");
+                if now - renewed >= deadline {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C: the `shutdown` for [`run`] in a pod.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// The Controller: Certificates, plus the Secrets, Issuers and
+/// ClusterIssuers they depend on, each mapped back to its dependents.
+async fn run_controller<C: Clock + 'static>(
+    ctx: Arc<Context<C>>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let config = watcher::Config::default();
+    let controller = Controller::new(Api::<Certificate>::all(client.clone()), config.clone());
+
+    // Stores of the issuers, for mapping a CA Secret to the Certificates
+    // whose issuer signs with it.
+    let (issuers, issuer_writer) = reflector::store::<Issuer>();
+    let (cluster_issuers, cluster_issuer_writer) = reflector::store::<ClusterIssuer>();
+    let issuer_reflector = reflector::reflector(
+        issuer_writer,
+        watcher(Api::<Issuer>::all(client.clone()), config.clone()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|event| async move {
+        if let Err(error) = event {
+            warn!("watching Issuers: {error}");
+        }
+    });
+    let cluster_issuer_reflector = reflector::reflector(
+        cluster_issuer_writer,
+        watcher(Api::<ClusterIssuer>::all(client.clone()), config.clone()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|event| async move {
+        if let Err(error) = event {
+            warn!("watching ClusterIssuers: {error}");
+        }
+    });
+
+    let dependents = Dependents {
+        certificates: controller.store(),
+        issuers,
+        cluster_issuers,
+        cluster_resource_namespace: ctx.cluster_resource_namespace.clone(),
+    };
+    let for_issuer = dependents.clone();
+    let for_cluster_issuer = dependents.clone();
+    let for_secret = dependents;
+    let metrics = ctx.metrics.clone();
+    let forget = ctx.clone();
+    let controller = controller
+        // One watch of Secrets serves both `owns` (the Certificate's own
+        // Secret) and the CA Secrets; two identical cluster-wide Secret
+        // watches would double the traffic.
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            config.clone(),
+            move |s| for_secret.for_secret(&s),
+        )
+        .watches(
+            Api::<Issuer>::all(client.clone()),
+            config.clone(),
+            move |i| {
+                for_issuer.for_issuer(IssuerKind::Issuer, i.namespace().as_deref(), &i.name_any())
+            },
+        )
+        .watches(Api::<ClusterIssuer>::all(client), config, move |i| {
+            for_cluster_issuer.for_issuer(IssuerKind::ClusterIssuer, None, &i.name_any())
+        })
+        .graceful_shutdown_on(stop)
+        .run(reconcile_certificate, error_policy, ctx)
+        .for_each(move |result| {
+            match result {
+                Ok((object, _)) => debug!(certificate = %object, "reconciled"),
+                // The object is gone from the store: the Certificate was
+                // deleted, and its series go with it.
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    let namespace = object.namespace.clone().unwrap_or_default();
+                    metrics.forget_certificate(&namespace, &object.name);
+                    forget.clear_api_failures(&namespace, &object.name);
+                    debug!(certificate = %object, "deleted; forgot its metrics");
+                }
+                // error_policy has logged it.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!("controller: {error}"),
+            }
+            std::future::ready(())
+        });
+    tokio::select! {
+        () = controller => {}
+        () = issuer_reflector => {}
+        () = cluster_issuer_reflector => {}
+    }
+}
+
+/// Finds the Certificates an Issuer, ClusterIssuer or Secret change
+/// concerns, from the controller's stores.
+#[derive(Clone)]
+struct Dependents {
+    certificates: Store<Certificate>,
+    issuers: Store<Issuer>,
+    cluster_issuers: Store<ClusterIssuer>,
+    cluster_resource_namespace: String,
+}
+
+impl Dependents {
+    fn for_issuer(
+        &self,
+        kind: IssuerKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Vec<ObjectRef<Certificate>> {
+        certificates_using_issuer(&self.certificates.state(), kind, namespace, name)
+    }
+
+    fn for_secret(&self, secret: &Secret) -> Vec<ObjectRef<Certificate>> {
+        let Some(namespace) = secret.namespace() else {
+            return Vec::new();
+        };
+        let name = secret.name_any();
+        let certificates = self.certificates.state();
+        let mut found: BTreeSet<(String, String)> = BTreeSet::new();
+        // The Certificate that owns it.
+        for owner in secret.owner_references() {
+            if owner.controller == Some(true)
+                && owner.kind == "Certificate"
+                && owner.api_version == API_VERSION
+            {
+                found.insert((namespace.clone(), owner.name.clone()));
+            }
+        }
+        // Certificates naming it (it may predate them, or have lost its
+        // ownerReference).
+        for certificate in &certificates {
+            if certificate.namespace().as_deref() == Some(namespace.as_str())
+                && certificate.spec.secret_name == name
+            {
+                found.insert((namespace.clone(), certificate.name_any()));
+            }
+        }
+        // Certificates whose issuer signs with it.
+        let mut refs = Vec::new();
+        for issuer in self.issuers.state() {
+            if issuer.namespace().as_deref() == Some(namespace.as_str())
+                && ca_secret_name(&issuer.spec.config) == Some(name.as_str())
+            {
+                refs.extend(certificates_using_issuer(
+                    &certificates,
+                    IssuerKind::Issuer,
+                    Some(&namespace),
+                    &issuer.name_any(),
+                ));
+            }
+        }
+        if namespace == self.cluster_resource_namespace {
+            for issuer in self.cluster_issuers.state() {
+                if ca_secret_name(&issuer.spec.config) == Some(name.as_str()) {
+                    refs.extend(certificates_using_issuer(
+                        &certificates,
+                        IssuerKind::ClusterIssuer,
+                        None,
+                        &issuer.name_any(),
+                    ));
+                }
+            }
+        }
+        for r in refs {
+            found.insert((r.namespace.unwrap_or_default(), r.name));
+        }
+        found
+            .into_iter()
+            .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace))
+            .collect()
+    }
+}
+
+fn ca_secret_name(config: &IssuerConfig) -> Option<&str> {
+    config.ca.as_ref().map(|ca| ca.secret_name.as_str())
+}
+
+/// The Certificates that name the issuer `kind`/`name` (an Issuer only
+/// from its own `namespace`).
+fn certificates_using_issuer(
+    certificates: &[Arc<Certificate>],
+    kind: IssuerKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<Certificate>> {
+    certificates
+        .iter()
+        .filter(|c| {
+            c.spec.issuer_ref.name == name
+                && c.spec.issuer_ref.issuer_kind() == Some(kind)
+                && (kind == IssuerKind::ClusterIssuer || c.namespace().as_deref() == namespace)
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_crds::api::{CertificateSpec, IssuerRef};
+
+    fn certificate(
+        namespace: &str,
+        name: &str,
+        issuer: &str,
+        kind: Option<&str>,
+    ) -> Arc<Certificate> {
+        let mut cert = Certificate::new(
+            name,
+            CertificateSpec {
+                secret_name: format!("{name}-tls"),
+                common_name: Some(name.into()),
+                dns_names: vec![],
+                uris: vec![],
+                duration: None,
+                renew_before: None,
+                renew_before_percentage: None,
+                is_ca: false,
+                usages: vec![],
+                private_key: None,
+                issuer_ref: IssuerRef {
+                    name: issuer.into(),
+                    kind: kind.map(Into::into),
+                    group: None,
+                },
+                secret_template: None,
+            },
+        );
+        cert.metadata.namespace = Some(namespace.into());
+        Arc::new(cert)
+    }
+
+    fn names(refs: Vec<ObjectRef<Certificate>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_issuer_concerns_certificates_in_its_namespace_and_a_cluster_issuer_all() {
+        let certs = [
+            certificate("a", "one", "ca", None),
+            certificate("a", "two", "ca", Some("ClusterIssuer")),
+            certificate("b", "three", "ca", Some("Issuer")),
+            certificate("b", "four", "other", Some("ClusterIssuer")),
+        ];
+        let issuer = names(certificates_using_issuer(
+            &certs,
+            IssuerKind::Issuer,
+            Some("a"),
+            "ca",
+        ));
+        assert_eq!(issuer.len(), 1);
+        assert!(issuer[0].contains("one"), "{issuer:?}");
+        let cluster = names(certificates_using_issuer(
+            &certs,
+            IssuerKind::ClusterIssuer,
+            None,
+            "ca",
+        ));
+        assert_eq!(cluster.len(), 1);
+        assert!(cluster[0].contains("two"), "{cluster:?}");
+    }
+
+    #[test]
+    fn error_backoff_doubles_from_five_seconds_to_five_minutes() {
+        for (attempts, seconds) in [(1, 5), (2, 10), (3, 20), (6, 160), (7, 300), (100, 300)] {
+            assert_eq!(
+                error_backoff(attempts),
+                Duration::from_secs(seconds),
+                "{attempts}"
+            );
+        }
+    }
+
+    #[test]
+    fn requeue_after_is_clamped_between_a_second_and_an_hour() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        for (minutes, expected) in [(-5, 1), (0, 1), (10, 600), (24 * 60, 3_600)] {
+            assert_eq!(
+                requeue_after(now + chrono::TimeDelta::minutes(minutes), now),
+                Duration::from_secs(expected),
+                "{minutes} minutes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_status_patch_nulls_fields_that_were_cleared() {
+        let old = CertificateStatus {
+            failed_issuance_attempts: Some(2),
+            revision: Some(1),
+            ..CertificateStatus::default()
+        };
+        let new = CertificateStatus {
+            revision: Some(2),
+            ..CertificateStatus::default()
+        };
+        let patch = status_patch(Some(&old), &new).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!({"status": {"revision": 2, "failedIssuanceAttempts": null}})
+        );
+    }
+}

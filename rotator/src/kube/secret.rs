@@ -1,0 +1,186 @@
+//! `v1.Secret` <-> [`SecretData`]: the Kubernetes shell's side of the
+//! Secret the core reads and writes.
+
+use std::collections::BTreeMap;
+
+use ::kube::Resource;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use lanyard_crds::api::Certificate;
+
+use crate::secret::{MANAGED_KEYS, SecretData};
+
+/// The type a Secret the controller creates gets, as cert-manager's do.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// What the core needs of a `v1.Secret`: its data (base64 on the wire,
+/// bytes here), labels and annotations. `stringData` is write-only and
+/// never comes back from the API server, so it is not read.
+pub fn secret_data(secret: &Secret) -> SecretData {
+    SecretData {
+        data: secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), value.0.clone()))
+            .collect(),
+        labels: secret.metadata.labels.clone().unwrap_or_default(),
+        annotations: secret.metadata.annotations.clone().unwrap_or_default(),
+    }
+}
+
+/// Why the Secret to apply cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppliedSecretError {
+    /// The Certificate has no uid or name, so nothing can point at it as the
+    /// Secret's owner (only an object read from the API server has both).
+    #[error("Certificate `{0}` has no uid; an ownerReference needs one")]
+    NoOwnerReference(String),
+    /// The Certificate has no namespace.
+    #[error("Certificate `{0}` has no namespace")]
+    NoNamespace(String),
+}
+
+/// The server-side apply configuration for the Certificate's Secret.
+///
+/// It holds only what the controller manages: the keys in
+/// [`MANAGED_KEYS`], the labels and annotations the core chose, and an
+/// ownerReference (controller=true) to the Certificate. Server-side apply
+/// then leaves every other key, label and annotation to whoever wrote it,
+/// as cert-manager does.
+///
+/// `existing_type` is the `type` of the Secret already there: `type` is
+/// immutable, so the controller repeats it rather than fighting it; a new
+/// Secret is `kubernetes.io/tls`.
+pub fn applied_secret(
+    certificate: &Certificate,
+    issued: &SecretData,
+    existing_type: Option<&str>,
+) -> Result<Secret, AppliedSecretError> {
+    let name = certificate.metadata.name.clone().unwrap_or_default();
+    let namespace = certificate
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| AppliedSecretError::NoNamespace(name.clone()))?;
+    let owner = certificate
+        .controller_owner_ref(&())
+        .ok_or_else(|| AppliedSecretError::NoOwnerReference(name.clone()))?;
+    let data: BTreeMap<String, ByteString> = issued
+        .data
+        .iter()
+        .filter(|(key, _)| MANAGED_KEYS.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), ByteString(value.clone())))
+        .collect();
+    let non_empty = |map: &BTreeMap<String, String>| (!map.is_empty()).then(|| map.clone());
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(certificate.spec.secret_name.clone()),
+            namespace: Some(namespace),
+            labels: non_empty(&issued.labels),
+            annotations: non_empty(&issued.annotations),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        type_: Some(existing_type.unwrap_or(TLS_SECRET_TYPE).to_string()),
+        ..Secret::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_crds::api::{CertificateSpec, IssuerRef};
+
+    fn certificate() -> Certificate {
+        let mut cert = Certificate::new(
+            "web",
+            CertificateSpec {
+                secret_name: "web-tls".into(),
+                common_name: Some("web".into()),
+                dns_names: vec![],
+                uris: vec![],
+                duration: None,
+                renew_before: None,
+                renew_before_percentage: None,
+                is_ca: false,
+                usages: vec![],
+                private_key: None,
+                issuer_ref: IssuerRef {
+                    name: "ca".into(),
+                    kind: None,
+                    group: None,
+                },
+                secret_template: None,
+            },
+        );
+        cert.metadata.namespace = Some("apps".into());
+        cert.metadata.uid = Some("0b5e-uid".into());
+        cert
+    }
+
+    #[test]
+    fn the_applied_secret_holds_only_managed_keys_and_an_owner() {
+        let mut issued = SecretData::default();
+        for key in ["tls.crt", "tls.key", "ca.crt", "someone-elses"] {
+            issued.data.insert(key.into(), key.as_bytes().to_vec());
+        }
+        issued
+            .annotations
+            .insert("lanyard.dev/issuer-name".into(), "ca".into());
+        let secret = applied_secret(&certificate(), &issued, None).unwrap();
+        let keys: Vec<&str> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+        assert_eq!(secret.metadata.name.as_deref(), Some("web-tls"));
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("apps"));
+        assert_eq!(secret.metadata.labels, None);
+        assert_eq!(secret.type_.as_deref(), Some(TLS_SECRET_TYPE));
+        let owners = secret.metadata.owner_references.unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "Certificate");
+        assert_eq!(owners[0].uid, "0b5e-uid");
+        assert_eq!(owners[0].controller, Some(true));
+    }
+
+    #[test]
+    fn an_existing_secret_keeps_its_type() {
+        let secret =
+            applied_secret(&certificate(), &SecretData::default(), Some("Opaque")).unwrap();
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    }
+
+    #[test]
+    fn a_certificate_without_uid_cannot_own_a_secret() {
+        let mut cert = certificate();
+        cert.metadata.uid = None;
+        assert_eq!(
+            applied_secret(&cert, &SecretData::default(), None),
+            Err(AppliedSecretError::NoOwnerReference("web".into()))
+        );
+    }
+
+    #[test]
+    fn reading_a_secret_keeps_data_labels_and_annotations() {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                labels: Some([("app".to_string(), "web".to_string())].into()),
+                annotations: Some([("note".to_string(), "x".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            data: Some([("tls.crt".to_string(), ByteString(b"PEM".to_vec()))].into()),
+            ..Secret::default()
+        };
+        let data = secret_data(&secret);
+        assert_eq!(data.get("tls.crt"), Some(&b"PEM"[..]));
+        assert_eq!(data.labels["app"], "web");
+        assert_eq!(data.annotation("note"), Some("x"));
+    }
+}

@@ -1,0 +1,380 @@
+//! The Kubernetes shell against a real API server, when
+//! `LANYARD_TEST_KUBECONFIG` names a kubeconfig (a kind or k3d cluster is
+//! enough); each test says it was skipped when it is not set.
+//!
+//! The tests apply Lanyard's CRDs (server-side apply, field manager
+//! `lanyard-test`), work in a fresh namespace and a uniquely named
+//! ClusterIssuer, and delete both afterwards. The controller they run
+//! watches the whole cluster, so point them at a cluster without another
+//! Lanyard controller.
+
+mod support;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use lanyard_crds::api::{Certificate, ClusterIssuer, ClusterIssuerSpec};
+use lanyard_crds::time::{Clock, SystemClock};
+use lanyard_issuer::Certificate as X509;
+use lanyard_rotator::kube::{Context, LeaderElection, LeaseDecision, LeaseLock, run};
+use lanyard_rotator::metrics::Metrics;
+use lanyard_rotator::secret::SecretData;
+use support::{anchor_secret, ca_config, identity_issuer_spec};
+
+const ENV: &str = "LANYARD_TEST_KUBECONFIG";
+
+/// The client for `$LANYARD_TEST_KUBECONFIG`, or `None` (after saying the
+/// test is skipped) when it is not set.
+async fn live_client(test: &str) -> Option<Client> {
+    let Some(path) = std::env::var_os(ENV).filter(|p| !p.is_empty()) else {
+        eprintln!(
+            "SKIPPED: {ENV} is not set; {test} needs a real API server (set it to a kubeconfig path)"
+        );
+        return None;
+    };
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("reading {ENV}={}: {e}", path.to_string_lossy()));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("loading {ENV}={}: {e}", path.to_string_lossy()));
+    Some(Client::try_from(config).expect("a client from the kubeconfig"))
+}
+
+/// A name no earlier run used.
+fn unique(prefix: &str) -> String {
+    let now = SystemClock.now();
+    format!(
+        "{prefix}-{}-{}",
+        now.timestamp(),
+        now.timestamp_subsec_micros() ^ std::process::id()
+    )
+}
+
+async fn apply_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in lanyard_crds::api::custom_resource_definitions() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("lanyard-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+    }
+    for crd in lanyard_crds::api::custom_resource_definitions() {
+        let name = crd.name_any();
+        eventually(&format!("CRD {name} is established"), || async {
+            crds.get(&name).await.ok().is_some_and(|crd| {
+                crd.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+        })
+        .await;
+    }
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+fn secret(namespace: &str, name: &str, data: &SecretData, type_: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            data.data
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                .collect(),
+        ),
+        type_: Some(type_.into()),
+        ..Secret::default()
+    }
+}
+
+/// Polls `check` every half second for up to 60s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..120 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Runs `body`, then `cleanup` whether or not `body` panicked.
+async fn with_cleanup(body: impl Future<Output = ()>, cleanup: impl Future<Output = ()>) {
+    let outcome = AssertUnwindSafe(body).catch_unwind().await;
+    cleanup.await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn delete_namespace(client: &Client, name: &str) {
+    if let Err(e) = Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        eprintln!("cleanup: deleting namespace {name}: {e}");
+    }
+}
+
+fn ready(certificate: &Certificate) -> bool {
+    certificate.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.is_true())
+    })
+}
+
+#[tokio::test]
+async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster() {
+    let Some(client) =
+        live_client("a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster").await
+    else {
+        return;
+    };
+    apply_crds(&client).await;
+    let namespace = unique("lanyard-live");
+    let issuer_name = unique("lanyard-live-anchor");
+    create_namespace(&client, &namespace).await;
+
+    let body = async {
+        let now = SystemClock.now();
+        let anchor = anchor_secret("Lanyard Live Test Anchor", now);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        secrets
+            .create(
+                &PostParams::default(),
+                &secret(&namespace, "trust-anchor", &anchor, "kubernetes.io/tls"),
+            )
+            .await
+            .expect("creating the anchor Secret");
+        Api::<ClusterIssuer>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &ClusterIssuer::new(
+                    &issuer_name,
+                    ClusterIssuerSpec {
+                        config: ca_config("trust-anchor"),
+                    },
+                ),
+            )
+            .await
+            .expect("creating the ClusterIssuer");
+
+        // Two Certificates: one into a new Secret, one into a Secret that
+        // already holds a key somebody else wrote, which must survive.
+        let mut theirs = SecretData::default();
+        theirs
+            .data
+            .insert("extra".into(), b"not lanyard's".to_vec());
+        secrets
+            .create(
+                &PostParams::default(),
+                &secret(&namespace, "shared-tls", &theirs, "Opaque"),
+            )
+            .await
+            .expect("creating the shared Secret");
+        let certificates: Api<Certificate> = Api::namespaced(client.clone(), &namespace);
+        for (name, secret_name) in [
+            ("identity-issuer", "identity-issuer"),
+            ("shared", "shared-tls"),
+        ] {
+            let mut spec = identity_issuer_spec();
+            spec.issuer_ref.name = issuer_name.clone();
+            spec.secret_name = secret_name.into();
+            certificates
+                .create(&PostParams::default(), &Certificate::new(name, spec))
+                .await
+                .unwrap_or_else(|e| panic!("creating Certificate {name}: {e}"));
+        }
+
+        let ctx = Arc::new(
+            Context::new(client.clone(), SystemClock, Arc::new(Metrics::new()))
+                .with_cluster_resource_namespace(&namespace),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let controller = tokio::spawn(run(
+            ctx.clone(),
+            Some(LeaderElection::new(&namespace, "live-test")),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        for name in ["identity-issuer", "shared"] {
+            eventually(&format!("Certificate {name} is Ready"), || async {
+                certificates.get(name).await.is_ok_and(|c| ready(&c))
+            })
+            .await;
+        }
+        let anchors = X509::parse_pem_bundle(anchor.get("tls.crt").unwrap(), "anchor").unwrap();
+        for (name, secret_name) in [
+            ("identity-issuer", "identity-issuer"),
+            ("shared", "shared-tls"),
+        ] {
+            let certificate = certificates
+                .get(name)
+                .await
+                .expect("reading the Certificate");
+            let written = secrets.get(secret_name).await.expect("reading the Secret");
+            let owners = written.owner_references();
+            assert!(
+                owners.iter().any(|o| o.controller == Some(true)
+                    && o.kind == "Certificate"
+                    && o.name == name
+                    && Some(&o.uid) == certificate.metadata.uid.as_ref()),
+                "{secret_name} is owned by {name}: {owners:?}"
+            );
+            let data = lanyard_rotator::kube::secret_data(&written);
+            let chain = X509::parse_pem_bundle(data.get("tls.crt").unwrap(), "tls.crt").unwrap();
+            let ca = X509::parse_pem_bundle(data.get("ca.crt").unwrap(), "ca.crt").unwrap();
+            assert_eq!(ca[0].der(), anchors[0].der(), "ca.crt is the anchor");
+            lanyard_issuer::verify_chain(&chain, &anchors, SystemClock.now()).unwrap_or_else(|e| {
+                panic!("{secret_name} tls.crt does not chain to the anchor: {e}")
+            });
+            assert!(chain[0].is_signed_by(&anchors[0]));
+            let status = certificate.status.expect("a status");
+            assert_eq!(
+                status.not_after,
+                Some(chain[0].not_after()),
+                "{name} status.notAfter"
+            );
+            assert_eq!(
+                status.not_before,
+                Some(chain[0].not_before()),
+                "{name} status.notBefore"
+            );
+        }
+        let shared = secrets.get("shared-tls").await.expect("reading shared-tls");
+        let shared = lanyard_rotator::kube::secret_data(&shared);
+        assert_eq!(
+            shared.get("extra"),
+            Some(&b"not lanyard's"[..]),
+            "a key written by someone else survives"
+        );
+        assert_eq!(
+            Api::<Secret>::namespaced(client.clone(), &namespace)
+                .get("shared-tls")
+                .await
+                .expect("reading shared-tls")
+                .type_
+                .as_deref(),
+            Some("Opaque")
+        );
+
+        let lease = Api::<Lease>::namespaced(client.clone(), &namespace)
+            .get(lanyard_rotator::kube::lease::DEFAULT_LEASE_NAME)
+            .await
+            .expect("the controller holds a Lease");
+        assert_eq!(
+            lease.spec.and_then(|s| s.holder_identity).as_deref(),
+            Some("live-test")
+        );
+
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), controller)
+            .await
+            .expect("the controller stops on shutdown")
+            .expect("the controller task did not panic")
+            .expect("the controller ran without error");
+    };
+    with_cleanup(body, async {
+        if let Err(e) = Api::<ClusterIssuer>::all(client.clone())
+            .delete(&issuer_name, &DeleteParams::default())
+            .await
+        {
+            eprintln!("cleanup: deleting ClusterIssuer {issuer_name}: {e}");
+        }
+        delete_namespace(&client, &namespace).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_one_replica_holds_the_lease_until_it_gives_it_up() {
+    let Some(client) = live_client("only_one_replica_holds_the_lease_until_it_gives_it_up").await
+    else {
+        return;
+    };
+    let namespace = unique("lanyard-lease");
+    create_namespace(&client, &namespace).await;
+    let body = async {
+        let a = LeaseLock::new(client.clone(), LeaderElection::new(&namespace, "replica-a"));
+        let b = LeaseLock::new(client.clone(), LeaderElection::new(&namespace, "replica-b"));
+        let now = SystemClock.now();
+        assert_eq!(
+            a.try_acquire_or_renew(now).await.unwrap(),
+            LeaseDecision::Acquire
+        );
+        assert!(
+            matches!(b.try_acquire_or_renew(now).await.unwrap(), LeaseDecision::Wait { holder, .. } if holder == "replica-a"),
+            "b waits while a holds an unexpired Lease"
+        );
+        assert_eq!(
+            a.try_acquire_or_renew(now).await.unwrap(),
+            LeaseDecision::Renew
+        );
+        // b takes over once a's Lease has expired (b's clock says so).
+        let later = now + chrono::TimeDelta::seconds(16);
+        assert_eq!(
+            b.try_acquire_or_renew(later).await.unwrap(),
+            LeaseDecision::Acquire
+        );
+        // A replica releasing a Lease it no longer holds changes nothing.
+        a.release().await.unwrap();
+        assert!(matches!(
+            a.try_acquire_or_renew(later).await.unwrap(),
+            LeaseDecision::Wait { holder, .. } if holder == "replica-b"
+        ));
+        // b gives it up; a need not wait for it to expire.
+        b.release().await.unwrap();
+        assert_eq!(
+            a.try_acquire_or_renew(later).await.unwrap(),
+            LeaseDecision::Acquire
+        );
+        let lease = Api::<Lease>::namespaced(client.clone(), &namespace)
+            .get(lanyard_rotator::kube::lease::DEFAULT_LEASE_NAME)
+            .await
+            .unwrap();
+        let spec = lease.spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+        assert_eq!(spec.lease_duration_seconds, Some(15));
+    };
+    with_cleanup(body, delete_namespace(&client, &namespace)).await;
+}

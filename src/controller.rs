@@ -1,0 +1,67 @@
+//! `lanyard controller`: the same core against a Kubernetes API server (in
+//! cluster, or the current `KUBECONFIG` context).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use lanyard_crds::time::SystemClock;
+use lanyard_rotator::kube::lease::default_identity;
+use lanyard_rotator::kube::{Context, LeaderElection, infer_client, run, shutdown_signal};
+use lanyard_rotator::metrics::{self, Metrics};
+
+use crate::ca::CliError;
+
+/// `lanyard controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// The controller's own namespace: its Lease lives here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lanyard")]
+    namespace: String,
+    /// Where ClusterIssuers' CA Secrets live (default: the controller's
+    /// namespace).
+    #[arg(long)]
+    cluster_resource_namespace: Option<String>,
+    /// Where to serve Prometheus metrics.
+    #[arg(long, default_value = "0.0.0.0:9402")]
+    metrics_addr: SocketAddr,
+    /// Run without a Lease: only for a single replica.
+    #[arg(long)]
+    no_leader_elect: bool,
+}
+
+/// Runs the Kubernetes controller until SIGTERM or Ctrl-C.
+pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CliError::Read {
+            path: "tokio runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let client = infer_client()
+            .await
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let metrics = Arc::new(Metrics::new());
+        let (bound, server) = metrics::serve(args.metrics_addr, metrics.clone())
+            .await
+            .map_err(|source| CliError::Read {
+                path: format!("metrics listener {}", args.metrics_addr).into(),
+                source,
+            })?;
+        let server = tokio::spawn(server);
+        eprintln!("lanyard: controller starting; metrics on http://{bound}/metrics");
+        let ctx = Context::new(client, SystemClock, metrics).with_cluster_resource_namespace(
+            args.cluster_resource_namespace
+                .unwrap_or_else(|| args.namespace.clone()),
+        );
+        let election = (!args.no_leader_elect)
+            .then(|| LeaderElection::new(&args.namespace, default_identity()));
+        let result = run(Arc::new(ctx), election, shutdown_signal()).await;
+        server.abort();
+        result.map_err(|e| CliError::Usage(e.to_string()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
