@@ -111,6 +111,17 @@ pub struct PassReport {
     pub manifest_errors: Vec<ManifestError>,
 }
 
+type Materials = BTreeMap<(IssuerKind, String, String), Result<IssuerMaterial, IssuerError>>;
+
+/// One Certificate's reconcile, for the pass to fold in.
+struct One {
+    key: ObjectKey,
+    wrote_secret: bool,
+    event: Event,
+    requeue_at: DateTime<Utc>,
+    record: Option<Record>,
+}
+
 /// The local controller.
 #[derive(Debug)]
 pub struct LocalController<C> {
@@ -411,94 +422,62 @@ impl<C: Clock> LocalController<C> {
         order.sort();
         let mut materials = self.load_issuers(&issuers, now)?;
         let mut next_wake: Option<DateTime<Utc>> = None;
-        for (_, index) in order {
-            let certificate = &mut certificates[index];
-            let ns = certificate.metadata.namespace.clone().unwrap_or_default();
-            let name = certificate.metadata.name.clone().unwrap_or_default();
-            let key = ObjectKey {
-                kind: "Certificate",
-                namespace: ns.clone(),
-                name: name.clone(),
-            };
-            let spec_value = serde_json::to_value(&certificate.spec).expect("specs serialise");
-            let record = self.records.get(&(ns.clone(), name.clone()));
-            let generation = match record {
-                Some(r) if r.spec == spec_value => r.generation,
-                Some(r) => r.generation + 1,
-                None => 1,
-            };
-            certificate.metadata.generation = Some(generation);
-            certificate.status = record.map(|r| r.status.clone());
-
-            let issuer_ref = &certificate.spec.issuer_ref;
-            let kind = issuer_ref.issuer_kind().unwrap_or(IssuerKind::Issuer);
-            let issuer_key = (
-                kind,
-                if kind == IssuerKind::Issuer {
-                    ns.clone()
-                } else {
-                    String::new()
-                },
-                issuer_ref.name.clone(),
-            );
-            let not_found = IssuerError::NotFound {
-                kind,
-                name: if kind == IssuerKind::Issuer {
-                    format!("{ns}/{}", issuer_ref.name)
-                } else {
-                    issuer_ref.name.clone()
-                },
-            };
-            let material = match materials.get(&issuer_key) {
-                Some(Ok(m)) => Ok(m),
-                Some(Err(e)) => Err(e),
-                None => Err(&not_found),
-            };
-            let secret = self.secrets.read(&ns, &certificate.spec.secret_name)?;
-            let outcome = reconcile(
-                certificate,
-                secret.as_ref(),
-                ResolvedIssuer {
-                    kind,
-                    name: &issuer_ref.name,
-                    material,
-                },
-                now,
-            );
-            if let Some(new_secret) = &outcome.secret {
-                self.secrets
-                    .write(&ns, &certificate.spec.secret_name, new_secret)?;
-                if ca_secrets.contains(&(ns.clone(), certificate.spec.secret_name.clone())) {
-                    // What this CA signs is reconciled later in this pass,
-                    // against the new CA.
-                    materials = self.load_issuers(&issuers, now)?;
-                }
+        // Certificates that back a CA go one at a time, reloading the CA
+        // after each rewrite; the rest are independent and spread over the
+        // cores.
+        let (chained, independent): (Vec<_>, Vec<_>) =
+            order.into_iter().partition(|(d, _)| *d != usize::MAX);
+        for (_, index) in chained {
+            let one = self.reconcile_one(&certificates[index], &materials, now)?;
+            let rewrote_ca = one.wrote_secret
+                && ca_secrets.contains(&(
+                    one.key.namespace.clone(),
+                    certificates[index].spec.secret_name.clone(),
+                ));
+            self.absorb(one, &mut report, &mut next_wake);
+            if rewrote_ca {
+                // What this CA signs is reconciled later in this pass,
+                // against the new CA.
+                materials = self.load_issuers(&issuers, now)?;
             }
-            match &outcome.event {
-                Event::Issued(reason) => {
-                    self.metrics.issued(&ns, &name, &certificate.spec);
-                    tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "issued");
-                    report.issued.push((key.clone(), *reason));
-                }
-                Event::Failed { reason, message } => {
-                    self.metrics.failed(&ns, &name, &certificate.spec, reason);
-                    tracing::warn!(certificate = %key, reason, message, "issuance failed");
-                    report.failed.push((key.clone(), reason, message.clone()));
-                }
-                Event::UpToDate | Event::BackingOff => {}
-            }
-            self.metrics
-                .observe_certificate(&ns, &name, &certificate.spec, &outcome.status);
-            let new_record = Record {
-                generation,
-                spec: spec_value,
-                status: outcome.status,
-            };
-            if self.records.get(&(ns.clone(), name.clone())) != Some(&new_record) {
-                self.write_record(&ns, &name, &new_record)?;
-                self.records.insert((ns, name), new_record);
-            }
-            next_wake = Some(next_wake.map_or(outcome.requeue_at, |w| w.min(outcome.requeue_at)));
+        }
+        let results = {
+            let this = &*self;
+            let materials = &materials;
+            let certificates = &certificates;
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let workers = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(independent.len().max(1));
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut done = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some((_, index)) = independent.get(i) else {
+                                    break;
+                                };
+                                done.push((
+                                    i,
+                                    this.reconcile_one(&certificates[*index], materials, now),
+                                ));
+                            }
+                            done
+                        })
+                    })
+                    .collect();
+                let mut all: Vec<_> = handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("a reconcile worker panicked"))
+                    .collect();
+                all.sort_by_key(|(i, _)| *i);
+                all
+            })
+        };
+        for (_, one) in results {
+            self.absorb(one?, &mut report, &mut next_wake);
         }
         report.next_wake = next_wake;
 
@@ -532,6 +511,119 @@ impl<C: Clock> LocalController<C> {
         Ok(report)
     }
 
+    /// Reconciles one Certificate: reads its Secret, decides, writes the new
+    /// Secret and status file if anything changed. Touches nothing shared
+    /// but files of its own and the metrics, so passes run it in parallel.
+    fn reconcile_one(
+        &self,
+        certificate: &Certificate,
+        materials: &Materials,
+        now: DateTime<Utc>,
+    ) -> Result<One, LocalError> {
+        let mut certificate = certificate.clone();
+        let ns = certificate.metadata.namespace.clone().unwrap_or_default();
+        let name = certificate.metadata.name.clone().unwrap_or_default();
+        let key = ObjectKey {
+            kind: "Certificate",
+            namespace: ns.clone(),
+            name: name.clone(),
+        };
+        let spec_value = serde_json::to_value(&certificate.spec).expect("specs serialise");
+        let record = self.records.get(&(ns.clone(), name.clone()));
+        let generation = match record {
+            Some(r) if r.spec == spec_value => r.generation,
+            Some(r) => r.generation + 1,
+            None => 1,
+        };
+        certificate.metadata.generation = Some(generation);
+        certificate.status = record.map(|r| r.status.clone());
+
+        let issuer_ref = &certificate.spec.issuer_ref;
+        let kind = issuer_ref.issuer_kind().unwrap_or(IssuerKind::Issuer);
+        let issuer_key = (
+            kind,
+            if kind == IssuerKind::Issuer {
+                ns.clone()
+            } else {
+                String::new()
+            },
+            issuer_ref.name.clone(),
+        );
+        let not_found = IssuerError::NotFound {
+            kind,
+            name: if kind == IssuerKind::Issuer {
+                format!("{ns}/{}", issuer_ref.name)
+            } else {
+                issuer_ref.name.clone()
+            },
+        };
+        let material = match materials.get(&issuer_key) {
+            Some(Ok(m)) => Ok(m),
+            Some(Err(e)) => Err(e),
+            None => Err(&not_found),
+        };
+        let secret = self.secrets.read(&ns, &certificate.spec.secret_name)?;
+        let outcome = reconcile(
+            &certificate,
+            secret.as_ref(),
+            ResolvedIssuer {
+                kind,
+                name: &issuer_ref.name,
+                material,
+            },
+            now,
+        );
+        if let Some(new_secret) = &outcome.secret {
+            self.secrets
+                .write(&ns, &certificate.spec.secret_name, new_secret)?;
+        }
+        match &outcome.event {
+            Event::Issued(reason) => {
+                self.metrics.issued(&ns, &name, &certificate.spec);
+                tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "issued");
+            }
+            Event::Failed { reason, message } => {
+                self.metrics.failed(&ns, &name, &certificate.spec, reason);
+                tracing::warn!(certificate = %key, reason, message, "issuance failed");
+            }
+            Event::UpToDate | Event::BackingOff => {}
+        }
+        self.metrics
+            .observe_certificate(&ns, &name, &certificate.spec, &outcome.status);
+        let new_record = Record {
+            generation,
+            spec: spec_value,
+            status: outcome.status,
+        };
+        let changed = record != Some(&new_record);
+        if changed {
+            self.write_record(&ns, &name, &new_record)?;
+        }
+        Ok(One {
+            key,
+            wrote_secret: outcome.secret.is_some(),
+            event: outcome.event,
+            requeue_at: outcome.requeue_at,
+            record: changed.then_some(new_record),
+        })
+    }
+
+    /// Folds one result into the pass report and the in-memory records.
+    fn absorb(&mut self, one: One, report: &mut PassReport, next_wake: &mut Option<DateTime<Utc>>) {
+        match one.event {
+            Event::Issued(reason) => report.issued.push((one.key.clone(), reason)),
+            Event::Failed { reason, message } => {
+                report.failed.push((one.key.clone(), reason, message))
+            }
+            Event::UpToDate | Event::BackingOff => {}
+        }
+        if let Some(record) = one.record {
+            self.records
+                .insert((one.key.namespace, one.key.name), record);
+        }
+        *next_wake = Some(next_wake.map_or(one.requeue_at, |w| w.min(one.requeue_at)));
+    }
+
     fn ca_namespace(&self, kind: IssuerKind, namespace: &str) -> String {
         match kind {
             IssuerKind::Issuer => namespace.to_string(),
@@ -539,7 +631,6 @@ impl<C: Clock> LocalController<C> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn load_issuers(
         &self,
         issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,

@@ -163,12 +163,18 @@ impl SecretStore {
         // User-visible keys are stable symlinks through `..data`.
         for key in secret.data.keys() {
             let link = dir.join(key);
-            if fs::read_link(&link).is_err() {
+            if previous.is_none() || fs::read_link(&link).is_err() {
                 let _ = fs::remove_file(&link);
                 symlink(Path::new(DATA).join(key), &link).map_err(at(&link))?;
             }
         }
-        for entry in fs::read_dir(&dir).map_err(at(&dir))? {
+        // A first write has no stale links to sweep.
+        let entries = if previous.is_some() {
+            fs::read_dir(&dir).map_err(at(&dir))?.collect::<Vec<_>>()
+        } else {
+            Vec::new()
+        };
+        for entry in entries {
             let entry = entry.map_err(at(&dir))?;
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str() else {
