@@ -635,10 +635,7 @@ impl<C: Clock> LocalController<C> {
         &self,
         issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
         now: DateTime<Utc>,
-    ) -> Result<
-        BTreeMap<(IssuerKind, String, String), Result<IssuerMaterial, IssuerError>>,
-        LocalError,
-    > {
+    ) -> Result<Materials, LocalError> {
         let mut materials = BTreeMap::new();
         for ((kind, ns, name), config) in issuers {
             let secret_ns = self.ca_namespace(*kind, ns);
