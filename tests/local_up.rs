@@ -1,0 +1,269 @@
+//! `lanyard up`, `apply`, `get certificates` and `crds` as a user runs them:
+//! the real binary, real files, metrics over HTTP, `openssl verify`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::Scratch;
+
+/// A running `lanyard up`, stopped on drop.
+struct Up {
+    child: Child,
+    metrics: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_up(scratch: &Scratch) -> Up {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args([
+            "up",
+            "--state-dir",
+            "state",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .current_dir(scratch.dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lanyard up starts");
+    // The metrics address is announced on stderr once serving.
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    let metrics = loop {
+        let n = stderr.read(&mut buf).expect("read stderr");
+        assert!(n > 0, "lanyard up exited early:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if let Some(start) = seen.find("http://") {
+            let rest = &seen[start + 7..];
+            if let Some(end) = rest.find("/metrics") {
+                break rest[..end].to_string();
+            }
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stderr.read_to_end(&mut sink);
+    });
+    Up { child, metrics }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Polls `check` until it holds or ten seconds pass.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const WEB: &str = "apiVersion: lanyard.dev/v1
+kind: Issuer
+metadata:
+  name: identity
+  namespace: linkerd
+spec:
+  ca:
+    secretName: linkerd-identity-issuer
+---
+apiVersion: lanyard.dev/v1
+kind: Certificate
+metadata:
+  name: web
+  namespace: linkerd
+spec:
+  secretName: web-tls
+  dnsNames: [web.linkerd.svc.cluster.local]
+  duration: 24h
+  usages: [server auth]
+  issuerRef:
+    name: identity
+";
+
+#[test]
+fn up_sets_up_the_guide_issues_applied_certificates_and_serves_metrics() {
+    let scratch = Scratch::new();
+    let up = start_up(&scratch);
+
+    eventually("the identity issuer", || {
+        scratch.exists("state/secrets/linkerd/linkerd-identity-issuer/tls.crt")
+    });
+    scratch
+        .openssl(&[
+            "verify",
+            "-CAfile",
+            "state/secrets/lanyard/linkerd-trust-anchor/ca.crt",
+            "state/secrets/linkerd/linkerd-identity-issuer/tls.crt",
+        ])
+        .success();
+    let issuer = scratch.x509_text("state/secrets/linkerd/linkerd-identity-issuer/tls.crt");
+    assert!(
+        issuer.contains("CN = identity.linkerd.cluster.local"),
+        "{issuer}"
+    );
+    assert!(issuer.contains("CA:TRUE"), "{issuer}");
+
+    scratch.write("web.yaml", WEB);
+    scratch
+        .lanyard(&["apply", "--state-dir", "state", "-f", "web.yaml"])
+        .success();
+    eventually("the web certificate", || {
+        scratch.exists("state/secrets/linkerd/web-tls/tls.crt")
+    });
+    scratch
+        .openssl(&[
+            "verify",
+            "-CAfile",
+            "state/secrets/linkerd/web-tls/ca.crt",
+            "-untrusted",
+            "state/secrets/linkerd/web-tls/tls.crt",
+            "state/secrets/linkerd/web-tls/tls.crt",
+        ])
+        .success();
+    let mode = std::fs::metadata(scratch.path("state/secrets/linkerd/web-tls/tls.key"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "keys are written 0600"
+    );
+
+    let mut table = String::new();
+    eventually("both certificates ready in `get`", || {
+        table = scratch
+            .lanyard(&["get", "certificates", "--state-dir", "state"])
+            .success()
+            .stdout;
+        table.lines().filter(|l| l.contains("True")).count() == 2
+    });
+    assert!(table.starts_with("NAMESPACE   NAME"), "{table}");
+    assert!(table.contains("linkerd-identity-issuer"), "{table}");
+
+    let metrics = http_get(&up.metrics, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for needle in [
+        "lanyard_certificate_expiration_timestamp_seconds{name=\"web\",namespace=\"linkerd\",issuer_name=\"identity\",issuer_kind=\"Issuer\",issuer_group=\"lanyard.dev\"}",
+        "lanyard_certificate_ready_status{name=\"web\",namespace=\"linkerd\",condition=\"True\"",
+        "lanyard_certificate_issued_total{name=\"linkerd-identity-issuer\"",
+        "lanyard_certificate_renewal_timestamp_seconds{name=\"linkerd-identity-issuer\"",
+        "lanyard_issuer_ready_status{name=\"linkerd-trust-anchor\",namespace=\"\",kind=\"ClusterIssuer\",condition=\"True\"} 1",
+        "lanyard_ca_expiration_timestamp_seconds{issuer=\"identity\",issuer_kind=\"Issuer\",namespace=\"linkerd\",role=\"issuer\"",
+        "lanyard_ca_expiration_timestamp_seconds{issuer=\"linkerd-trust-anchor\",issuer_kind=\"ClusterIssuer\",namespace=\"\",role=\"anchor\"",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "`{needle}` missing from:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn apply_refuses_a_bad_manifest_naming_file_document_and_field() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "bad.yaml",
+        format!(
+            "{WEB}---\n{}",
+            WEB.split("---\n")
+                .nth(1)
+                .unwrap()
+                .replace("duration: 24h", "duration: 24h\n  renewBefore: 25h")
+        ),
+    );
+    scratch
+        .lanyard(&["apply", "--state-dir", "state", "-f", "bad.yaml"])
+        .failure_saying("bad.yaml: document 3: spec.renewBefore 25h0m0s must be shorter than spec.duration 24h0m0s");
+    assert!(!scratch.exists("state/manifests"), "nothing was written");
+}
+
+#[test]
+fn the_guides_cert_manager_manifest_applies_with_only_the_api_version_changed() {
+    let scratch = Scratch::new();
+    let guide = "apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: linkerd-identity-issuer
+  namespace: linkerd
+spec:
+  secretName: linkerd-identity-issuer
+  # Rotate 30 days before expiry
+  renewBefore: 720h
+  duration: 8760h
+  issuerRef:
+    name: linkerd-trust-anchor
+    kind: ClusterIssuer
+  commonName: identity.linkerd.cluster.local
+  isCA: true
+  privateKey:
+    algorithm: ECDSA
+  usages:
+    - cert sign
+    - crl sign
+    - server auth
+    - client auth
+";
+    scratch.write("guide.yaml", guide);
+    scratch
+        .lanyard(&["apply", "--state-dir", "state", "-f", "guide.yaml"])
+        .failure_saying("change it to `lanyard.dev/v1`");
+    scratch.write(
+        "guide.yaml",
+        guide.replace("cert-manager.io/v1", "lanyard.dev/v1"),
+    );
+    let ran = scratch
+        .lanyard(&["apply", "--state-dir", "state", "-f", "guide.yaml"])
+        .success();
+    assert_eq!(
+        ran.stdout,
+        "certificate.lanyard.dev/linkerd-identity-issuer created\n"
+    );
+    let again = scratch
+        .lanyard(&["apply", "--state-dir", "state", "-f", "guide.yaml"])
+        .success();
+    assert_eq!(
+        again.stdout,
+        "certificate.lanyard.dev/linkerd-identity-issuer unchanged\n"
+    );
+}
+
+#[test]
+fn crds_prints_the_committed_crds() {
+    let scratch = Scratch::new();
+    let printed = scratch.lanyard(&["crds"]).success().stdout;
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/lanyard.dev.yaml"
+    ))
+    .unwrap();
+    assert_eq!(printed, committed);
+}
