@@ -1,0 +1,16 @@
+//! Manifests are outside input for `lanyard apply` and `lanyard up`: any
+//! bytes must parse into objects or typed errors, never a panic.
+#![no_main]
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use lanyard_rotator::local::manifests::{Checks, parse};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        for checks in [Checks::Admission, Checks::Structure] {
+            let _ = parse(Path::new("fuzz.yaml"), text, "default", checks);
+        }
+    }
+});
