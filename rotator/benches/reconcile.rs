@@ -81,6 +81,7 @@ fn certificates_yaml(indices: &[usize]) -> String {
 struct Run {
     cold: Duration,
     steady: Duration,
+    due: Duration,
     issued: usize,
 }
 
@@ -118,6 +119,10 @@ fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial) {
     let steady = controller.reconcile_all().expect("steady pass");
     let steady_time = start.elapsed();
     assert!(steady.issued.is_empty() && steady.failed.is_empty());
+    let start = stopwatch();
+    let due = controller.reconcile_due().expect("due pass");
+    let due_time = start.elapsed();
+    assert!(due.issued.is_empty() && due.failed.is_empty());
 
     let issuer_secret = options
         .secret_store()
@@ -142,6 +147,7 @@ fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial) {
         Run {
             cold: cold_time,
             steady: steady_time,
+            due: due_time,
             issued: cold.issued.len(),
         },
         material,
@@ -174,6 +180,10 @@ fn main() {
             "  steady pass {:>9.3} s  {:>9.0} certificates/s",
             run.steady.as_secs_f64(),
             steady_rate
+        );
+        println!(
+            "  due pass    {:>9.3} s  (what a renewal wake costs when nothing else is due)",
+            run.due.as_secs_f64()
         );
         println!("  CA core raw issuance (P-256 keygen + sign) {raw:>9.0} /s");
         println!(

@@ -153,6 +153,14 @@ async fn delete_namespace(client: &Client, name: &str) {
     }
 }
 
+fn cluster_issuer_ready(issuer: &ClusterIssuer) -> bool {
+    issuer.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.is_true())
+    })
+}
+
 fn ready(certificate: &Certificate) -> bool {
     certificate.status.as_ref().is_some_and(|s| {
         s.conditions
@@ -243,6 +251,29 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
             })
             .await;
         }
+        // The ClusterIssuer's own status says its CA was verified.
+        let cluster_issuers: Api<ClusterIssuer> = Api::all(client.clone());
+        eventually(&format!("ClusterIssuer {issuer_name} is Ready"), || async {
+            cluster_issuers
+                .get(&issuer_name)
+                .await
+                .is_ok_and(|i| cluster_issuer_ready(&i))
+        })
+        .await;
+        let issuer = cluster_issuers
+            .get(&issuer_name)
+            .await
+            .expect("reading the ClusterIssuer");
+        let condition = issuer
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .expect("a Ready condition");
+        assert_eq!(condition.reason.as_deref(), Some("KeyPairVerified"));
+        assert_eq!(condition.message.as_deref(), Some("Signing CA verified"));
+        assert_eq!(condition.observed_generation, issuer.metadata.generation);
+        assert!(condition.last_transition_time.is_some());
+
         let anchors = X509::parse_pem_bundle(anchor.get("tls.crt").unwrap(), "anchor").unwrap();
         for (name, secret_name) in [
             ("identity-issuer", "identity-issuer"),

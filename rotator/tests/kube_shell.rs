@@ -18,10 +18,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use lanyard_crds::api::{Certificate, ClusterIssuer, ClusterIssuerSpec, IssuerKind};
+use lanyard_crds::api::{
+    Certificate, ClusterIssuer, ClusterIssuerSpec, Issuer, IssuerKind, IssuerSpec,
+};
 use lanyard_crds::time::ManualClock;
 use lanyard_issuer::Certificate as X509;
-use lanyard_rotator::kube::{Context, LeaseDecision, lease_decision, reconcile_certificate};
+use lanyard_rotator::kube::{
+    Context, IssuerResource, LeaseDecision, issuer_status, lease_decision, reconcile_certificate,
+    reconcile_issuer,
+};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_rotator::reconcile::{ResolvedIssuer, reconcile};
 use lanyard_rotator::secret::SecretData;
@@ -33,6 +38,8 @@ const ANCHOR: &str = "linkerd-trust-anchor";
 const NAMESPACE: &str = "linkerd";
 const NAME: &str = "linkerd-identity-issuer";
 const CLUSTER_ISSUER_PATH: &str = "/apis/lanyard.dev/v1/clusterissuers/linkerd-trust-anchor";
+const CLUSTER_ISSUER_STATUS_PATH: &str =
+    "/apis/lanyard.dev/v1/clusterissuers/linkerd-trust-anchor/status";
 const ANCHOR_SECRET_PATH: &str = "/api/v1/namespaces/lanyard/secrets/linkerd-trust-anchor";
 const SECRET_PATH: &str = "/api/v1/namespaces/linkerd/secrets/linkerd-identity-issuer";
 const STATUS_PATH: &str =
@@ -182,6 +189,46 @@ where
     (result, out)
 }
 
+/// Runs one issuer reconcile against `scenario`, as [`run_scenario`] does
+/// a Certificate's; returns the metrics too.
+async fn run_issuer_scenario<K, T, F>(
+    issuer: K,
+    now: DateTime<Utc>,
+    scenario: impl FnOnce(ApiServer) -> F,
+) -> (
+    Result<Action, lanyard_rotator::kube::Error>,
+    T,
+    Arc<Metrics>,
+)
+where
+    K: IssuerResource,
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    let (ctx, server) = context(now);
+    let metrics = ctx.metrics.clone();
+    let verifier = tokio::spawn(scenario(server));
+    let result = reconcile_issuer(Arc::new(issuer), ctx).await;
+    let out = tokio::time::timeout(Duration::from_secs(10), verifier)
+        .await
+        .expect("the scenario finished")
+        .expect("the scenario's assertions held");
+    (result, out, metrics)
+}
+
+/// The value of `lanyard_issuer_ready_status` for `kind`/`name` and
+/// `condition`, if the series exists.
+fn issuer_ready_gauge(metrics: &Metrics, kind: &str, name: &str, condition: &str) -> Option<i64> {
+    metrics.encode().lines().find_map(|line| {
+        let rest = line.strip_prefix("lanyard_issuer_ready_status{")?;
+        let (labels, value) = rest.split_once("} ")?;
+        (labels.contains(&format!("kind=\"{kind}\""))
+            && labels.contains(&format!("name=\"{name}\""))
+            && labels.contains(&format!("condition=\"{condition}\"")))
+        .then(|| value.trim().parse().unwrap())
+    })
+}
+
 /// A Secret as the API server would return it: data base64-encoded by
 /// k8s-openapi, not by the code under test.
 fn secret_json(namespace: &str, name: &str, data: &SecretData, type_: &str) -> Value {
@@ -206,14 +253,28 @@ fn secret_json(namespace: &str, name: &str, data: &SecretData, type_: &str) -> V
     serde_json::to_value(secret).unwrap()
 }
 
-fn cluster_issuer_json() -> Value {
-    let issuer = ClusterIssuer::new(
+fn cluster_issuer() -> ClusterIssuer {
+    let mut issuer = ClusterIssuer::new(
         ANCHOR,
         ClusterIssuerSpec {
             config: ca_config(ANCHOR),
         },
     );
-    serde_json::to_value(issuer).unwrap()
+    issuer.metadata.generation = Some(3);
+    issuer.metadata.resource_version = Some("11".into());
+    issuer
+}
+
+fn cluster_issuer_json() -> Value {
+    serde_json::to_value(cluster_issuer()).unwrap()
+}
+
+/// The ClusterIssuer with the patched status, as the API server answers a
+/// status patch.
+fn cluster_issuer_with_status(body: &Value) -> Value {
+    let mut answer = cluster_issuer_json();
+    answer["status"] = body["status"].clone();
+    answer
 }
 
 fn identity_issuer() -> Certificate {
@@ -529,6 +590,180 @@ async fn an_api_server_error_is_a_reconcile_error_and_writes_nothing() {
     );
 }
 
+#[tokio::test]
+async fn a_cluster_issuer_whose_ca_secret_holds_a_valid_ca_gets_a_ready_status() {
+    let anchor = anchor_secret("Lanyard Test Anchor", t0());
+    let now = t0() + hours(1);
+    let anchor_json = secret_json("lanyard", ANCHOR, &anchor, "kubernetes.io/tls");
+    let (result, patch, metrics) =
+        run_issuer_scenario(cluster_issuer(), now, |mut server| async move {
+            // The CA Secret, from the cluster resource namespace; the
+            // ClusterIssuer itself is not read again.
+            server.get(ANCHOR_SECRET_PATH, anchor_json).await;
+            let patch = server
+                .patch(CLUSTER_ISSUER_STATUS_PATH, cluster_issuer_with_status)
+                .await;
+            server.done().await;
+            patch
+        })
+        .await;
+    let action = result.expect("the reconcile succeeds");
+
+    // A merge patch of the status subresource, as `lanyard`.
+    assert_eq!(patch.content_type, "application/merge-patch+json");
+    assert_eq!(
+        patch.query.get("fieldManager").map(String::as_str),
+        Some("lanyard")
+    );
+    let status = &patch.body["status"];
+    assert_eq!(
+        status["conditions"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    let ready = ready_condition(status);
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert_eq!(ready["reason"], "KeyPairVerified");
+    assert_eq!(ready["message"], "Signing CA verified");
+    assert_eq!(ready["observedGeneration"], 3);
+    let since: DateTime<Utc> = serde_json::from_value(ready["lastTransitionTime"].clone()).unwrap();
+    assert_eq!(since, now);
+
+    // The metrics say so too, without a namespace.
+    assert_eq!(
+        issuer_ready_gauge(&metrics, "ClusterIssuer", ANCHOR, "True"),
+        Some(1)
+    );
+    assert!(metrics.tracked_issuers().contains(&(
+        IssuerKind::ClusterIssuer,
+        String::new(),
+        ANCHOR.to_string()
+    )));
+    // Checked again within minutes: a CA expires with time alone.
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn a_cluster_issuer_whose_ca_secret_is_garbage_is_not_ready_and_the_message_names_the_secret()
+{
+    let mut garbage = SecretData::default();
+    garbage
+        .data
+        .insert("tls.crt".into(), b"not a certificate".to_vec());
+    garbage.data.insert("tls.key".into(), b"not a key".to_vec());
+    let garbage_json = secret_json("lanyard", ANCHOR, &garbage, "kubernetes.io/tls");
+    let (result, patch, metrics) =
+        run_issuer_scenario(cluster_issuer(), t0(), |mut server| async move {
+            server.get(ANCHOR_SECRET_PATH, garbage_json).await;
+            let patch = server
+                .patch(CLUSTER_ISSUER_STATUS_PATH, cluster_issuer_with_status)
+                .await;
+            server.done().await;
+            patch
+        })
+        .await;
+    let action = result.expect("an unusable CA is a status, not a reconcile error");
+    let ready = ready_condition(&patch.body["status"]);
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert_eq!(ready["reason"], "CASecretInvalid");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("the CA Secret `lanyard/linkerd-trust-anchor`"),
+        "{ready}"
+    );
+    assert_eq!(ready["observedGeneration"], 3);
+    assert_eq!(
+        issuer_ready_gauge(&metrics, "ClusterIssuer", ANCHOR, "False"),
+        Some(1)
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn a_cluster_issuer_whose_ca_secret_is_missing_is_not_ready() {
+    let (result, patch, _) = run_issuer_scenario(cluster_issuer(), t0(), |mut server| async move {
+        server.get_not_found(ANCHOR_SECRET_PATH).await;
+        let patch = server
+            .patch(CLUSTER_ISSUER_STATUS_PATH, cluster_issuer_with_status)
+            .await;
+        server.done().await;
+        patch
+    })
+    .await;
+    let action = result.expect("a missing CA Secret is a status, not a reconcile error");
+    let ready = ready_condition(&patch.body["status"]);
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert_eq!(ready["reason"], "CASecretNotFound");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("the CA Secret `lanyard/linkerd-trust-anchor` does not exist"),
+        "{ready}"
+    );
+    // Retried on the issuer's schedule (and at once when the Secret
+    // appears, through the Secret watch).
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn an_issuer_whose_status_is_already_current_gets_no_patch() {
+    let anchor = anchor_secret("Lanyard Test Anchor", t0());
+    let material = ca_issuer(&anchor, t0());
+    let now = t0() + hours(24);
+    let mut issuer = Issuer::new(
+        "mesh-ca",
+        IssuerSpec {
+            config: ca_config("mesh-ca"),
+        },
+    );
+    issuer.metadata.namespace = Some(NAMESPACE.into());
+    issuer.metadata.generation = Some(2);
+    // Written by an earlier reconcile: Ready since t0.
+    issuer.status = Some(issuer_status(None, Ok(&material), Some(2), t0()));
+    let anchor_json = secret_json(NAMESPACE, "mesh-ca", &anchor, "kubernetes.io/tls");
+    let (result, (), metrics) = run_issuer_scenario(issuer, now, |mut server| async move {
+        // The Issuer's CA Secret is in the Issuer's namespace.
+        server
+            .get("/api/v1/namespaces/linkerd/secrets/mesh-ca", anchor_json)
+            .await;
+        server.done().await;
+    })
+    .await;
+    assert_eq!(
+        result.expect("the reconcile succeeds"),
+        Action::requeue(Duration::from_secs(300))
+    );
+    assert_eq!(
+        issuer_ready_gauge(&metrics, "Issuer", "mesh-ca", "True"),
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn an_api_server_error_reading_the_ca_secret_is_an_issuer_reconcile_error() {
+    let (result, (), _) = run_issuer_scenario(cluster_issuer(), t0(), |mut server| async move {
+        let (_, send) = server.next(Method::GET, ANCHOR_SECRET_PATH).await;
+        respond(
+            send,
+            StatusCode::FORBIDDEN,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "secrets is forbidden", "reason": "Forbidden", "code": 403}),
+        );
+        server.done().await;
+    })
+    .await;
+    let error = result.expect_err("a 403 fails the reconcile, with no status written");
+    assert!(
+        error
+            .to_string()
+            .contains("reading Secret `lanyard/linkerd-trust-anchor`"),
+        "{error}"
+    );
+}
+
 fn micro(at: DateTime<Utc>) -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::from_second(at.timestamp()).unwrap())
 }
@@ -636,6 +871,7 @@ struct FakeCluster {
     secret: Option<Value>,
     secret_patches: Vec<Received>,
     status_patches: Vec<Received>,
+    cluster_issuer_status_patches: Vec<Received>,
     unexpected: Vec<String>,
 }
 
@@ -735,6 +971,14 @@ async fn serve_fake_cluster(
                     body,
                 });
             }
+            (Method::PATCH, CLUSTER_ISSUER_STATUS_PATH) => {
+                respond(send, StatusCode::OK, &cluster_issuer_with_status(&body));
+                cluster.cluster_issuer_status_patches.push(Received {
+                    query,
+                    content_type: String::new(),
+                    body,
+                });
+            }
             _ => {
                 cluster.unexpected.push(format!("{method} {path}"));
                 respond(
@@ -773,12 +1017,20 @@ async fn run_takes_the_lease_reconciles_what_it_lists_and_gives_the_lease_up_on_
     ));
 
     tokio::time::timeout(Duration::from_secs(20), async {
-        while cluster.lock().unwrap().status_patches.is_empty() {
+        loop {
+            {
+                let cluster = cluster.lock().unwrap();
+                if !cluster.status_patches.is_empty()
+                    && !cluster.cluster_issuer_status_patches.is_empty()
+                {
+                    break;
+                }
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("the listed Certificate was reconciled");
+    .expect("the listed Certificate and ClusterIssuer were reconciled");
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(20), controller)
         .await
@@ -804,6 +1056,21 @@ async fn run_takes_the_lease_reconciles_what_it_lists_and_gives_the_lease_up_on_
     );
     let ready = ready_condition(&cluster.status_patches[0].body["status"]);
     assert_eq!(ready["status"], "True");
+    // The listed ClusterIssuer got its status once (the fake's watches
+    // send no events, so nothing triggers it again before shutdown).
+    assert_eq!(
+        cluster.cluster_issuer_status_patches.len(),
+        1,
+        "one ClusterIssuer status patch"
+    );
+    let issuer_patch = &cluster.cluster_issuer_status_patches[0];
+    assert_eq!(
+        issuer_patch.query.get("fieldManager").map(String::as_str),
+        Some("lanyard")
+    );
+    let ready = ready_condition(&issuer_patch.body["status"]);
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert_eq!(ready["reason"], "KeyPairVerified");
     // The Lease was created for this replica, then given up.
     let writes: Vec<(&Method, Option<&str>)> = cluster
         .lease_writes

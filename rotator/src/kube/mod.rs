@@ -6,6 +6,11 @@
 //! wires both into a kube-runtime `Controller` that runs only while this
 //! replica holds the Lease ([`lease`]).
 //!
+//! Next to it run one controller per issuer kind: [`reconcile_issuer`]
+//! reads an `Issuer`'s or `ClusterIssuer`'s CA Secret, loads it with
+//! [`crate::issuing::load_issuer`] and records the result as the issuer's
+//! `Ready` condition, as the local shell does.
+//!
 //! The Secret is written with server-side apply as field manager
 //! `lanyard`, holding only the keys the controller manages, so keys,
 //! labels and annotations written by others are never removed.
@@ -20,16 +25,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::kube::api::{Api, Patch, PatchParams};
-use ::kube::runtime::controller::{self, Action, Controller};
+use ::kube::runtime::controller::{self, Action, Controller, ReconcileRequest};
 use ::kube::runtime::reflector::{self, ObjectRef, Store};
 use ::kube::runtime::{WatchStreamExt, watcher};
-use ::kube::{Client, ResourceExt};
+use ::kube::{Client, Resource, ResourceExt};
 use chrono::DateTime;
 use chrono::Utc;
-use futures::StreamExt;
+use futures::channel::mpsc::unbounded;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use lanyard_crds::api::{
-    API_VERSION, Certificate, CertificateStatus, ClusterIssuer, Issuer, IssuerConfig, IssuerKind,
+    API_VERSION, Certificate, CertificateStatus, ClusterIssuer, Condition, Issuer, IssuerConfig,
+    IssuerKind, IssuerStatus, set_condition,
 };
 use lanyard_crds::time::Clock;
 use tracing::{debug, info, warn};
@@ -54,6 +61,13 @@ pub const DEFAULT_CLUSTER_RESOURCE_NAMESPACE: &str = "lanyard";
 pub const MAX_REQUEUE: Duration = Duration::from_secs(3_600);
 /// The shortest requeue, so a renewal due now does not spin.
 pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// How often an issuer is checked again when nothing about it changes: a
+/// CA that is valid now expires, or becomes valid, with time alone.
+pub const ISSUER_REQUEUE: Duration = Duration::from_secs(300);
+/// The reason of a `Ready=True` issuer condition.
+pub const ISSUER_READY_REASON: &str = "KeyPairVerified";
+/// The message of a `Ready=True` issuer condition.
+pub const ISSUER_READY_MESSAGE: &str = "Signing CA verified";
 
 /// What every reconcile shares: the client, the clock, the metrics.
 pub struct Context<C: Clock> {
@@ -65,10 +79,13 @@ pub struct Context<C: Clock> {
     pub metrics: Arc<Metrics>,
     /// The namespace of ClusterIssuers' CA Secrets.
     pub cluster_resource_namespace: String,
-    /// API failures per Certificate since its last successful reconcile,
-    /// for [`error_policy`]'s backoff.
-    api_failures: Mutex<HashMap<(String, String), u32>>,
+    /// API failures per object (kind, namespace, name) since its last
+    /// successful reconcile, for [`error_policy`]'s backoff.
+    api_failures: Mutex<HashMap<FailureKey, u32>>,
 }
+
+/// Kind, namespace (empty for a ClusterIssuer) and name.
+type FailureKey = (&'static str, String, String);
 
 impl<C: Clock> fmt::Debug for Context<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,23 +118,23 @@ impl<C: Clock> Context<C> {
         self
     }
 
-    fn api_failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+    fn api_failures(&self) -> std::sync::MutexGuard<'_, HashMap<FailureKey, u32>> {
         // The map only counts; a panic elsewhere cannot leave it invalid.
         self.api_failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn record_api_failure(&self, namespace: String, name: String) -> u32 {
+    fn record_api_failure(&self, kind: &'static str, namespace: String, name: String) -> u32 {
         let mut failures = self.api_failures();
-        let count = failures.entry((namespace, name)).or_insert(0);
+        let count = failures.entry((kind, namespace, name)).or_insert(0);
         *count = count.saturating_add(1);
         *count
     }
 
-    fn clear_api_failures(&self, namespace: &str, name: &str) {
+    fn clear_api_failures(&self, kind: &'static str, namespace: &str, name: &str) {
         self.api_failures()
-            .remove(&(namespace.to_string(), name.to_string()));
+            .remove(&(kind, namespace.to_string(), name.to_string()));
     }
 }
 
@@ -186,10 +203,30 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// An Issuer came without a namespace.
+    #[error("Issuer `{name}` has no namespace")]
+    IssuerNoNamespace {
+        /// The Issuer's name.
+        name: String,
+    },
+    /// Writing an Issuer's or ClusterIssuer's status failed.
+    #[error("updating the status of {kind} `{name}`: {source}")]
+    PatchIssuerStatus {
+        /// Issuer or ClusterIssuer.
+        kind: IssuerKind,
+        /// `namespace/name` of an Issuer, the name of a ClusterIssuer.
+        name: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
     /// No API client could be configured.
     #[error("configuring the Kubernetes client: {0}")]
     Client(#[source] ::kube::Error),
 }
+
+/// The kind in [`Context`]'s failure counts of a Certificate.
+const CERTIFICATE: &str = "Certificate";
 
 /// A client from the environment: the in-cluster service account, else
 /// `$KUBECONFIG` or `~/.kube/config`.
@@ -355,7 +392,7 @@ pub async fn reconcile_certificate<C: Clock>(
     }
     ctx.metrics
         .observe_certificate(&namespace, &name, spec, &outcome.status);
-    ctx.clear_api_failures(&namespace, &name);
+    ctx.clear_api_failures(CERTIFICATE, &namespace, &name);
     Ok(Action::requeue(requeue_after(outcome.requeue_at, now)))
 }
 
@@ -389,6 +426,18 @@ async fn fetch_issuer<C: Clock>(
     let Some((config, secret_namespace)) = found else {
         return Ok(None);
     };
+    fetch_ca_secret(ctx, config, &secret_namespace)
+        .await
+        .map(Some)
+}
+
+/// An issuer's config with its CA Secret, read from `secret_namespace`.
+async fn fetch_ca_secret<C: Clock>(
+    ctx: &Context<C>,
+    config: IssuerConfig,
+    secret_namespace: &str,
+) -> Result<FoundIssuer, Error> {
+    let read = |what: String| move |source| Error::Read { what, source };
     // load_issuer validates the config first; read the Secret only when it
     // would be used.
     let secret_name = match (&config.ca, config.validate()) {
@@ -404,14 +453,14 @@ async fn fetch_issuer<C: Clock>(
         ca_secret: None,
     };
     if let Some(secret_name) = secret_name {
-        found.ca_secret = Api::<Secret>::namespaced(ctx.client.clone(), &secret_namespace)
+        found.ca_secret = Api::<Secret>::namespaced(ctx.client.clone(), secret_namespace)
             .get_opt(&secret_name)
             .await
             .map_err(read(format!("Secret `{secret_namespace}/{secret_name}`")))?
             .as_ref()
             .map(secret_data);
     }
-    Ok(Some(found))
+    Ok(found)
 }
 
 fn observe_issuer(
@@ -430,6 +479,183 @@ fn observe_issuer(
         Err(IssuerError::NotFound { .. }) => metrics.forget_issuer(kind, namespace, name),
         Err(_) => metrics.observe_issuer(kind, namespace, name, None),
     }
+}
+
+/// What [`reconcile_issuer`] needs of an issuer kind: implemented by
+/// [`Issuer`] and [`ClusterIssuer`].
+pub trait IssuerResource:
+    Resource<DynamicType = ()>
+    + Clone
+    + fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Which kind this is.
+    const KIND: IssuerKind;
+    /// How the issuer signs.
+    fn config(&self) -> &IssuerConfig;
+    /// The status as last written.
+    fn issuer_status(&self) -> Option<&IssuerStatus>;
+    /// The API the issuer is written through: `namespace`'s for an Issuer,
+    /// the cluster's for a ClusterIssuer (which ignores `namespace`).
+    fn api(client: Client, namespace: &str) -> Api<Self>;
+}
+
+impl IssuerResource for Issuer {
+    const KIND: IssuerKind = IssuerKind::Issuer;
+    fn config(&self) -> &IssuerConfig {
+        &self.spec.config
+    }
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+    fn api(client: Client, namespace: &str) -> Api<Self> {
+        Api::namespaced(client, namespace)
+    }
+}
+
+impl IssuerResource for ClusterIssuer {
+    const KIND: IssuerKind = IssuerKind::ClusterIssuer;
+    fn config(&self) -> &IssuerConfig {
+        &self.spec.config
+    }
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+    fn api(client: Client, _namespace: &str) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+/// The status an issuer gets when loading it gave `material`: its `Ready`
+/// condition, `True` with [`ISSUER_READY_REASON`] or `False` with the
+/// error's reason and message, for `generation`. Other conditions in
+/// `current` are kept, and so is the transition time while `Ready` keeps
+/// its status ([`set_condition`]), as in the local shell.
+pub fn issuer_status(
+    current: Option<&IssuerStatus>,
+    material: Result<&IssuerMaterial, &IssuerError>,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> IssuerStatus {
+    let (status, reason, message) = match material {
+        Ok(_) => (
+            "True",
+            ISSUER_READY_REASON,
+            ISSUER_READY_MESSAGE.to_string(),
+        ),
+        Err(error) => ("False", error.reason(), error.to_string()),
+    };
+    let mut conditions = current.map(|s| s.conditions.clone()).unwrap_or_default();
+    set_condition(
+        &mut conditions,
+        Condition {
+            type_: "Ready".to_string(),
+            status: status.to_string(),
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            last_transition_time: Some(now),
+            observed_generation: generation,
+        },
+    );
+    IssuerStatus { conditions }
+}
+
+/// The body of an issuer's status merge patch.
+#[derive(Debug, serde::Serialize)]
+struct IssuerStatusPatch<'a> {
+    status: &'a IssuerStatus,
+}
+
+/// Reconciles one Issuer or ClusterIssuer: read its CA Secret (in the
+/// Issuer's namespace, or [`Context::cluster_resource_namespace`] for a
+/// ClusterIssuer), load it, record the result as the `Ready` condition
+/// (patching the status only when it changed) and in the metrics; check
+/// again after [`ISSUER_REQUEUE`].
+pub async fn reconcile_issuer<K: IssuerResource, C: Clock>(
+    issuer: Arc<K>,
+    ctx: Arc<Context<C>>,
+) -> Result<Action, Error> {
+    let kind = K::KIND;
+    let name = issuer.name_any();
+    // Empty for a ClusterIssuer, as in the metrics' labels.
+    let namespace = issuer.namespace().unwrap_or_default();
+    let (secret_namespace, qualified) = match kind {
+        IssuerKind::Issuer if namespace.is_empty() => {
+            return Err(Error::IssuerNoNamespace { name });
+        }
+        IssuerKind::Issuer => (namespace.clone(), format!("{namespace}/{name}")),
+        IssuerKind::ClusterIssuer => (ctx.cluster_resource_namespace.clone(), name.clone()),
+    };
+    if issuer.meta().deletion_timestamp.is_some() {
+        // Going away: a status written now would be thrown away with it.
+        return Ok(Action::await_change());
+    }
+    let found = fetch_ca_secret(&ctx, issuer.config().clone(), &secret_namespace).await?;
+    let now = ctx.clock.now();
+    let material = load_issuer(
+        kind,
+        &name,
+        &found.config,
+        found.ca_secret.as_ref(),
+        &found.ca_secret_ref,
+        now,
+    );
+    observe_issuer(&ctx.metrics, kind, &namespace, &name, &material);
+
+    let current = issuer.issuer_status();
+    let status = issuer_status(current, material.as_ref(), issuer.meta().generation, now);
+    if current != Some(&status) {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        K::api(ctx.client.clone(), &namespace)
+            .patch_status(
+                &name,
+                &params,
+                &Patch::Merge(&IssuerStatusPatch { status: &status }),
+            )
+            .await
+            .map_err(|source| Error::PatchIssuerStatus {
+                kind,
+                name: qualified.clone(),
+                source,
+            })?;
+        match &material {
+            Ok(_) => info!(issuer = %qualified, %kind, "issuer is ready: {ISSUER_READY_MESSAGE}"),
+            Err(error) => {
+                warn!(issuer = %qualified, %kind, reason = error.reason(), "issuer is not ready: {error}");
+            }
+        }
+    } else {
+        debug!(issuer = %qualified, %kind, "issuer status is current");
+    }
+    ctx.clear_api_failures(kind.as_str(), &namespace, &name);
+    Ok(Action::requeue(ISSUER_REQUEUE))
+}
+
+/// Backs off an issuer whose reconcile failed against the API server, as
+/// [`error_policy`] does a Certificate.
+pub fn issuer_error_policy<K: IssuerResource, C: Clock>(
+    issuer: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context<C>>,
+) -> Action {
+    let namespace = issuer.namespace().unwrap_or_default();
+    let name = issuer.name_any();
+    let attempts = ctx.record_api_failure(K::KIND.as_str(), namespace.clone(), name.clone());
+    let delay = error_backoff(attempts);
+    warn!(
+        kind = %K::KIND,
+        issuer = %if namespace.is_empty() { name } else { format!("{namespace}/{name}") },
+        attempts,
+        retry_in = ?delay,
+        "reconcile failed: {error}"
+    );
+    Action::requeue(delay)
 }
 
 /// The merge patch that makes the status `new`: a merge patch leaves keys
@@ -460,7 +686,7 @@ pub fn error_policy<C: Clock>(
 ) -> Action {
     let namespace = certificate.namespace().unwrap_or_default();
     let name = certificate.name_any();
-    let attempts = ctx.record_api_failure(namespace.clone(), name.clone());
+    let attempts = ctx.record_api_failure(CERTIFICATE, namespace.clone(), name.clone());
     let delay = error_backoff(attempts);
     warn!(
         certificate = %format!("{namespace}/{name}"),
@@ -479,7 +705,8 @@ pub fn error_backoff(attempts: u32) -> Duration {
     FIRST.saturating_mul(1 << doublings).min(MAX)
 }
 
-/// Runs the controller until `shutdown` completes.
+/// Runs the controller (Certificates, and the issuer controllers beside
+/// it) until `shutdown` completes.
 ///
 /// With `election`, the controller runs only while this replica holds the
 /// Lease: it waits for the Lease, runs while renewing it, stops as soon as
@@ -503,7 +730,7 @@ pub async fn run<C: Clock + 'static>(
         }
     };
     let Some(election) = election else {
-        run_controller(ctx, stopped()).await;
+        run_controller(ctx, &stopped).await;
         shutdown_task.abort();
         return Ok(());
     };
@@ -526,7 +753,7 @@ pub async fn run<C: Clock + 'static>(
         }
         info!(identity = %lock.election().identity, "acquired the Lease; starting the controller");
         tokio::select! {
-            () = run_controller(ctx.clone(), stopped()) => {
+            () = run_controller(ctx.clone(), &stopped) => {
                 if let Err(error) = lock.release().await {
                     warn!("releasing the Lease: {error}");
                 }
@@ -590,42 +817,41 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The Controller: Certificates, plus the Secrets, Issuers and
-/// ClusterIssuers they depend on, each mapped back to its dependents.
-async fn run_controller<C: Clock + 'static>(
-    ctx: Arc<Context<C>>,
-    stop: impl Future<Output = ()> + Send + Sync + 'static,
-) {
+/// The controllers, until each has shut down gracefully on a `stopped()`:
+/// Certificates, plus the Secrets, Issuers and ClusterIssuers they depend
+/// on, each mapped back to its dependents; and one per issuer kind, whose
+/// reflectors also keep the issuer stores the mapping reads.
+async fn run_controller<C, F>(ctx: Arc<Context<C>>, stopped: impl Fn() -> F)
+where
+    C: Clock + 'static,
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
     let client = ctx.client.clone();
     let config = watcher::Config::default();
     let controller = Controller::new(Api::<Certificate>::all(client.clone()), config.clone());
 
-    // Stores of the issuers, for mapping a CA Secret to the Certificates
-    // whose issuer signs with it.
+    // The issuers' stores, for mapping a CA Secret to the Certificates
+    // whose issuer signs with it and to the issuers themselves.
     let (issuers, issuer_writer) = reflector::store::<Issuer>();
     let (cluster_issuers, cluster_issuer_writer) = reflector::store::<ClusterIssuer>();
-    let issuer_reflector = reflector::reflector(
+    // CA Secret changes, seen by the Certificate controller's Secret watch,
+    // for the issuer controllers.
+    let (issuer_trigger, issuer_triggered) = unbounded();
+    let (cluster_issuer_trigger, cluster_issuer_triggered) = unbounded();
+    let issuer_controller = run_issuer_controller(
+        ctx.clone(),
+        issuers.clone(),
         issuer_writer,
-        watcher(Api::<Issuer>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|event| async move {
-        if let Err(error) = event {
-            warn!("watching Issuers: {error}");
-        }
-    });
-    let cluster_issuer_reflector = reflector::reflector(
+        issuer_triggered,
+        stopped(),
+    );
+    let cluster_issuer_controller = run_issuer_controller(
+        ctx.clone(),
+        cluster_issuers.clone(),
         cluster_issuer_writer,
-        watcher(Api::<ClusterIssuer>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|event| async move {
-        if let Err(error) = event {
-            warn!("watching ClusterIssuers: {error}");
-        }
-    });
+        cluster_issuer_triggered,
+        stopped(),
+    );
 
     let dependents = Dependents {
         certificates: controller.store(),
@@ -639,13 +865,24 @@ async fn run_controller<C: Clock + 'static>(
     let metrics = ctx.metrics.clone();
     let forget = ctx.clone();
     let controller = controller
-        // One watch of Secrets serves both `owns` (the Certificate's own
-        // Secret) and the CA Secrets; two identical cluster-wide Secret
-        // watches would double the traffic.
+        // One watch of Secrets serves `owns` (the Certificate's own
+        // Secret), the CA Secrets of the Certificates' issuers, and the
+        // issuer controllers; more identical cluster-wide Secret watches
+        // would multiply the traffic.
         .watches(
             Api::<Secret>::all(client.clone()),
             config.clone(),
-            move |s| for_secret.for_secret(&s),
+            move |s| {
+                let users = for_secret.issuers_using_secret(&s);
+                // An issuer controller that has stopped needs no trigger.
+                for issuer in &users.issuers {
+                    let _ = issuer_trigger.unbounded_send(issuer.clone());
+                }
+                for issuer in &users.cluster_issuers {
+                    let _ = cluster_issuer_trigger.unbounded_send(issuer.clone());
+                }
+                for_secret.for_secret(&s, &users)
+            },
         )
         .watches(
             Api::<Issuer>::all(client.clone()),
@@ -657,7 +894,7 @@ async fn run_controller<C: Clock + 'static>(
         .watches(Api::<ClusterIssuer>::all(client), config, move |i| {
             for_cluster_issuer.for_issuer(IssuerKind::ClusterIssuer, None, &i.name_any())
         })
-        .graceful_shutdown_on(stop)
+        .graceful_shutdown_on(stopped())
         .run(reconcile_certificate, error_policy, ctx)
         .for_each(move |result| {
             match result {
@@ -667,7 +904,7 @@ async fn run_controller<C: Clock + 'static>(
                 Err(controller::Error::ObjectNotFound(object)) => {
                     let namespace = object.namespace.clone().unwrap_or_default();
                     metrics.forget_certificate(&namespace, &object.name);
-                    forget.clear_api_failures(&namespace, &object.name);
+                    forget.clear_api_failures(CERTIFICATE, &namespace, &object.name);
                     debug!(certificate = %object, "deleted; forgot its metrics");
                 }
                 // error_policy has logged it.
@@ -676,11 +913,71 @@ async fn run_controller<C: Clock + 'static>(
             }
             std::future::ready(())
         });
-    tokio::select! {
-        () = controller => {}
-        () = issuer_reflector => {}
-        () = cluster_issuer_reflector => {}
-    }
+    // Each stops on its own `stopped()`, after its running reconciles.
+    tokio::join!(controller, issuer_controller, cluster_issuer_controller);
+}
+
+/// The controller of one issuer kind, until `stop` (then after its running
+/// reconciles): [`reconcile_issuer`] runs for each issuer its watch sees
+/// change (keeping `store`, through `writer`, for the Certificate
+/// controller's mapping) and for each one `triggers` names (its CA Secret
+/// changed).
+///
+/// Built from kube-runtime's `applier`, as `Controller` is, because
+/// `Controller` takes an external stream of objects to reconcile only
+/// behind an unstable feature, and a Secret watch of its own would repeat
+/// the Certificate controller's.
+async fn run_issuer_controller<K: IssuerResource, C: Clock + 'static>(
+    ctx: Arc<Context<C>>,
+    store: Store<K>,
+    writer: reflector::store::Writer<K>,
+    triggers: impl Stream<Item = ObjectRef<K>> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let kind = K::KIND;
+    let watch = reflector::reflector(
+        writer,
+        watcher(
+            Api::<K>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    // Deletions too: the reconcile then finds the issuer gone, and its
+    // series are forgotten at once.
+    .touched_objects();
+    let queue = futures::stream::select(
+        controller::trigger_self(watch, ()),
+        triggers.map(|issuer| Ok(ReconcileRequest::from(issuer))),
+    )
+    .take_until(stop);
+    let metrics = ctx.metrics.clone();
+    let forget = ctx.clone();
+    controller::applier(
+        |issuer, ctx| Box::pin(reconcile_issuer::<K, C>(issuer, ctx)),
+        issuer_error_policy::<K, C>,
+        ctx,
+        store,
+        queue,
+        controller::Config::default(),
+    )
+    .for_each(move |result| {
+        match result {
+            Ok((object, _)) => debug!(%kind, issuer = %object, "reconciled"),
+            Err(controller::Error::ObjectNotFound(object)) => {
+                let namespace = object.namespace.clone().unwrap_or_default();
+                metrics.forget_issuer(kind, &namespace, &object.name);
+                forget.clear_api_failures(kind.as_str(), &namespace, &object.name);
+                debug!(%kind, issuer = %object, "deleted; forgot its metrics");
+            }
+            // issuer_error_policy has logged it.
+            Err(controller::Error::ReconcilerFailed(..)) => {}
+            Err(controller::Error::QueueError(error)) => warn!("watching {kind}s: {error}"),
+            Err(error) => warn!("{kind} controller: {error}"),
+        }
+        std::future::ready(())
+    })
+    .await;
 }
 
 /// Finds the Certificates an Issuer, ClusterIssuer or Secret change
@@ -703,7 +1000,38 @@ impl Dependents {
         certificates_using_issuer(&self.certificates.state(), kind, namespace, name)
     }
 
-    fn for_secret(&self, secret: &Secret) -> Vec<ObjectRef<Certificate>> {
+    /// The issuers that sign with `secret`: Issuers in its namespace
+    /// naming it, and ClusterIssuers naming it when it is in the cluster
+    /// resource namespace.
+    fn issuers_using_secret(&self, secret: &Secret) -> SecretUsers {
+        let mut users = SecretUsers::default();
+        let Some(namespace) = secret.namespace() else {
+            return users;
+        };
+        let name = secret.name_any();
+        for issuer in self.issuers.state() {
+            if issuer.namespace().as_deref() == Some(namespace.as_str())
+                && ca_secret_name(&issuer.spec.config) == Some(name.as_str())
+            {
+                users.issuers.push(ObjectRef::from_obj(issuer.as_ref()));
+            }
+        }
+        if namespace == self.cluster_resource_namespace {
+            for issuer in self.cluster_issuers.state() {
+                if ca_secret_name(&issuer.spec.config) == Some(name.as_str()) {
+                    users
+                        .cluster_issuers
+                        .push(ObjectRef::from_obj(issuer.as_ref()));
+                }
+            }
+        }
+        users
+    }
+
+    /// The Certificates `secret` concerns: the one owning it, those naming
+    /// it, and those whose issuer is one of `users` (from
+    /// [`Dependents::issuers_using_secret`]).
+    fn for_secret(&self, secret: &Secret, users: &SecretUsers) -> Vec<ObjectRef<Certificate>> {
         let Some(namespace) = secret.namespace() else {
             return Vec::new();
         };
@@ -730,29 +1058,21 @@ impl Dependents {
         }
         // Certificates whose issuer signs with it.
         let mut refs = Vec::new();
-        for issuer in self.issuers.state() {
-            if issuer.namespace().as_deref() == Some(namespace.as_str())
-                && ca_secret_name(&issuer.spec.config) == Some(name.as_str())
-            {
-                refs.extend(certificates_using_issuer(
-                    &certificates,
-                    IssuerKind::Issuer,
-                    Some(&namespace),
-                    &issuer.name_any(),
-                ));
-            }
+        for issuer in &users.issuers {
+            refs.extend(certificates_using_issuer(
+                &certificates,
+                IssuerKind::Issuer,
+                issuer.namespace.as_deref(),
+                &issuer.name,
+            ));
         }
-        if namespace == self.cluster_resource_namespace {
-            for issuer in self.cluster_issuers.state() {
-                if ca_secret_name(&issuer.spec.config) == Some(name.as_str()) {
-                    refs.extend(certificates_using_issuer(
-                        &certificates,
-                        IssuerKind::ClusterIssuer,
-                        None,
-                        &issuer.name_any(),
-                    ));
-                }
-            }
+        for issuer in &users.cluster_issuers {
+            refs.extend(certificates_using_issuer(
+                &certificates,
+                IssuerKind::ClusterIssuer,
+                None,
+                &issuer.name,
+            ));
         }
         for r in refs {
             found.insert((r.namespace.unwrap_or_default(), r.name));
@@ -762,6 +1082,13 @@ impl Dependents {
             .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace))
             .collect()
     }
+}
+
+/// The issuers that sign with a Secret.
+#[derive(Debug, Default)]
+struct SecretUsers {
+    issuers: Vec<ObjectRef<Issuer>>,
+    cluster_issuers: Vec<ObjectRef<ClusterIssuer>>,
 }
 
 fn ca_secret_name(config: &IssuerConfig) -> Option<&str> {
@@ -790,7 +1117,8 @@ fn certificates_using_issuer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanyard_crds::api::{CertificateSpec, IssuerRef};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use lanyard_crds::api::{CaIssuer, CertificateSpec, ClusterIssuerSpec, IssuerRef, IssuerSpec};
 
     fn certificate(
         namespace: &str,
@@ -894,5 +1222,141 @@ mod tests {
             patch,
             serde_json::json!({"status": {"revision": 2, "failedIssuanceAttempts": null}})
         );
+    }
+
+    fn ca(secret_name: &str) -> IssuerConfig {
+        IssuerConfig {
+            ca: Some(CaIssuer {
+                secret_name: secret_name.into(),
+            }),
+            self_signed: None,
+        }
+    }
+
+    fn secret_in(namespace: &str, name: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_ca_secret_maps_to_the_issuers_that_sign_with_it_and_their_certificates() {
+        let (certificates, mut certificate_writer) = reflector::store::<Certificate>();
+        let (issuers, mut issuer_writer) = reflector::store::<Issuer>();
+        let (cluster_issuers, mut cluster_issuer_writer) = reflector::store::<ClusterIssuer>();
+        for cert in [
+            certificate("a", "one", "ns-ca", None),
+            certificate("b", "two", "ns-ca", None),
+            certificate("b", "three", "cluster-ca", Some("ClusterIssuer")),
+        ] {
+            certificate_writer.apply_watcher_event(&watcher::Event::Apply((*cert).clone()));
+        }
+        for (namespace, name, secret) in [("a", "ns-ca", "ca"), ("b", "ns-ca", "other")] {
+            let mut issuer = Issuer::new(name, IssuerSpec { config: ca(secret) });
+            issuer.metadata.namespace = Some(namespace.into());
+            issuer_writer.apply_watcher_event(&watcher::Event::Apply(issuer));
+        }
+        cluster_issuer_writer.apply_watcher_event(&watcher::Event::Apply(ClusterIssuer::new(
+            "cluster-ca",
+            ClusterIssuerSpec { config: ca("ca") },
+        )));
+        let dependents = Dependents {
+            certificates,
+            issuers,
+            cluster_issuers,
+            cluster_resource_namespace: "lanyard".into(),
+        };
+
+        // `a/ca` is the CA of the Issuer `a/ns-ca` only: a ClusterIssuer's
+        // CA Secret lives in the cluster resource namespace.
+        let secret = secret_in("a", "ca");
+        let users = dependents.issuers_using_secret(&secret);
+        assert_eq!(
+            users.issuers,
+            [ObjectRef::new("ns-ca").within("a")],
+            "{users:?}"
+        );
+        assert!(users.cluster_issuers.is_empty(), "{users:?}");
+        let certs = names(dependents.for_secret(&secret, &users));
+        assert_eq!(certs.len(), 1, "{certs:?}");
+        assert!(certs[0].contains("one"), "{certs:?}");
+
+        let secret = secret_in("lanyard", "ca");
+        let users = dependents.issuers_using_secret(&secret);
+        assert!(users.issuers.is_empty(), "{users:?}");
+        assert_eq!(users.cluster_issuers, [ObjectRef::new("cluster-ca")]);
+        let certs = names(dependents.for_secret(&secret, &users));
+        assert_eq!(certs.len(), 1, "{certs:?}");
+        assert!(certs[0].contains("three"), "{certs:?}");
+
+        let secret = secret_in("b", "unrelated");
+        let users = dependents.issuers_using_secret(&secret);
+        assert!(users.issuers.is_empty() && users.cluster_issuers.is_empty());
+    }
+
+    #[test]
+    fn an_issuer_status_keeps_its_transition_time_until_ready_changes() {
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let later = t0 + chrono::TimeDelta::hours(1);
+        let missing = IssuerError::SecretNotFound {
+            secret: "lanyard/ca".into(),
+        };
+
+        let ready = issuer_status(None, Ok(&IssuerMaterial::SelfSigned), Some(1), t0);
+        let [condition] = ready.conditions.as_slice() else {
+            panic!("{ready:?}")
+        };
+        assert_eq!(condition.type_, "Ready");
+        assert!(condition.is_true());
+        assert_eq!(condition.reason.as_deref(), Some("KeyPairVerified"));
+        assert_eq!(condition.message.as_deref(), Some("Signing CA verified"));
+        assert_eq!(condition.observed_generation, Some(1));
+        assert_eq!(condition.last_transition_time, Some(t0));
+
+        // Unchanged: the same status, so no write.
+        let again = issuer_status(
+            Some(&ready),
+            Ok(&IssuerMaterial::SelfSigned),
+            Some(1),
+            later,
+        );
+        assert_eq!(again, ready);
+        // A new generation is recorded, the transition time kept.
+        let next = issuer_status(
+            Some(&ready),
+            Ok(&IssuerMaterial::SelfSigned),
+            Some(2),
+            later,
+        );
+        assert_eq!(next.conditions[0].observed_generation, Some(2));
+        assert_eq!(next.conditions[0].last_transition_time, Some(t0));
+
+        // Not ready: the error's reason and message, a new transition time;
+        // conditions of other types are kept.
+        let mut with_other = ready.clone();
+        with_other.conditions.push(Condition {
+            type_: "Other".into(),
+            status: "True".into(),
+            reason: None,
+            message: None,
+            last_transition_time: None,
+            observed_generation: None,
+        });
+        let failed = issuer_status(Some(&with_other), Err(&missing), Some(1), later);
+        assert_eq!(failed.conditions.len(), 2);
+        let condition = &failed.conditions[0];
+        assert_eq!(condition.status, "False");
+        assert_eq!(condition.reason.as_deref(), Some("CASecretNotFound"));
+        assert_eq!(
+            condition.message.as_deref(),
+            Some("the CA Secret `lanyard/ca` does not exist")
+        );
+        assert_eq!(condition.last_transition_time, Some(later));
+        assert_eq!(failed.conditions[1].type_, "Other");
     }
 }

@@ -111,7 +111,35 @@ pub struct PassReport {
     pub manifest_errors: Vec<ManifestError>,
 }
 
-type Materials = BTreeMap<(IssuerKind, String, String), Result<IssuerMaterial, IssuerError>>;
+type IssuerKey = (IssuerKind, String, String);
+type Materials = BTreeMap<IssuerKey, Result<IssuerMaterial, IssuerError>>;
+
+/// What a pass looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Everything,
+    Due,
+}
+
+/// A fingerprint of each issuer's signing material (or of why it has
+/// none), to tell which issuers changed between passes.
+fn stamps(materials: &Materials) -> BTreeMap<IssuerKey, String> {
+    materials
+        .iter()
+        .map(|(key, material)| {
+            let stamp = match material {
+                Ok(IssuerMaterial::SelfSigned) => "self-signed".to_string(),
+                Ok(IssuerMaterial::Ca { ca, roots }) => std::iter::once(ca.certificate())
+                    .chain(roots)
+                    .map(|c| c.sha256_fingerprint())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Err(error) => format!("error: {error}"),
+            };
+            (key.clone(), stamp)
+        })
+        .collect()
+}
 
 /// One Certificate's reconcile, for the pass to fold in.
 struct One {
@@ -130,6 +158,9 @@ pub struct LocalController<C> {
     metrics: Arc<Metrics>,
     secrets: SecretStore,
     last_good: BTreeMap<PathBuf, Vec<Object>>,
+    manifests: manifests::ManifestCache,
+    requeue: BTreeMap<(String, String), DateTime<Utc>>,
+    issuer_stamps: BTreeMap<IssuerKey, String>,
     records: BTreeMap<(String, String), Record>,
 }
 
@@ -197,6 +228,9 @@ impl<C: Clock> LocalController<C> {
             metrics,
             secrets,
             last_good: BTreeMap::new(),
+            manifests: manifests::ManifestCache::default(),
+            requeue: BTreeMap::new(),
+            issuer_stamps: BTreeMap::new(),
             records,
         })
     }
@@ -300,7 +334,9 @@ impl<C: Clock> LocalController<C> {
     }
 
     fn load_objects(&mut self, report: &mut PassReport) -> Vec<Object> {
-        let (loaded, errors) = manifests::load_dir(&self.options.manifests_dir(), "default");
+        let (loaded, errors) = self
+            .manifests
+            .load(&self.options.manifests_dir(), "default");
         let mut current = loaded;
         for (path, errs) in errors {
             // A broken edit keeps the last good version of that file.
@@ -339,6 +375,19 @@ impl<C: Clock> LocalController<C> {
     /// CA issuer (the identity issuer renewing), issuers are reloaded and
     /// the Certificates they sign are looked at again in the same call.
     pub fn reconcile_all(&mut self) -> Result<PassReport, LocalError> {
+        self.pass(Scope::Everything)
+    }
+
+    /// A pass over what needs looking at: Certificates whose renewal or
+    /// retry time has come, whose manifest changed, or whose issuer's CA
+    /// changed. What this cannot see (a Secret edited by hand) the next
+    /// [`reconcile_all`](Self::reconcile_all) finds; `lanyard up` runs one
+    /// at least every [`run::RESYNC_INTERVAL`].
+    pub fn reconcile_due(&mut self) -> Result<PassReport, LocalError> {
+        self.pass(Scope::Due)
+    }
+
+    fn pass(&mut self, scope: Scope) -> Result<PassReport, LocalError> {
         let mut report = PassReport::default();
         let objects = self.load_objects(&mut report);
         let now = self.clock.now();
@@ -421,12 +470,18 @@ impl<C: Clock> LocalController<C> {
             .collect();
         order.sort();
         let mut materials = self.load_issuers(&issuers, now)?;
-        let mut next_wake: Option<DateTime<Utc>> = None;
         // Certificates that back a CA go one at a time, reloading the CA
         // after each rewrite; the rest are independent and spread over the
         // cores.
         let (chained, independent): (Vec<_>, Vec<_>) =
             order.into_iter().partition(|(d, _)| *d != usize::MAX);
+        let changed = self.changed_issuers(&materials);
+        let chained: Vec<_> = chained
+            .into_iter()
+            .filter(|(_, i)| {
+                scope == Scope::Everything || self.needs_look(&certificates[*i], &changed, now)
+            })
+            .collect();
         for (_, index) in chained {
             let one = self.reconcile_one(&certificates[index], &materials, now)?;
             let rewrote_ca = one.wrote_secret
@@ -434,13 +489,22 @@ impl<C: Clock> LocalController<C> {
                     one.key.namespace.clone(),
                     certificates[index].spec.secret_name.clone(),
                 ));
-            self.absorb(one, &mut report, &mut next_wake);
+            self.absorb(one, &mut report);
             if rewrote_ca {
                 // What this CA signs is reconciled later in this pass,
                 // against the new CA.
                 materials = self.load_issuers(&issuers, now)?;
             }
         }
+        // Issuers may have changed under the chained Certificates above.
+        let changed = self.changed_issuers(&materials);
+        let independent: Vec<_> = independent
+            .into_iter()
+            .filter(|(_, i)| {
+                scope == Scope::Everything || self.needs_look(&certificates[*i], &changed, now)
+            })
+            .collect();
+        self.issuer_stamps = stamps(&materials);
         let results = {
             let this = &*self;
             let materials = &materials;
@@ -477,9 +541,19 @@ impl<C: Clock> LocalController<C> {
             })
         };
         for (_, one) in results {
-            self.absorb(one?, &mut report, &mut next_wake);
+            self.absorb(one?, &mut report);
         }
-        report.next_wake = next_wake;
+        // Certificates skipped in this pass still have their own times.
+        report.next_wake = certificates
+            .iter()
+            .filter_map(|c| {
+                self.requeue.get(&(
+                    c.metadata.namespace.clone().unwrap_or_default(),
+                    c.metadata.name.clone().unwrap_or_default(),
+                ))
+            })
+            .min()
+            .copied();
 
         // Certificates that are gone lose their status and series; their
         // Secrets stay, as cert-manager leaves them by default.
@@ -499,6 +573,7 @@ impl<C: Clock> LocalController<C> {
             .cloned()
             .collect();
         for (ns, name) in gone {
+            self.requeue.remove(&(ns.clone(), name.clone()));
             self.records.remove(&(ns.clone(), name.clone()));
             let _ = std::fs::remove_file(self.record_path(&ns, &name));
             self.metrics.forget_certificate(&ns, &name);
@@ -609,7 +684,7 @@ impl<C: Clock> LocalController<C> {
     }
 
     /// Folds one result into the pass report and the in-memory records.
-    fn absorb(&mut self, one: One, report: &mut PassReport, next_wake: &mut Option<DateTime<Utc>>) {
+    fn absorb(&mut self, one: One, report: &mut PassReport) {
         match one.event {
             Event::Issued(reason) => report.issued.push((one.key.clone(), reason)),
             Event::Failed { reason, message } => {
@@ -617,11 +692,63 @@ impl<C: Clock> LocalController<C> {
             }
             Event::UpToDate | Event::BackingOff => {}
         }
+        self.requeue.insert(
+            (one.key.namespace.clone(), one.key.name.clone()),
+            one.requeue_at,
+        );
         if let Some(record) = one.record {
             self.records
                 .insert((one.key.namespace, one.key.name), record);
         }
-        *next_wake = Some(next_wake.map_or(one.requeue_at, |w| w.min(one.requeue_at)));
+    }
+
+    /// Issuers whose signing material differs from the last pass's.
+    fn changed_issuers(&self, materials: &Materials) -> BTreeSet<IssuerKey> {
+        let now = stamps(materials);
+        now.iter()
+            .filter(|(k, v)| self.issuer_stamps.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .chain(
+                self.issuer_stamps
+                    .keys()
+                    .filter(|k| !now.contains_key(*k))
+                    .cloned(),
+            )
+            .collect()
+    }
+
+    /// Whether a Certificate must be looked at in a [`Scope::Due`] pass.
+    fn needs_look(
+        &self,
+        certificate: &Certificate,
+        changed: &BTreeSet<IssuerKey>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let ns = certificate.metadata.namespace.clone().unwrap_or_default();
+        let name = certificate.metadata.name.clone().unwrap_or_default();
+        let key = (ns.clone(), name);
+        let (Some(record), Some(due)) = (self.records.get(&key), self.requeue.get(&key)) else {
+            return true;
+        };
+        if *due <= now {
+            return true;
+        }
+        let kind = certificate
+            .spec
+            .issuer_ref
+            .issuer_kind()
+            .unwrap_or(IssuerKind::Issuer);
+        let issuer = (
+            kind,
+            if kind == IssuerKind::Issuer {
+                ns
+            } else {
+                String::new()
+            },
+            certificate.spec.issuer_ref.name.clone(),
+        );
+        changed.contains(&issuer)
+            || serde_json::to_value(&certificate.spec).ok().as_ref() != Some(&record.spec)
     }
 
     fn ca_namespace(&self, kind: IssuerKind, namespace: &str) -> String {

@@ -83,8 +83,17 @@ pub async fn run<C: Clock + 'static>(
 
     tokio::pin!(shutdown);
     let mut reported = std::collections::BTreeSet::new();
+    // The first pass, every manifest change and every resync look at
+    // everything; wakes for a renewal look only at what is due.
+    let mut full = true;
     loop {
-        let report = tokio::task::block_in_place(|| controller.reconcile_all())?;
+        let report = tokio::task::block_in_place(|| {
+            if full {
+                controller.reconcile_all()
+            } else {
+                controller.reconcile_due()
+            }
+        })?;
         // Report each broken manifest once, not on every pass.
         let errors: std::collections::BTreeSet<String> = report
             .manifest_errors
@@ -94,20 +103,24 @@ pub async fn run<C: Clock + 'static>(
         for error in errors.difference(&reported) {
             tracing::error!(%error, "manifest ignored; the last good version (if any) stays in force");
         }
-        reported = errors;
-        let wait = report
+        if full {
+            reported = errors;
+        }
+        let until_due = report
             .next_wake
             .map(|at| {
                 (at - controller.clock.now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
             })
-            .unwrap_or(RESYNC_INTERVAL)
-            .min(RESYNC_INTERVAL);
+            .unwrap_or(RESYNC_INTERVAL);
+        let wait = until_due.min(RESYNC_INTERVAL);
+        full = until_due >= RESYNC_INTERVAL;
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(wait) => {}
             Some(()) = changed_rx.recv() => {
+                full = true;
                 // Let an editor finish writing before reading.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while changed_rx.try_recv().is_ok() {}
