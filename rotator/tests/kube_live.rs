@@ -38,7 +38,11 @@ const ENV: &str = "LANYARD_TEST_KUBECONFIG";
 /// test is skipped) when it is not set.
 async fn live_client(test: &str) -> Option<Client> {
     let Some(path) = std::env::var_os(ENV).filter(|p| !p.is_empty()) else {
-        eprintln!(
+        // Straight to the process's stderr, past the test harness's output
+        // capture, so the skip shows in every `cargo test` log.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED: {ENV} is not set; {test} needs a real API server (set it to a kubeconfig path)"
         );
         return None;
