@@ -156,16 +156,14 @@ impl SecretStore {
         // Swap `..data` to the new version in one rename.
         let previous = fs::read_link(dir.join(DATA)).ok();
         let tmp_link = dir.join(DATA_TMP);
-        let _ = fs::remove_file(&tmp_link);
-        symlink(&staged_name, &tmp_link).map_err(at(&tmp_link))?;
+        replace_symlink(Path::new(&staged_name), &tmp_link)?;
         fs::rename(&tmp_link, dir.join(DATA)).map_err(at(&dir))?;
 
         // User-visible keys are stable symlinks through `..data`.
         for key in secret.data.keys() {
             let link = dir.join(key);
             if previous.is_none() || fs::read_link(&link).is_err() {
-                let _ = fs::remove_file(&link);
-                symlink(Path::new(DATA).join(key), &link).map_err(at(&link))?;
+                replace_symlink(&Path::new(DATA).join(key), &link)?;
             }
         }
         // A first write has no stale links to sweep.
@@ -262,12 +260,25 @@ fn is_valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn create_private_dirs(dir: &Path) -> Result<(), SecretStoreError> {
-    if dir.is_dir() {
-        return Ok(());
+/// Makes `link` a symlink to `target`, replacing whatever is there.
+fn replace_symlink(target: &Path, link: &Path) -> Result<(), SecretStoreError> {
+    match symlink(target, link) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            fs::remove_file(link).map_err(at(link))?;
+            symlink(target, link).map_err(at(link))
+        }
+        other => other.map_err(at(link)),
     }
-    fs::create_dir_all(dir).map_err(at(dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(at(dir))
+}
+
+/// Creates `dir` and its missing parents, owner-only (0700).
+fn create_private_dirs(dir: &Path) -> Result<(), SecretStoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(at(dir))
 }
 
 #[cfg(test)]
