@@ -23,7 +23,7 @@ impl Drop for Up {
     }
 }
 
-fn start_up(scratch: &Scratch) -> Up {
+fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
         .args([
             "up",
@@ -32,6 +32,7 @@ fn start_up(scratch: &Scratch) -> Up {
             "--metrics-addr",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .current_dir(scratch.dir())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -112,7 +113,7 @@ spec:
 #[test]
 fn up_sets_up_the_guide_issues_applied_certificates_and_serves_metrics() {
     let scratch = Scratch::new();
-    let up = start_up(&scratch);
+    let up = start_up(&scratch, &[]);
 
     eventually("the identity issuer", || {
         scratch.exists("state/secrets/linkerd/linkerd-identity-issuer/tls.crt")
@@ -266,4 +267,48 @@ fn crds_prints_the_committed_crds() {
     ))
     .unwrap();
     assert_eq!(printed, committed);
+}
+
+#[test]
+fn up_names_follow_the_flags_and_a_restart_keeps_the_anchor() {
+    let scratch = Scratch::new();
+    let start = |scratch: &Scratch| {
+        let flags = [
+            "--trust-domain",
+            "example.org",
+            "--control-plane-namespace",
+            "mesh",
+        ];
+        let up = start_up(scratch, &flags);
+        // The first pass has run once the issuer's status is recorded.
+        eventually("the identity issuer's status", || {
+            scratch.exists("state/status/certificates/mesh/linkerd-identity-issuer.json")
+        });
+        drop(up);
+    };
+    start(&scratch);
+    let anchor = scratch.read("state/secrets/lanyard/linkerd-trust-anchor/tls.crt");
+    let issuer = scratch.x509_text("state/secrets/mesh/linkerd-identity-issuer/tls.crt");
+    assert!(
+        issuer.contains("CN = identity.mesh.example.org"),
+        "{issuer}"
+    );
+    assert!(
+        scratch
+            .x509_text("state/secrets/lanyard/linkerd-trust-anchor/tls.crt")
+            .contains("CN = root.mesh.example.org")
+    );
+    let issuer_pem = scratch.read("state/secrets/mesh/linkerd-identity-issuer/tls.crt");
+
+    start(&scratch);
+    assert_eq!(
+        scratch.read("state/secrets/lanyard/linkerd-trust-anchor/tls.crt"),
+        anchor,
+        "a restart keeps the anchor"
+    );
+    assert_eq!(
+        scratch.read("state/secrets/mesh/linkerd-identity-issuer/tls.crt"),
+        issuer_pem,
+        "and the issuer, which is not due"
+    );
 }
