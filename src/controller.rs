@@ -33,13 +33,7 @@ pub struct ControllerArgs {
 
 /// Runs the Kubernetes controller until SIGTERM or Ctrl-C.
 pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| CliError::Read {
-            path: "tokio runtime".into(),
-            source,
-        })?;
+    let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let client = infer_client()
             .await

@@ -98,13 +98,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
             options.manifests_dir().display()
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| CliError::Read {
-            path: "tokio runtime".into(),
-            source,
-        })?;
+    let runtime = crate::runtime()?;
     let state_dir = options.state_dir.clone();
     runtime
         .block_on(lanyard_rotator::local::run::run(

@@ -37,6 +37,17 @@ enum Command {
     Crds,
 }
 
+/// The async runtime for the long-running commands (`up`, `controller`).
+fn runtime() -> Result<tokio::runtime::Runtime, ca::CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ca::CliError::Read {
+            path: "tokio runtime".into(),
+            source,
+        })
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

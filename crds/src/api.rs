@@ -478,6 +478,25 @@ fn is_uri(uri: &str) -> bool {
 }
 
 impl CertificateSpec {
+    /// A spec that names only its Secret and issuer; every other field at
+    /// its default (as if omitted from the manifest).
+    pub fn new(secret_name: impl Into<String>, issuer_ref: IssuerRef) -> Self {
+        CertificateSpec {
+            secret_name: secret_name.into(),
+            common_name: None,
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            duration: None,
+            renew_before: None,
+            renew_before_percentage: None,
+            is_ca: false,
+            usages: Vec::new(),
+            private_key: None,
+            issuer_ref,
+            secret_template: None,
+        }
+    }
+
     /// The requested lifetime, defaulted.
     pub fn duration(&self) -> GoDuration {
         self.duration.unwrap_or(DEFAULT_DURATION)

@@ -1126,27 +1126,16 @@ mod tests {
         issuer: &str,
         kind: Option<&str>,
     ) -> Arc<Certificate> {
-        let mut cert = Certificate::new(
-            name,
-            CertificateSpec {
-                secret_name: format!("{name}-tls"),
-                common_name: Some(name.into()),
-                dns_names: vec![],
-                uris: vec![],
-                duration: None,
-                renew_before: None,
-                renew_before_percentage: None,
-                is_ca: false,
-                usages: vec![],
-                private_key: None,
-                issuer_ref: IssuerRef {
-                    name: issuer.into(),
-                    kind: kind.map(Into::into),
-                    group: None,
-                },
-                secret_template: None,
+        let mut spec = CertificateSpec::new(
+            format!("{name}-tls"),
+            IssuerRef {
+                name: issuer.into(),
+                kind: kind.map(Into::into),
+                group: None,
             },
         );
+        spec.common_name = Some(name.into());
+        let mut cert = Certificate::new(name, spec);
         cert.metadata.namespace = Some(namespace.into());
         Arc::new(cert)
     }

@@ -96,27 +96,16 @@ mod tests {
     use lanyard_crds::api::{CertificateSpec, IssuerRef};
 
     fn certificate() -> Certificate {
-        let mut cert = Certificate::new(
-            "web",
-            CertificateSpec {
-                secret_name: "web-tls".into(),
-                common_name: Some("web".into()),
-                dns_names: vec![],
-                uris: vec![],
-                duration: None,
-                renew_before: None,
-                renew_before_percentage: None,
-                is_ca: false,
-                usages: vec![],
-                private_key: None,
-                issuer_ref: IssuerRef {
-                    name: "ca".into(),
-                    kind: None,
-                    group: None,
-                },
-                secret_template: None,
+        let mut spec = CertificateSpec::new(
+            "web-tls",
+            IssuerRef {
+                name: "ca".into(),
+                kind: None,
+                group: None,
             },
         );
+        spec.common_name = Some("web".into());
+        let mut cert = Certificate::new("web", spec);
         cert.metadata.namespace = Some("apps".into());
         cert.metadata.uid = Some("0b5e-uid".into());
         cert

@@ -369,30 +369,8 @@ impl ManifestCache {
                 (stamp, _) => stale.push((path, stamp)),
             }
         }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(stale.len().max(1));
-        let parsed: Vec<(PathBuf, Option<Stamp>, Parsed)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((path, stamp)) = stale.get(i) else {
-                                break;
-                            };
-                            done.push((path.clone(), *stamp, parse_file(path, default_namespace)));
-                        }
-                        done
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("a manifest parser panicked"))
-                .collect()
+        let parsed = super::parallel_map(&stale, |(path, stamp)| {
+            (path.clone(), *stamp, parse_file(path, default_namespace))
         });
         // Stamped before reading, so a write during the read shows up as a
         // changed stamp next time. A file without a stamp vanished between

@@ -111,6 +111,36 @@ pub struct PassReport {
     pub manifest_errors: Vec<ManifestError>,
 }
 
+/// Runs `work` on every item over the machine's cores; results come back
+/// in the items' order.
+pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().max(1));
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, work(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a worker panicked"))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
 type IssuerKey = (IssuerKind, String, String);
 type Materials = BTreeMap<IssuerKey, Result<IssuerMaterial, IssuerError>>;
 
@@ -284,36 +314,7 @@ impl<C: Clock> LocalController<C> {
             },
         );
         issuer.status = None;
-        let mut certificate = Certificate::new(
-            IDENTITY_ISSUER_NAME,
-            CertificateSpec {
-                secret_name: IDENTITY_ISSUER_NAME.into(),
-                common_name: Some(domain.to_string()),
-                dns_names: vec![],
-                uris: vec![],
-                duration: Some(GoDuration::from_hours(8760)),
-                renew_before: Some(GoDuration::from_hours(720)),
-                renew_before_percentage: None,
-                is_ca: true,
-                usages: vec![
-                    KeyUsage::CertSign,
-                    KeyUsage::CrlSign,
-                    KeyUsage::ServerAuth,
-                    KeyUsage::ClientAuth,
-                ],
-                private_key: Some(lanyard_crds::api::PrivateKeySpec {
-                    algorithm: Some(PrivateKeyAlgorithm::Ecdsa),
-                    ..Default::default()
-                }),
-                issuer_ref: IssuerRef {
-                    name: TRUST_ANCHOR_NAME.into(),
-                    kind: Some(IssuerKind::ClusterIssuer.as_str().into()),
-                    group: None,
-                },
-                secret_template: None,
-            },
-        );
-        certificate.metadata.namespace = Some(domain.control_plane_namespace().to_string());
+        let certificate = identity_issuer_certificate(domain);
         let stream = manifests::to_yaml_stream(&[
             serde_json::to_value(&issuer).expect("API objects serialise"),
             serde_json::to_value(&certificate).expect("API objects serialise"),
@@ -509,38 +510,11 @@ impl<C: Clock> LocalController<C> {
             let this = &*self;
             let materials = &materials;
             let certificates = &certificates;
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let workers = std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(independent.len().max(1));
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut done = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let Some((_, index)) = independent.get(i) else {
-                                    break;
-                                };
-                                done.push((
-                                    i,
-                                    this.reconcile_one(&certificates[*index], materials, now),
-                                ));
-                            }
-                            done
-                        })
-                    })
-                    .collect();
-                let mut all: Vec<_> = handles
-                    .into_iter()
-                    .flat_map(|h| h.join().expect("a reconcile worker panicked"))
-                    .collect();
-                all.sort_by_key(|(i, _)| *i);
-                all
+            parallel_map(&independent, |(_, index)| {
+                this.reconcile_one(&certificates[*index], materials, now)
             })
         };
-        for (_, one) in results {
+        for one in results {
             self.absorb(one?, &mut report);
         }
         // Certificates skipped in this pass still have their own times.
@@ -850,6 +824,38 @@ impl<C: Clock> LocalController<C> {
         }
         Ok(())
     }
+}
+
+/// The identity issuer Certificate of Linkerd's cert-manager guide:
+/// `<namespace>/linkerd-identity-issuer`, `identity.<namespace>.<trust
+/// domain>`, ECDSA, 8760h renewed 720h before its end, a CA, signed by the
+/// ClusterIssuer `linkerd-trust-anchor`.
+pub fn identity_issuer_certificate(domain: &IdentityDomain) -> Certificate {
+    let mut spec = CertificateSpec::new(
+        IDENTITY_ISSUER_NAME,
+        IssuerRef {
+            name: TRUST_ANCHOR_NAME.into(),
+            kind: Some(IssuerKind::ClusterIssuer.as_str().into()),
+            group: None,
+        },
+    );
+    spec.common_name = Some(domain.to_string());
+    spec.duration = Some(GoDuration::from_hours(8760));
+    spec.renew_before = Some(GoDuration::from_hours(720));
+    spec.is_ca = true;
+    spec.usages = vec![
+        KeyUsage::CertSign,
+        KeyUsage::CrlSign,
+        KeyUsage::ServerAuth,
+        KeyUsage::ClientAuth,
+    ];
+    spec.private_key = Some(lanyard_crds::api::PrivateKeySpec {
+        algorithm: Some(PrivateKeyAlgorithm::Ecdsa),
+        ..Default::default()
+    });
+    let mut certificate = Certificate::new(IDENTITY_ISSUER_NAME, spec);
+    certificate.metadata.namespace = Some(domain.control_plane_namespace().to_string());
+    certificate
 }
 
 /// One row of `lanyard get certificates`.

@@ -62,51 +62,26 @@ pub fn ca_issuer(secret: &SecretData, now: DateTime<Utc>) -> IssuerMaterial {
 
 /// The Linkerd guide's identity issuer Certificate.
 pub fn identity_issuer_spec() -> CertificateSpec {
-    CertificateSpec {
-        secret_name: "linkerd-identity-issuer".into(),
-        common_name: Some("identity.linkerd.cluster.local".into()),
-        dns_names: vec![],
-        uris: vec![],
-        duration: Some(GoDuration::from_hours(8760)),
-        renew_before: Some(GoDuration::from_hours(720)),
-        renew_before_percentage: None,
-        is_ca: true,
-        usages: vec![
-            KeyUsage::CertSign,
-            KeyUsage::CrlSign,
-            KeyUsage::ServerAuth,
-            KeyUsage::ClientAuth,
-        ],
-        private_key: None,
-        issuer_ref: IssuerRef {
-            name: "linkerd-trust-anchor".into(),
-            kind: Some("ClusterIssuer".into()),
-            group: None,
-        },
-        secret_template: None,
-    }
+    lanyard_rotator::local::identity_issuer_certificate(
+        &lanyard_crds::identity::IdentityDomain::linkerd_default(),
+    )
+    .spec
 }
 
 /// A 24h workload-style leaf issued by the `Issuer` `identity`.
 pub fn leaf_spec(name: &str) -> CertificateSpec {
-    CertificateSpec {
-        secret_name: name.into(),
-        common_name: None,
-        dns_names: vec![format!("{name}.default.svc.cluster.local")],
-        uris: vec![],
-        duration: Some(GoDuration::from_hours(24)),
-        renew_before: None,
-        renew_before_percentage: None,
-        is_ca: false,
-        usages: vec![KeyUsage::ServerAuth, KeyUsage::ClientAuth],
-        private_key: None,
-        issuer_ref: IssuerRef {
+    let mut spec = CertificateSpec::new(
+        name,
+        IssuerRef {
             name: "identity".into(),
             kind: Some("Issuer".into()),
             group: None,
         },
-        secret_template: None,
-    }
+    );
+    spec.dns_names = vec![format!("{name}.default.svc.cluster.local")];
+    spec.duration = Some(GoDuration::from_hours(24));
+    spec.usages = vec![KeyUsage::ServerAuth, KeyUsage::ClientAuth];
+    spec
 }
 
 pub fn certificate(namespace: &str, name: &str, spec: CertificateSpec) -> Certificate {
