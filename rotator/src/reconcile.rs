@@ -4,7 +4,9 @@
 //! look again. No I/O; the shells gather inputs and write outputs.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use lanyard_crds::api::{Certificate, CertificateStatus, Condition, IssuerKind, set_condition};
+use lanyard_crds::api::{
+    Certificate, CertificateStatus, Condition, IssuerKind, IssuerStatus, set_condition,
+};
 
 use crate::issuing::{IssuerError, IssuerMaterial, issue};
 use crate::planner::{
@@ -301,4 +303,43 @@ fn failed(
         requeue_at: now + backoff(count),
         event: Event::Failed { reason, message },
     }
+}
+
+/// The reason of a `Ready=True` issuer condition.
+pub const ISSUER_READY_REASON: &str = "KeyPairVerified";
+/// The message of a `Ready=True` issuer condition.
+pub const ISSUER_READY_MESSAGE: &str = "Signing CA verified";
+
+/// The status an issuer gets when loading it gave `material`: its `Ready`
+/// condition, `True` with [`ISSUER_READY_REASON`] or `False` with the
+/// error's reason and message, for `generation`. Other conditions in
+/// `current` are kept, and so is the transition time while `Ready` keeps
+/// its status ([`set_condition`]), as in the local shell.
+pub fn issuer_status(
+    current: Option<&IssuerStatus>,
+    material: Result<&IssuerMaterial, &IssuerError>,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> IssuerStatus {
+    let (status, reason, message) = match material {
+        Ok(_) => (
+            "True",
+            ISSUER_READY_REASON,
+            ISSUER_READY_MESSAGE.to_string(),
+        ),
+        Err(error) => ("False", error.reason(), error.to_string()),
+    };
+    let mut conditions = current.map(|s| s.conditions.clone()).unwrap_or_default();
+    set_condition(
+        &mut conditions,
+        Condition {
+            type_: "Ready".to_string(),
+            status: status.to_string(),
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            last_transition_time: Some(now),
+            observed_generation: generation,
+        },
+    );
+    IssuerStatus { conditions }
 }

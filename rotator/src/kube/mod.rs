@@ -35,8 +35,8 @@ use futures::channel::mpsc::unbounded;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use lanyard_crds::api::{
-    API_VERSION, Certificate, CertificateStatus, ClusterIssuer, Condition, Issuer, IssuerConfig,
-    IssuerKind, IssuerStatus, set_condition,
+    API_VERSION, Certificate, CertificateStatus, ClusterIssuer, Issuer, IssuerConfig, IssuerKind,
+    IssuerStatus,
 };
 use lanyard_crds::time::Clock;
 use tracing::{debug, info, warn};
@@ -48,6 +48,8 @@ use crate::secret::SecretData;
 
 pub use lease::{LeaderElection, LeaseDecision, LeaseLock, lease_decision};
 pub use secret::{applied_secret, secret_data};
+
+pub use crate::reconcile::{ISSUER_READY_MESSAGE, ISSUER_READY_REASON, issuer_status};
 
 /// The field manager of every write: server-side apply records which
 /// fields the controller owns under this name.
@@ -64,10 +66,6 @@ pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// How often an issuer is checked again when nothing about it changes: a
 /// CA that is valid now expires, or becomes valid, with time alone.
 pub const ISSUER_REQUEUE: Duration = Duration::from_secs(300);
-/// The reason of a `Ready=True` issuer condition.
-pub const ISSUER_READY_REASON: &str = "KeyPairVerified";
-/// The message of a `Ready=True` issuer condition.
-pub const ISSUER_READY_MESSAGE: &str = "Signing CA verified";
 
 /// What every reconcile shares: the client, the clock, the metrics.
 pub struct Context<C: Clock> {
@@ -527,40 +525,6 @@ impl IssuerResource for ClusterIssuer {
     fn api(client: Client, _namespace: &str) -> Api<Self> {
         Api::all(client)
     }
-}
-
-/// The status an issuer gets when loading it gave `material`: its `Ready`
-/// condition, `True` with [`ISSUER_READY_REASON`] or `False` with the
-/// error's reason and message, for `generation`. Other conditions in
-/// `current` are kept, and so is the transition time while `Ready` keeps
-/// its status ([`set_condition`]), as in the local shell.
-pub fn issuer_status(
-    current: Option<&IssuerStatus>,
-    material: Result<&IssuerMaterial, &IssuerError>,
-    generation: Option<i64>,
-    now: DateTime<Utc>,
-) -> IssuerStatus {
-    let (status, reason, message) = match material {
-        Ok(_) => (
-            "True",
-            ISSUER_READY_REASON,
-            ISSUER_READY_MESSAGE.to_string(),
-        ),
-        Err(error) => ("False", error.reason(), error.to_string()),
-    };
-    let mut conditions = current.map(|s| s.conditions.clone()).unwrap_or_default();
-    set_condition(
-        &mut conditions,
-        Condition {
-            type_: "Ready".to_string(),
-            status: status.to_string(),
-            reason: Some(reason.to_string()),
-            message: Some(message),
-            last_transition_time: Some(now),
-            observed_generation: generation,
-        },
-    );
-    IssuerStatus { conditions }
 }
 
 /// The body of an issuer's status merge patch.
@@ -1118,7 +1082,9 @@ fn certificates_using_issuer(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use lanyard_crds::api::{CaIssuer, CertificateSpec, ClusterIssuerSpec, IssuerRef, IssuerSpec};
+    use lanyard_crds::api::{
+        CaIssuer, CertificateSpec, ClusterIssuerSpec, Condition, IssuerRef, IssuerSpec,
+    };
 
     fn certificate(
         namespace: &str,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use lanyard_crds::api::{
     CaIssuer, Certificate, CertificateSpec, CertificateStatus, ClusterIssuer, ClusterIssuerSpec,
-    Condition, IssuerConfig, IssuerKind, IssuerRef, IssuerStatus, set_condition,
+    IssuerConfig, IssuerKind, IssuerRef, IssuerStatus,
 };
 use lanyard_crds::duration::GoDuration;
 use lanyard_crds::identity::IdentityDomain;
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::issuing::{IssuerError, IssuerMaterial, load_issuer};
 use crate::metrics::Metrics;
 use crate::planner::IssueReason;
-use crate::reconcile::{Event, ResolvedIssuer, reconcile};
+use crate::reconcile::{Event, ResolvedIssuer, issuer_status, reconcile};
 use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY};
 use manifests::{ManifestError, Object, ObjectKey};
 pub use secrets::{Durability, SecretStore, SecretStoreError};
@@ -192,23 +192,6 @@ pub struct LocalController<C> {
     requeue: BTreeMap<(String, String), DateTime<Utc>>,
     issuer_stamps: BTreeMap<IssuerKey, String>,
     records: BTreeMap<(String, String), Record>,
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    now: DateTime<Utc>,
-) -> Condition {
-    Condition {
-        type_: type_.to_string(),
-        status: if ok { "True" } else { "False" }.to_string(),
-        reason: Some(reason.to_string()),
-        message: Some(message),
-        last_transition_time: Some(now),
-        observed_generation: None,
-    }
 }
 
 impl<C: Clock> LocalController<C> {
@@ -750,19 +733,7 @@ impl<C: Clock> LocalController<C> {
             let material = load_issuer(*kind, name, config, secret.as_ref(), &secret_ref, now);
             self.metrics
                 .observe_issuer(*kind, ns, name, material.as_ref().ok());
-            let status = IssuerStatus {
-                conditions: vec![match &material {
-                    Ok(_) => condition(
-                        "Ready",
-                        true,
-                        "KeyPairVerified",
-                        "Signing CA verified".into(),
-                        now,
-                    ),
-                    Err(e) => condition("Ready", false, e.reason(), e.to_string(), now),
-                }],
-            };
-            self.write_issuer_status(*kind, ns, name, status)?;
+            self.write_issuer_status(*kind, ns, name, material.as_ref(), now)?;
             materials.insert((*kind, ns.clone(), name.clone()), material);
         }
         Ok(materials)
@@ -792,7 +763,8 @@ impl<C: Clock> LocalController<C> {
         kind: IssuerKind,
         namespace: &str,
         name: &str,
-        status: IssuerStatus,
+        material: Result<&IssuerMaterial, &IssuerError>,
+        now: DateTime<Utc>,
     ) -> Result<(), LocalError> {
         let path = match kind {
             IssuerKind::Issuer => self
@@ -807,19 +779,12 @@ impl<C: Clock> LocalController<C> {
                 .join("clusterissuers")
                 .join(format!("{name}.json")),
         };
-        // Keep the old transition time when nothing changed.
-        let mut conditions = std::fs::read(&path)
+        let current = std::fs::read(&path)
             .ok()
-            .and_then(|b| serde_json::from_slice::<IssuerStatus>(&b).ok())
-            .map(|s| s.conditions)
-            .unwrap_or_default();
-        let previous = conditions.clone();
-        for c in status.conditions {
-            set_condition(&mut conditions, c);
-        }
-        if conditions != previous || previous.is_empty() {
-            let bytes =
-                serde_json::to_vec_pretty(&IssuerStatus { conditions }).expect("status serialises");
+            .and_then(|b| serde_json::from_slice::<IssuerStatus>(&b).ok());
+        let status = issuer_status(current.as_ref(), material, None, now);
+        if current.as_ref() != Some(&status) {
+            let bytes = serde_json::to_vec_pretty(&status).expect("status serialises");
             secrets::write_file_atomic(&path, &bytes, 0o644, self.options.durability)?;
         }
         Ok(())
