@@ -210,29 +210,7 @@ fn apply_refuses_a_bad_manifest_naming_file_document_and_field() {
 #[test]
 fn the_guides_cert_manager_manifest_applies_with_only_the_api_version_changed() {
     let scratch = Scratch::new();
-    let guide = "apiVersion: cert-manager.io/v1
-kind: Certificate
-metadata:
-  name: linkerd-identity-issuer
-  namespace: linkerd
-spec:
-  secretName: linkerd-identity-issuer
-  # Rotate 30 days before expiry
-  renewBefore: 720h
-  duration: 8760h
-  issuerRef:
-    name: linkerd-trust-anchor
-    kind: ClusterIssuer
-  commonName: identity.linkerd.cluster.local
-  isCA: true
-  privateKey:
-    algorithm: ECDSA
-  usages:
-    - cert sign
-    - crl sign
-    - server auth
-    - client auth
-";
+    let guide = include_str!("../crds/tests/guide/linkerd-identity-issuer.yaml");
     scratch.write("guide.yaml", guide);
     scratch
         .lanyard(&["apply", "--state-dir", "state", "-f", "guide.yaml"])

@@ -7,34 +7,14 @@ use lanyard_crds::usage::{KeyUsage, PrivateKeyAlgorithm};
 
 /// The Linkerd mTLS guide's cert-manager manifest, with only `apiVersion`
 /// changed.
-const GUIDE_ISSUER_CERTIFICATE: &str = r#"
-apiVersion: lanyard.dev/v1
-kind: Certificate
-metadata:
-  name: linkerd-identity-issuer
-  namespace: linkerd
-spec:
-  secretName: linkerd-identity-issuer
-  # Rotate 30 days before expiry
-  renewBefore: 720h
-  duration: 8760h
-  issuerRef:
-    name: linkerd-trust-anchor
-    kind: ClusterIssuer
-  commonName: identity.linkerd.cluster.local
-  isCA: true
-  privateKey:
-    algorithm: ECDSA
-  usages:
-    - cert sign
-    - crl sign
-    - server auth
-    - client auth
-"#;
+fn guide_issuer_certificate() -> String {
+    include_str!("guide/linkerd-identity-issuer.yaml")
+        .replace("cert-manager.io/v1", "lanyard.dev/v1")
+}
 
 #[test]
 fn the_linkerd_guides_issuer_certificate_parses_and_validates() {
-    let cert: Certificate = serde_saphyr::from_str(GUIDE_ISSUER_CERTIFICATE).unwrap();
+    let cert: Certificate = serde_saphyr::from_str(&guide_issuer_certificate()).unwrap();
     let spec = &cert.spec;
     assert_eq!(cert.metadata.namespace.as_deref(), Some("linkerd"));
     assert_eq!(spec.duration(), GoDuration::from_hours(8760));
@@ -72,13 +52,13 @@ fn a_ca_cluster_issuer_parses() {
 
 #[test]
 fn an_unknown_usage_does_not_parse() {
-    let manifest = GUIDE_ISSUER_CERTIFICATE.replace("- crl sign", "- crl signing");
+    let manifest = guide_issuer_certificate().replace("- crl sign", "- crl signing");
     let err = serde_saphyr::from_str::<Certificate>(&manifest).unwrap_err();
     assert!(err.to_string().contains("crl signing"), "{err}");
 }
 
 fn spec(edit: impl FnOnce(&mut CertificateSpec)) -> CertificateSpec {
-    let mut cert: Certificate = serde_saphyr::from_str(GUIDE_ISSUER_CERTIFICATE).unwrap();
+    let mut cert: Certificate = serde_saphyr::from_str(&guide_issuer_certificate()).unwrap();
     edit(&mut cert.spec);
     cert.spec
 }
