@@ -168,6 +168,16 @@ pub fn backoff(failures: u32) -> TimeDelta {
     (BACKOFF_BASE * (1_i32 << doublings)).min(BACKOFF_CAP)
 }
 
+impl Failures {
+    /// When the next attempt may be made, if failures are holding it back.
+    pub fn next_attempt(self) -> Option<DateTime<Utc>> {
+        match (self.count, self.last) {
+            (0, _) | (_, None) => None,
+            (count, Some(last)) => Some(last + backoff(count)),
+        }
+    }
+}
+
 /// Everything the planner looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanInput<'a> {
@@ -189,18 +199,15 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         Ok(current) => return Plan::Wait { current },
         Err(due) => due,
     };
-    if input.failures.count > 0
-        && let Some(last) = input.failures.last
+    if let Some(until) = input.failures.next_attempt()
+        && input.now < until
     {
-        let until = last + backoff(input.failures.count);
-        if input.now < until {
-            return Plan::BackOff {
-                reason,
-                message,
-                until,
-                current,
-            };
-        }
+        return Plan::BackOff {
+            reason,
+            message,
+            until,
+            current,
+        };
     }
     Plan::Issue {
         reason,

@@ -75,14 +75,13 @@ pub fn reconcile(
 
     // After a failure, nothing is tried again until the backoff ends, be
     // it an invalid spec, a missing issuer or a failed signature.
-    if failures.count > 0
-        && let Some(last) = failures.last
-        && now < last + backoff(failures.count)
+    if let Some(until) = failures.next_attempt()
+        && now < until
     {
         return Outcome {
             status,
             secret: None,
-            requeue_at: last + backoff(failures.count),
+            requeue_at: until,
             event: Event::BackingOff,
         };
     }
