@@ -369,8 +369,9 @@ impl ManifestCache {
                 (stamp, _) => stale.push((path, stamp)),
             }
         }
-        let parsed = super::parallel_map(&stale, |(path, stamp)| {
-            (path.clone(), *stamp, parse_file(path, default_namespace))
+        let parsed = super::parallel_map(stale, |(path, stamp)| {
+            let parsed = parse_file(&path, default_namespace);
+            (path, stamp, parsed)
         });
         // Stamped before reading, so a write during the read shows up as a
         // changed stamp next time. A file without a stamp vanished between

@@ -113,19 +113,23 @@ pub struct PassReport {
 
 /// Runs `work` on every item over the machine's cores; results come back
 /// in the items' order.
-pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
+pub(crate) fn parallel_map<T: Send, R: Send>(
+    items: Vec<T>,
+    work: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let count = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(items.len().max(1));
+        .min(count.max(1));
     let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
                     let mut done = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
+                        let next = queue.lock().expect("the work queue").next();
+                        let Some((i, item)) = next else { break };
                         done.push((i, work(item)));
                     }
                     done
@@ -169,6 +173,15 @@ fn stamps(materials: &Materials) -> BTreeMap<IssuerKey, String> {
             (key.clone(), stamp)
         })
         .collect()
+}
+
+/// A reconciled Certificate whose writes are staged, not yet visible.
+struct Prepared {
+    key: ObjectKey,
+    spec: CertificateSpec,
+    outcome: crate::reconcile::Outcome,
+    staged_secret: Option<secrets::StagedSecret>,
+    staged_record: Option<(secrets::StagedFile, Record)>,
 }
 
 /// One Certificate's reconcile, for the pass to fold in.
@@ -489,14 +502,32 @@ impl<C: Clock> LocalController<C> {
             })
             .collect();
         self.issuer_stamps = stamps(&materials);
-        let results = {
+        // Independent Certificates: stage everything on every core, make it
+        // durable with one filesystem flush instead of an fsync per file,
+        // then commit (renames) and flush the renames once more.
+        let fsync = self.secrets.durability() == Durability::Fsync;
+        let prepared = {
             let this = &*self;
             let materials = &materials;
             let certificates = &certificates;
-            parallel_map(&independent, |(_, index)| {
-                this.reconcile_one(&certificates[*index], materials, now)
+            parallel_map(independent, |(_, index)| {
+                this.prepare_one(&certificates[index], materials, now, false)
             })
         };
+        let prepared: Vec<Prepared> = prepared.into_iter().collect::<Result<_, _>>()?;
+        let wrote = prepared
+            .iter()
+            .any(|p| p.staged_secret.is_some() || p.staged_record.is_some());
+        if fsync && wrote {
+            secrets::flush_filesystem(&self.options.state_dir)?;
+        }
+        let results = {
+            let this = &*self;
+            parallel_map(prepared, |p| this.finish_one(p, false))
+        };
+        if fsync && wrote {
+            secrets::flush_filesystem(&self.options.state_dir)?;
+        }
         for one in results {
             self.absorb(one?, &mut report);
         }
@@ -543,15 +574,29 @@ impl<C: Clock> LocalController<C> {
         Ok(report)
     }
 
-    /// Reconciles one Certificate: reads its Secret, decides, writes the new
-    /// Secret and status file if anything changed. Touches nothing shared
-    /// but files of its own and the metrics, so passes run it in parallel.
+    /// Reconciles one Certificate, start to finish, flushing as the store's
+    /// durability says.
     fn reconcile_one(
         &self,
         certificate: &Certificate,
         materials: &Materials,
         now: DateTime<Utc>,
     ) -> Result<One, LocalError> {
+        let flush = self.secrets.durability() == Durability::Fsync;
+        let prepared = self.prepare_one(certificate, materials, now, flush)?;
+        self.finish_one(prepared, flush)
+    }
+
+    /// The first half of a reconcile: read the Secret, decide, and stage
+    /// the new Secret and status file if anything changed. Touches nothing
+    /// shared but files of its own, so passes run it in parallel.
+    fn prepare_one(
+        &self,
+        certificate: &Certificate,
+        materials: &Materials,
+        now: DateTime<Utc>,
+        flush: bool,
+    ) -> Result<Prepared, LocalError> {
         let mut certificate = certificate.clone();
         let ns = certificate.metadata.namespace.clone().unwrap_or_default();
         let name = certificate.metadata.name.clone().unwrap_or_default();
@@ -605,38 +650,78 @@ impl<C: Clock> LocalController<C> {
             },
             now,
         );
-        if let Some(new_secret) = &outcome.secret {
-            self.secrets
-                .write(&ns, &certificate.spec.secret_name, new_secret)?;
+        // Stage first: nothing is visible until `finish_one` commits.
+        let staged_secret = match &outcome.secret {
+            Some(new_secret) => {
+                Some(
+                    self.secrets
+                        .stage(&ns, &certificate.spec.secret_name, new_secret, flush)?,
+                )
+            }
+            None => None,
+        };
+        let new_record = Record {
+            generation,
+            spec: spec_value,
+            status: outcome.status.clone(),
+        };
+        let staged_record = if record != Some(&new_record) {
+            let bytes = serde_json::to_vec_pretty(&new_record).expect("records serialise");
+            let staged = secrets::stage_file(&self.record_path(&ns, &name), &bytes, 0o644, flush)?;
+            Some((staged, new_record))
+        } else {
+            None
+        };
+        Ok(Prepared {
+            key,
+            spec: certificate.spec,
+            outcome,
+            staged_secret,
+            staged_record,
+        })
+    }
+
+    /// The second half: makes the staged Secret and status visible (Secret
+    /// first), then counts and logs what happened.
+    fn finish_one(&self, prepared: Prepared, flush: bool) -> Result<One, LocalError> {
+        let Prepared {
+            key,
+            spec,
+            outcome,
+            staged_secret,
+            staged_record,
+        } = prepared;
+        let wrote_secret = staged_secret.is_some();
+        if let Some(staged) = staged_secret {
+            self.secrets.commit(staged, flush)?;
         }
+        let record = match staged_record {
+            Some((staged, record)) => {
+                staged.commit(flush)?;
+                Some(record)
+            }
+            None => None,
+        };
+        let (ns, name) = (&key.namespace, &key.name);
         match &outcome.event {
             Event::Issued(reason) => {
-                self.metrics.issued(&ns, &name, &certificate.spec);
+                self.metrics.issued(ns, name, &spec);
                 tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "issued");
             }
             Event::Failed { reason, message } => {
-                self.metrics.failed(&ns, &name, &certificate.spec, reason);
+                self.metrics.failed(ns, name, &spec, reason);
                 tracing::warn!(certificate = %key, reason, message, "issuance failed");
             }
             Event::UpToDate | Event::BackingOff => {}
         }
         self.metrics
-            .observe_certificate(&ns, &name, &certificate.spec, &outcome.status);
-        let new_record = Record {
-            generation,
-            spec: spec_value,
-            status: outcome.status,
-        };
-        let changed = record != Some(&new_record);
-        if changed {
-            self.write_record(&ns, &name, &new_record)?;
-        }
+            .observe_certificate(ns, name, &spec, &outcome.status);
         Ok(One {
             key,
-            wrote_secret: outcome.secret.is_some(),
+            wrote_secret,
             event: outcome.event,
             requeue_at: outcome.requeue_at,
-            record: changed.then_some(new_record),
+            record,
         })
     }
 
@@ -745,17 +830,6 @@ impl<C: Clock> LocalController<C> {
             .join("certificates")
             .join(namespace)
             .join(format!("{name}.json"))
-    }
-
-    fn write_record(&self, namespace: &str, name: &str, record: &Record) -> Result<(), LocalError> {
-        let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
-        secrets::write_file_atomic(
-            &self.record_path(namespace, name),
-            &bytes,
-            0o644,
-            self.options.durability,
-        )?;
-        Ok(())
     }
 
     fn write_issuer_status(

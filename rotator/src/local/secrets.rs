@@ -117,6 +117,23 @@ impl SecretStore {
         name: &str,
         secret: &SecretData,
     ) -> Result<(), SecretStoreError> {
+        let flush = self.durability == Durability::Fsync;
+        let staged = self.stage(namespace, name, secret, flush)?;
+        self.commit(staged, flush)
+    }
+
+    /// The first half of a write: the new version's files, in a hidden
+    /// directory no reader looks at. Dropped uncommitted, it is removed.
+    /// With `flush`, the files are on disk when this returns; a caller
+    /// staging many Secrets may instead flush them all at once
+    /// ([`SecretStore::flush_all`]) before committing any.
+    pub fn stage(
+        &self,
+        namespace: &str,
+        name: &str,
+        secret: &SecretData,
+        flush: bool,
+    ) -> Result<StagedSecret, SecretStoreError> {
         for key in secret.data.keys() {
             if !is_valid_key(key) {
                 return Err(at(Path::new(key))(std::io::Error::new(
@@ -127,7 +144,7 @@ impl SecretStore {
         }
         let dir = self.dir(namespace, name);
         create_private_dirs(&dir)?;
-        let staged = tempfile::Builder::new()
+        let version = tempfile::Builder::new()
             .prefix("..")
             .permissions(fs::Permissions::from_mode(0o700))
             .tempdir_in(&dir)
@@ -138,17 +155,31 @@ impl SecretStore {
             } else {
                 0o600
             };
-            self.write_file(&staged.path().join(key), value, mode)?;
+            write_new_file(&version.path().join(key), value, mode, flush)?;
         }
         let metadata = serde_json::to_vec(&Metadata {
             labels: secret.labels.clone(),
             annotations: secret.annotations.clone(),
         })
         .map_err(|e| at(&dir)(std::io::Error::other(e)))?;
-        self.write_file(&staged.path().join(METADATA), &metadata, 0o644)?;
-        self.sync_dir(staged.path())?;
-        let staged = staged.keep();
-        let staged_name = staged
+        write_new_file(&version.path().join(METADATA), &metadata, 0o644, flush)?;
+        if flush {
+            sync_dir(version.path())?;
+        }
+        Ok(StagedSecret {
+            dir,
+            keys: secret.data.keys().cloned().collect(),
+            version,
+        })
+    }
+
+    /// The second half of a write: `..data` swaps to the staged version in
+    /// one rename, key links are made, stale ones and the old version go.
+    /// With `flush`, the swap is on disk when this returns.
+    pub fn commit(&self, staged: StagedSecret, flush: bool) -> Result<(), SecretStoreError> {
+        let StagedSecret { dir, keys, version } = staged;
+        let version = version.keep();
+        let version_name = version
             .file_name()
             .expect("a temporary directory has a name")
             .to_owned();
@@ -156,11 +187,11 @@ impl SecretStore {
         // Swap `..data` to the new version in one rename.
         let previous = fs::read_link(dir.join(DATA)).ok();
         let tmp_link = dir.join(DATA_TMP);
-        replace_symlink(Path::new(&staged_name), &tmp_link)?;
+        replace_symlink(Path::new(&version_name), &tmp_link)?;
         fs::rename(&tmp_link, dir.join(DATA)).map_err(at(&dir))?;
 
         // User-visible keys are stable symlinks through `..data`.
-        for key in secret.data.keys() {
+        for key in &keys {
             let link = dir.join(key);
             if previous.is_none() || fs::read_link(&link).is_err() {
                 replace_symlink(&Path::new(DATA).join(key), &link)?;
@@ -178,17 +209,25 @@ impl SecretStore {
             let Some(name) = file_name.to_str() else {
                 continue;
             };
-            if !name.starts_with("..") && !secret.data.contains_key(name) {
+            if !name.starts_with("..") && !keys.iter().any(|k| k == name) {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        self.sync_dir(&dir)?;
+        if flush {
+            sync_dir(&dir)?;
+        }
         if let Some(previous) = previous
-            && previous.as_os_str() != staged_name
+            && previous.as_os_str() != version_name
         {
             let _ = fs::remove_dir_all(dir.join(previous));
         }
         Ok(())
+    }
+
+    /// Flushes everything written under the store's root to disk in one
+    /// call (`syncfs`): what many staged Secrets need before any commits.
+    pub fn flush_all(&self) -> Result<(), SecretStoreError> {
+        flush_filesystem(&self.root)
     }
 
     /// Makes sure the store's root exists with owner-only permissions.
@@ -196,28 +235,99 @@ impl SecretStore {
         create_private_dirs(&self.root)
     }
 
-    fn write_file(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<(), SecretStoreError> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .map_err(at(path))?;
-        file.write_all(bytes).map_err(at(path))?;
-        if self.durability == Durability::Fsync {
-            file.sync_all().map_err(at(path))?;
-        }
-        Ok(())
+    /// Whether writes are flushed to disk.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
+}
 
-    fn sync_dir(&self, dir: &Path) -> Result<(), SecretStoreError> {
-        if self.durability == Durability::Fsync {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(at(dir))?;
+/// A Secret version written but not yet visible; see [`SecretStore::stage`].
+#[derive(Debug)]
+pub struct StagedSecret {
+    dir: PathBuf,
+    keys: Vec<String>,
+    version: tempfile::TempDir,
+}
+
+/// A file written beside its destination but not yet renamed onto it; see
+/// [`stage_file`]. Dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub(crate) struct StagedFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl StagedFile {
+    /// Renames the file onto its destination; with `flush`, the rename is
+    /// on disk when this returns.
+    pub(crate) fn commit(self, flush: bool) -> Result<(), SecretStoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        self.tmp
+            .persist(&self.path)
+            .map_err(|e| at(&self.path)(e.error))?;
+        if flush {
+            sync_dir(&dir)?;
         }
         Ok(())
     }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, with `mode`; flushed
+/// when `flush`.
+pub(crate) fn stage_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    flush: bool,
+) -> Result<StagedFile, SecretStoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(at(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(at(dir))?;
+    tmp.write_all(bytes).map_err(at(path))?;
+    if flush {
+        tmp.as_file().sync_all().map_err(at(path))?;
+    }
+    Ok(StagedFile {
+        tmp,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Creates `path` (which must not exist) with `mode`; flushed when `flush`.
+fn write_new_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    flush: bool,
+) -> Result<(), SecretStoreError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(at(path))?;
+    file.write_all(bytes).map_err(at(path))?;
+    if flush {
+        file.sync_all().map_err(at(path))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SecretStoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(at(dir))
+}
+
+/// Flushes the whole filesystem holding `path` (`syncfs`): one call in
+/// place of an fsync per file when many files were written together.
+pub(crate) fn flush_filesystem(path: &Path) -> Result<(), SecretStoreError> {
+    let dir = fs::File::open(path).map_err(at(path))?;
+    rustix::fs::syncfs(&dir).map_err(|e| at(path)(e.into()))
 }
 
 /// Replaces `path` atomically (temporary file in the same directory, then
@@ -228,24 +338,8 @@ pub(crate) fn write_file_atomic(
     mode: u32,
     durability: Durability,
 ) -> Result<(), SecretStoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(at(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(at(dir))?;
-    tmp.write_all(bytes).map_err(at(path))?;
-    if durability == Durability::Fsync {
-        tmp.as_file().sync_all().map_err(at(path))?;
-    }
-    tmp.persist(path).map_err(|e| at(path)(e.error))?;
-    if durability == Durability::Fsync {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(at(dir))?;
-    }
-    Ok(())
+    let flush = durability == Durability::Fsync;
+    stage_file(path, bytes, mode, flush)?.commit(flush)
 }
 
 /// Secret keys as Kubernetes allows them, minus the `..` prefix the store
