@@ -18,7 +18,9 @@ mod csr;
 pub mod files;
 mod inspect;
 mod key;
+pub mod service;
 mod sign;
+pub mod token;
 
 use std::path::PathBuf;
 

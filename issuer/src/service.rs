@@ -1,0 +1,165 @@
+//! The identity service: Linkerd's `io.linkerd.proxy.identity.Identity`
+//! API over gRPC. An agent sends a token and a CSR for its identity; the
+//! service checks who the token speaks for, that the CSR asks for exactly
+//! that identity, and signs a 24-hour leaf with the issuer loaded now.
+//!
+//! The issuer sits behind an [`ArcSwapOption`]: whoever watches the issuer
+//! Secret swaps a new, validated [`IdentityIssuer`] in, and requests in
+//! flight finish with the one they loaded. No restart, no failed request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use chrono::{DateTime, TimeDelta, Utc};
+use lanyard_crds::identity::Identity;
+use lanyard_crds::time::Clock;
+use tonic::{Request, Response, Status};
+
+use crate::ca::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
+use crate::token::{TokenError, TokenKey};
+
+/// The generated API: messages, the server trait and the client.
+#[allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
+pub mod proto {
+    tonic::include_proto!("io.linkerd.proxy.identity");
+}
+
+/// Requests larger than this are refused before they are decoded. A CSR
+/// is well under 2 KiB; a projected token under 2 KiB.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Who a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's service account.
+    pub service_account: String,
+}
+
+/// A boxed future, for [`Authenticator`].
+pub type AuthFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Authenticated, TokenError>> + Send + 'a>>;
+
+/// Proves who a token speaks for: local join tokens, or a Kubernetes
+/// TokenReview in a cluster.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The namespace and service account `token` proves at `now`.
+    fn authenticate<'a>(&'a self, token: &'a [u8], now: DateTime<Utc>) -> AuthFuture<'a>;
+}
+
+impl<A: Authenticator> Authenticator for Arc<A> {
+    fn authenticate<'a>(&'a self, token: &'a [u8], now: DateTime<Utc>) -> AuthFuture<'a> {
+        (**self).authenticate(token, now)
+    }
+}
+
+impl Authenticator for TokenKey {
+    fn authenticate<'a>(&'a self, token: &'a [u8], now: DateTime<Utc>) -> AuthFuture<'a> {
+        Box::pin(async move {
+            let claims = self.verify(token, now)?;
+            Ok(Authenticated {
+                namespace: claims.namespace,
+                service_account: claims.service_account,
+            })
+        })
+    }
+}
+
+/// The `Certify` service.
+#[derive(Debug)]
+pub struct IdentityService<A, C> {
+    issuer: Arc<ArcSwapOption<IdentityIssuer>>,
+    authenticator: A,
+    clock: C,
+    lifetime: TimeDelta,
+}
+
+impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
+    /// A service signing with whatever `issuer` holds at each request.
+    pub fn new(issuer: Arc<ArcSwapOption<IdentityIssuer>>, authenticator: A, clock: C) -> Self {
+        IdentityService {
+            issuer,
+            authenticator,
+            clock,
+            lifetime: DEFAULT_LEAF_LIFETIME,
+        }
+    }
+
+    /// The tonic server for this service, refusing requests over
+    /// [`MAX_REQUEST_BYTES`].
+    pub fn into_server(self) -> proto::identity_server::IdentityServer<Self> {
+        proto::identity_server::IdentityServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+
+    async fn certify_inner(
+        &self,
+        request: proto::CertifyRequest,
+    ) -> Result<proto::CertifyResponse, Status> {
+        let now = self.clock.now();
+        // Authentication comes first: an unauthenticated caller learns
+        // nothing else, not even whether an issuer is loaded.
+        let who = self
+            .authenticator
+            .authenticate(&request.token, now)
+            .await
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let issuer = self
+            .issuer
+            .load_full()
+            .ok_or_else(|| Status::unavailable("no valid identity issuer is loaded"))?;
+        let identity = Identity::new(
+            &who.service_account,
+            &who.namespace,
+            issuer.domain().clone(),
+        )
+        .map_err(|e| Status::permission_denied(e.to_string()))?;
+        if request.identity != identity.as_str() {
+            return Err(Status::permission_denied(format!(
+                "the token is for `{identity}`, but the request asks for `{}`",
+                request.identity
+            )));
+        }
+        let leaf = issuer
+            .issue(
+                &request.certificate_signing_request,
+                &identity,
+                self.lifetime,
+                now,
+            )
+            .map_err(|e| match e {
+                crate::Error::Csr(reason) => Status::invalid_argument(reason.to_string()),
+                other => Status::unavailable(format!("the identity issuer cannot sign: {other}")),
+            })?;
+        Ok(proto::CertifyResponse {
+            leaf_certificate: leaf.leaf_der,
+            intermediate_certificates: leaf.chain_der,
+            valid_until: Some(prost_types::Timestamp {
+                seconds: leaf.validity.not_after.timestamp(),
+                nanos: 0,
+            }),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Authenticator, C: Clock + 'static> proto::identity_server::Identity
+    for IdentityService<A, C>
+{
+    async fn certify(
+        &self,
+        request: Request<proto::CertifyRequest>,
+    ) -> Result<Response<proto::CertifyResponse>, Status> {
+        let result = self.certify_inner(request.into_inner()).await;
+        match &result {
+            Ok(_) => tracing::debug!("certified"),
+            Err(status) => {
+                tracing::info!(code = ?status.code(), message = status.message(), "certify refused")
+            }
+        }
+        result.map(Response::new)
+    }
+}
