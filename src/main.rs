@@ -5,6 +5,7 @@
 mod ca;
 mod controller;
 mod local;
+mod token;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,9 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Print the CustomResourceDefinitions, generated from the Rust types.
     Crds,
+    /// Join tokens for agents in local mode.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// The async runtime for the long-running commands (`up`, `controller`).
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => local::apply(args),
         Command::Get(args) => local::get(args),
         Command::Controller(args) => controller::controller(args),
+        Command::Token(command) => token::run(command, &clock),
         Command::Crds => {
             print!("{}", lanyard_crds::api::custom_resource_definitions_yaml());
             Ok(ExitCode::SUCCESS)

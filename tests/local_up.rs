@@ -290,3 +290,86 @@ fn up_names_follow_the_flags_and_a_restart_keeps_the_anchor() {
         "and the issuer, which is not due"
     );
 }
+
+#[test]
+fn token_create_signs_with_a_key_kept_0600_in_the_state_directory() {
+    let scratch = Scratch::new();
+    let token = scratch
+        .lanyard(&[
+            "token",
+            "create",
+            "--state-dir",
+            "state",
+            "--namespace",
+            "ns-a",
+            "--service-account",
+            "sa-a",
+            "--ttl",
+            "2h",
+        ])
+        .success()
+        .stdout;
+    let key_path = scratch.path("state/identity/token.key");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let key =
+        lanyard_issuer::token::TokenKey::from_bytes(&std::fs::read(&key_path).unwrap()).unwrap();
+    let now = lanyard_crds::time::Clock::now(&lanyard_crds::time::SystemClock);
+    let claims = key.verify(token.trim().as_bytes(), now).unwrap();
+    assert_eq!(
+        (claims.namespace.as_str(), claims.service_account.as_str()),
+        ("ns-a", "sa-a")
+    );
+    assert!(claims.expires > now + chrono::TimeDelta::minutes(119));
+
+    let second = scratch
+        .lanyard(&[
+            "token",
+            "create",
+            "--state-dir",
+            "state",
+            "--namespace",
+            "ns-b",
+            "--service-account",
+            "sa-b",
+        ])
+        .success()
+        .stdout;
+    assert!(
+        key.verify(second.trim().as_bytes(), now).is_ok(),
+        "the same key signs every token"
+    );
+    scratch
+        .lanyard(&[
+            "token",
+            "create",
+            "--state-dir",
+            "state",
+            "--namespace",
+            "Bad.NS",
+            "--service-account",
+            "sa",
+        ])
+        .failure_saying("`Bad.NS` is not a valid namespace or service account name");
+    std::fs::write(&key_path, b"short").unwrap();
+    scratch
+        .lanyard(&[
+            "token",
+            "create",
+            "--state-dir",
+            "state",
+            "--namespace",
+            "ns",
+            "--service-account",
+            "sa",
+        ])
+        .failure_saying("a token key is 32 bytes");
+    assert_eq!(
+        std::fs::read(&key_path).unwrap(),
+        b"short",
+        "a bad key file is never replaced"
+    );
+}

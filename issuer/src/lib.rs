@@ -18,6 +18,7 @@ mod csr;
 pub mod files;
 mod inspect;
 mod key;
+pub mod reload;
 pub mod service;
 mod sign;
 pub mod token;

@@ -102,6 +102,36 @@ impl TokenKey {
         &self.bytes
     }
 
+    /// The key in `path`, made (random, written atomically with mode 0600)
+    /// when the file does not exist yet. A file that is not a key is an
+    /// error, never replaced.
+    pub fn load_or_create(path: &std::path::Path) -> Result<Self, crate::Error> {
+        match std::fs::read(path) {
+            Ok(bytes) => Self::from_bytes(&bytes).ok_or_else(|| crate::Error::BadKey {
+                what: path.display().to_string(),
+                reason: format!(
+                    "a token key is {KEY_LEN} bytes, this file has {}",
+                    bytes.len()
+                ),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate()?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|source| crate::Error::Io {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+                crate::files::write_atomic(path, key.as_bytes(), crate::files::FileMode::Secret)?;
+                Ok(key)
+            }
+            Err(source) => Err(crate::Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
     /// A token for `namespace/service_account` valid from `now` for `ttl`.
     pub fn create(
         &self,
