@@ -19,6 +19,7 @@ pub mod files;
 mod inspect;
 mod key;
 pub mod reload;
+pub mod serve;
 pub mod service;
 mod sign;
 pub mod token;

@@ -1,0 +1,230 @@
+//! Running the identity service as Linkerd runs its own: over TLS, with a
+//! certificate the current issuer signs for the service's own identity
+//! (`linkerd-identity.<namespace>.serviceaccount.<identity-domain>`),
+//! renewed with the issuer and before it expires, swapped into rustls with
+//! no restart. The issuer itself is reloaded from its Secret's files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use chrono::{DateTime, TimeDelta, Utc};
+use lanyard_crds::identity::Identity;
+use lanyard_crds::time::Clock;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::Error;
+use crate::ca::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
+use crate::key::{KeyAlgorithm, SigningKey};
+use crate::reload::{IssuerReloader, Reload};
+use crate::service::{Authenticator, IdentityService};
+
+/// How often the issuer's files are looked at.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The service's own certificate, swapped atomically; handshakes read the
+/// current one.
+#[derive(Debug, Default)]
+pub struct ServingCert {
+    current: ArcSwapOption<CertifiedKey>,
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+}
+
+impl ServingCert {
+    /// Signs a new certificate for `identity` with `issuer` (key made here,
+    /// never written) and swaps it in. Returns its end.
+    pub fn renew(
+        &self,
+        issuer: &IdentityIssuer,
+        identity: &Identity,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, Error> {
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
+        let csr = key.certificate_signing_request(identity)?;
+        let leaf = issuer.issue(&csr, identity, DEFAULT_LEAF_LIFETIME, now)?;
+        let chain: Vec<CertificateDer<'static>> = std::iter::once(leaf.leaf_der)
+            .chain(leaf.chain_der)
+            .map(CertificateDer::from)
+            .collect();
+        let pkcs8 = pem::parse(key.to_pkcs8_pem().as_bytes()).map_err(|e| Error::BadKey {
+            what: "service key".into(),
+            reason: e.to_string(),
+        })?;
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.contents().to_vec()));
+        let signing =
+            rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| Error::BadKey {
+                what: "service key".into(),
+                reason: e.to_string(),
+            })?;
+        self.current
+            .store(Some(Arc::new(CertifiedKey::new(chain, signing))));
+        Ok(leaf.validity.not_after)
+    }
+}
+
+/// The TLS configuration of the service: HTTP/2 only, the certificate
+/// from `cert`, no client certificates (agents authenticate with tokens).
+pub fn server_config(cert: Arc<ServingCert>) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_no_client_auth()
+    .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config
+}
+
+/// Where and how the identity service runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The listen address.
+    pub addr: SocketAddr,
+    /// The issuer Secret's directory (`tls.crt`, `tls.key`, `ca.crt`).
+    pub issuer_dir: PathBuf,
+    /// The service's own identity, for its serving certificate.
+    pub service_identity: Identity,
+    /// Serve plaintext gRPC instead of TLS: tokens cross the wire in the
+    /// clear. For tests on loopback only.
+    pub insecure_plaintext: bool,
+}
+
+/// Keeps the issuer and the serving certificate current: reloads the
+/// issuer when its files change and renews the serving certificate with
+/// every new issuer and at two thirds of its life. Runs forever.
+pub async fn keep_current<C: Clock>(
+    mut reloader: IssuerReloader,
+    cert: Arc<ServingCert>,
+    identity: Identity,
+    clock: C,
+) {
+    let mut renew_at: Option<DateTime<Utc>> = None;
+    loop {
+        let now = clock.now();
+        let mut renew = renew_at.is_some_and(|at| now >= at);
+        match reloader.poll(now) {
+            Reload::Loaded => {
+                tracing::info!("identity issuer loaded");
+                renew = true;
+            }
+            Reload::Refused(error) => {
+                tracing::warn!(%error, "identity issuer refused; the previous one (if any) keeps serving");
+            }
+            _ => {}
+        }
+        if renew || renew_at.is_none() {
+            if let Some(issuer) = reloader.current().load_full() {
+                match cert.renew(&issuer, &identity, now) {
+                    Ok(not_after) => {
+                        renew_at = Some(now + (not_after - now) * 2 / 3);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot renew the identity service's certificate");
+                        renew_at = Some(now + TimeDelta::seconds(10));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RELOAD_INTERVAL).await;
+    }
+}
+
+/// Runs the identity service until `shutdown`: reloads the issuer from
+/// `options.issuer_dir`, serves over TLS with a certificate for the
+/// service's own identity (or plaintext, when told so). Calls `on_ready`
+/// with the bound address.
+pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
+    options: ServeOptions,
+    authenticator: A,
+    clock: C,
+    on_ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let issuer = Arc::new(ArcSwapOption::empty());
+    let reloader = IssuerReloader::new(options.issuer_dir.clone(), issuer.clone());
+    let cert = Arc::new(ServingCert::default());
+    let keeper = tokio::spawn(keep_current(
+        reloader,
+        cert.clone(),
+        options.service_identity.clone(),
+        clock.clone(),
+    ));
+    let service = IdentityService::new(issuer, authenticator, clock).into_server();
+    let listener = tokio::net::TcpListener::bind(options.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: options.addr,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: options.addr,
+        source,
+    })?;
+    on_ready(bound);
+    let router = tonic::transport::Server::builder().add_service(service);
+    let result = if options.insecure_plaintext {
+        router
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown,
+            )
+            .await
+    } else {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(cert)));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        }
+                        Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    }
+                });
+            }
+        });
+        let incoming = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let result = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        accept.abort();
+        result
+    };
+    keeper.abort();
+    result.map_err(ServeError::Serve)
+}
+
+/// Why the identity service stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed.
+    #[error("the identity service failed: {0}")]
+    Serve(tonic::transport::Error),
+}
