@@ -122,16 +122,16 @@ pub async fn keep_current<C: Clock>(
             }
             _ => {}
         }
-        if renew || renew_at.is_none() {
-            if let Some(issuer) = reloader.current().load_full() {
-                match cert.renew(&issuer, &identity, now) {
-                    Ok(not_after) => {
-                        renew_at = Some(now + (not_after - now) * 2 / 3);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot renew the identity service's certificate");
-                        renew_at = Some(now + TimeDelta::seconds(10));
-                    }
+        if (renew || renew_at.is_none())
+            && let Some(issuer) = reloader.current().load_full()
+        {
+            match cert.renew(&issuer, &identity, now) {
+                Ok(not_after) => {
+                    renew_at = Some(now + (not_after - now) * 2 / 3);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot renew the identity service's certificate");
+                    renew_at = Some(now + TimeDelta::seconds(10));
                 }
             }
         }
