@@ -37,6 +37,13 @@ pub struct UpArgs {
     /// Where to serve Prometheus metrics.
     #[arg(long, default_value = "127.0.0.1:9402")]
     metrics_addr: SocketAddr,
+    /// Where to serve the identity service (Linkerd's `Certify` API, TLS).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    identity_addr: SocketAddr,
+    /// Serve the identity service without TLS: tokens cross the wire in
+    /// the clear. Only for debugging on loopback.
+    #[arg(long)]
+    insecure_identity_plaintext: bool,
 }
 
 /// `lanyard apply`.
@@ -99,6 +106,46 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
         );
     }
     let runtime = crate::runtime()?;
+    let token_key = lanyard_issuer::token::TokenKey::load_or_create(
+        &crate::token::token_key_path(&options.state_dir),
+    )?;
+    let namespace = options.domain.control_plane_namespace().to_string();
+    let identity = lanyard_issuer::serve::ServeOptions {
+        addr: args.identity_addr,
+        issuer_dir: options
+            .state_dir
+            .join("secrets")
+            .join(&namespace)
+            .join(lanyard_rotator::local::IDENTITY_ISSUER_NAME),
+        service_identity: lanyard_crds::identity::Identity::new(
+            "linkerd-identity",
+            &namespace,
+            options.domain.clone(),
+        )?,
+        insecure_plaintext: args.insecure_identity_plaintext,
+    };
+    let scheme = if args.insecure_identity_plaintext {
+        "http"
+    } else {
+        "https"
+    };
+    let identity_name = identity.service_identity.to_string();
+    runtime.spawn(async move {
+        let result = lanyard_issuer::serve::serve(
+            identity,
+            std::sync::Arc::new(token_key),
+            SystemClock,
+            move |addr| {
+                eprintln!("lanyard: identity service on {scheme}://{addr} as {identity_name}");
+            },
+            lanyard_rotator::kube::shutdown_signal(),
+        )
+        .await;
+        if let Err(error) = result {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    });
     let state_dir = options.state_dir.clone();
     runtime
         .block_on(lanyard_rotator::local::run::run(

@@ -14,6 +14,7 @@ use support::Scratch;
 struct Up {
     child: Child,
     metrics: String,
+    identity: String,
 }
 
 impl Drop for Up {
@@ -31,6 +32,8 @@ fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
             "state",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--identity-addr",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .current_dir(scratch.dir())
@@ -42,15 +45,23 @@ fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let mut seen = String::new();
     let mut buf = [0u8; 256];
-    let metrics = loop {
+    // Both addresses are announced on stderr once serving.
+    let find = |seen: &str, prefix: &str| {
+        let start = seen.find(prefix)? + prefix.len();
+        let rest = &seen[start..];
+        let end = rest.find(|c: char| c == '/' || c.is_whitespace())?;
+        Some(rest[..end].to_string())
+    };
+    let (metrics, identity) = loop {
         let n = stderr.read(&mut buf).expect("read stderr");
         assert!(n > 0, "lanyard up exited early:\n{seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(start) = seen.find("http://") {
-            let rest = &seen[start + 7..];
-            if let Some(end) = rest.find("/metrics") {
-                break rest[..end].to_string();
-            }
+        if let (Some(m), Some(i)) = (
+            find(&seen, "metrics on http://"),
+            find(&seen, "identity service on https://"),
+        ) && seen[seen.find("identity service on").unwrap()..].contains('\n')
+        {
+            break (m, i);
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
@@ -58,7 +69,11 @@ fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
         let mut sink = Vec::new();
         let _ = stderr.read_to_end(&mut sink);
     });
-    Up { child, metrics }
+    Up {
+        child,
+        metrics,
+        identity,
+    }
 }
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -372,4 +387,102 @@ fn token_create_signs_with_a_key_kept_0600_in_the_state_directory() {
         b"short",
         "a bad key file is never replaced"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_get_leaves_for_exactly_their_identity_from_lanyard_up() {
+    use lanyard_issuer::service::proto::CertifyRequest;
+    use lanyard_issuer::service::proto::identity_client::IdentityClient;
+    use tonic::transport::{Certificate as TlsCa, Channel, ClientTlsConfig};
+
+    let scratch = Scratch::new();
+    let up = start_up(&scratch, &[]);
+    eventually("the identity issuer", || {
+        scratch.exists("state/secrets/linkerd/linkerd-identity-issuer/tls.crt")
+    });
+    let anchor = scratch.read("state/secrets/lanyard/linkerd-trust-anchor/ca.crt");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(TlsCa::from_pem(&anchor))
+        .domain_name("linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local");
+    let endpoint = Channel::from_shared(format!("https://{}", up.identity))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let mut channel = None;
+    for _ in 0..50 {
+        if let Ok(c) = endpoint.connect().await {
+            channel = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = IdentityClient::new(channel.expect("the identity service verifies"));
+
+    let token = |ns: &str, sa: &str| {
+        scratch
+            .lanyard(&[
+                "token",
+                "create",
+                "--state-dir",
+                "state",
+                "--namespace",
+                ns,
+                "--service-account",
+                sa,
+            ])
+            .success()
+            .stdout
+            .trim()
+            .as_bytes()
+            .to_vec()
+    };
+    let domain = lanyard_crds::identity::IdentityDomain::linkerd_default();
+    let sa_a = lanyard_crds::identity::Identity::new("sa-a", "ns-a", domain.clone()).unwrap();
+    let sa_b = lanyard_crds::identity::Identity::new("sa-b", "ns-b", domain).unwrap();
+    let key =
+        lanyard_issuer::SigningKey::generate(lanyard_issuer::KeyAlgorithm::EcdsaP256).unwrap();
+    let response = client
+        .certify(CertifyRequest {
+            identity: sa_a.to_string(),
+            token: token("ns-a", "sa-a"),
+            certificate_signing_request: key.certificate_signing_request(&sa_a).unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let leaf = lanyard_issuer::Certificate::from_der(&response.leaf_certificate, "leaf").unwrap();
+    let mut pem = leaf.to_pem();
+    for der in &response.intermediate_certificates {
+        pem.push_str(
+            &lanyard_issuer::Certificate::from_der(der, "issuer")
+                .unwrap()
+                .to_pem(),
+        );
+    }
+    scratch.write("sa-a.crt", pem);
+    scratch
+        .openssl(&[
+            "verify",
+            "-CAfile",
+            "state/secrets/lanyard/linkerd-trust-anchor/ca.crt",
+            "-untrusted",
+            "sa-a.crt",
+            "sa-a.crt",
+        ])
+        .success();
+    assert!(
+        scratch
+            .x509_text("sa-a.crt")
+            .contains("DNS:sa-a.ns-a.serviceaccount.identity.linkerd.cluster.local")
+    );
+
+    let denied = client
+        .certify(CertifyRequest {
+            identity: sa_b.to_string(),
+            token: token("ns-a", "sa-a"),
+            certificate_signing_request: key.certificate_signing_request(&sa_b).unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
 }
