@@ -1,6 +1,8 @@
 //! The identity service over loopback gRPC: every refusal gets the code a
 //! client can act on, and none of them changes anything.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,9 +14,7 @@ use lanyard_issuer::service::proto::CertifyRequest;
 use lanyard_issuer::service::proto::identity_client::IdentityClient;
 use lanyard_issuer::service::{IdentityService, MAX_REQUEST_BYTES};
 use lanyard_issuer::token::TokenKey;
-use lanyard_issuer::{
-    Certificate, IdentityIssuer, KeyAlgorithm, SigningKey, TrustAnchor, verify_chain,
-};
+use lanyard_issuer::{Certificate, IdentityIssuer, KeyAlgorithm, SigningKey, verify_chain};
 use tonic::Code;
 
 fn t0() -> DateTime<Utc> {
@@ -29,22 +29,7 @@ struct Fixture {
 }
 
 fn make_issuer() -> (Certificate, IdentityIssuer) {
-    let domain = IdentityDomain::linkerd_default();
-    let anchor = TrustAnchor::generate(
-        &domain,
-        TimeDelta::hours(87_600),
-        KeyAlgorithm::EcdsaP256,
-        t0(),
-    )
-    .unwrap();
-    let (issuer, _) = anchor
-        .issue_identity_issuer(
-            &domain,
-            TimeDelta::hours(8_760),
-            KeyAlgorithm::EcdsaP256,
-            t0(),
-        )
-        .unwrap();
+    let (anchor, issuer) = common::linkerd_ca(t0());
     (anchor.certificate().clone(), issuer)
 }
 

@@ -2,6 +2,8 @@
 //! by the current issuer for its own identity, and clients verify it
 //! against the trust anchor and that name.
 
+mod common;
+
 use std::sync::Arc;
 
 use chrono::TimeDelta;
@@ -11,7 +13,7 @@ use lanyard_issuer::serve::{ServeOptions, serve};
 use lanyard_issuer::service::proto::CertifyRequest;
 use lanyard_issuer::service::proto::identity_client::IdentityClient;
 use lanyard_issuer::token::TokenKey;
-use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, TrustAnchor, verify_chain};
+use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, verify_chain};
 use tonic::transport::{Channel, ClientTlsConfig};
 
 #[tokio::test]
@@ -19,28 +21,8 @@ async fn agents_verify_the_service_and_get_a_leaf_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemClock.now();
     let domain = IdentityDomain::linkerd_default();
-    let anchor = TrustAnchor::generate(
-        &domain,
-        TimeDelta::hours(87_600),
-        KeyAlgorithm::EcdsaP256,
-        now - TimeDelta::minutes(1),
-    )
-    .unwrap();
-    let (issuer, _) = anchor
-        .issue_identity_issuer(
-            &domain,
-            TimeDelta::hours(8_760),
-            KeyAlgorithm::EcdsaP256,
-            now - TimeDelta::minutes(1),
-        )
-        .unwrap();
-    std::fs::write(dir.path().join("tls.crt"), issuer.certificate().to_pem()).unwrap();
-    std::fs::write(
-        dir.path().join("tls.key"),
-        issuer.key().to_pkcs8_pem().as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("ca.crt"), anchor.certificate().to_pem()).unwrap();
+    let (anchor, issuer) = common::linkerd_ca(now - TimeDelta::minutes(1));
+    common::write_issuer_files(dir.path(), &anchor, &issuer, None);
 
     let service_identity = Identity::new("linkerd-identity", "linkerd", domain.clone()).unwrap();
     let key = Arc::new(TokenKey::generate().unwrap());

@@ -2,6 +2,8 @@
 //! swapped in, a key that does not match is refused and the old issuer
 //! keeps serving.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +17,8 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
 }
 
-/// Writes an issuer Secret's files: tls.crt, tls.key, ca.crt.
+/// A new issuer from `anchor` written as the Secret's files; returns its
+/// fingerprint.
 fn write_issuer(dir: &Path, anchor: &TrustAnchor, key_override: Option<&SigningKey>) -> String {
     let domain = IdentityDomain::linkerd_default();
     let (issuer, _) = anchor
@@ -26,10 +29,7 @@ fn write_issuer(dir: &Path, anchor: &TrustAnchor, key_override: Option<&SigningK
             t0(),
         )
         .unwrap();
-    let key = key_override.unwrap_or(issuer.key());
-    std::fs::write(dir.join("tls.crt"), issuer.certificate().to_pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.to_pkcs8_pem().as_bytes()).unwrap();
-    std::fs::write(dir.join("ca.crt"), anchor.certificate().to_pem()).unwrap();
+    common::write_issuer_files(dir, anchor, &issuer, key_override);
     issuer.certificate().sha256_fingerprint()
 }
 
