@@ -23,6 +23,9 @@ use crate::key::{KeyAlgorithm, SigningKey};
 use crate::reload::{IssuerReloader, Reload};
 use crate::service::{Authenticator, IdentityService};
 
+/// Requests served at once on one connection; more wait their turn.
+pub const MAX_CONCURRENT_PER_CONNECTION: usize = 32;
+
 /// How often the issuer's files are looked at.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -171,7 +174,9 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
         source,
     })?;
     on_ready(bound);
-    let router = tonic::transport::Server::builder().add_service(service);
+    let router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
+        .add_service(service);
     let result = if options.insecure_plaintext {
         router
             .serve_with_incoming_shutdown(

@@ -68,6 +68,57 @@ impl Authenticator for TokenKey {
     }
 }
 
+/// Each identity may burst this many `Certify` calls...
+pub const RATE_BURST: u32 = 10;
+/// ...and then one per this interval. An agent refreshes a 24h certificate
+/// every ~17h; a loop of requests is a bug or an attack.
+pub const RATE_INTERVAL: TimeDelta = TimeDelta::seconds(1);
+/// At most this many identities are tracked; idle full buckets are
+/// dropped first.
+const MAX_TRACKED: usize = 100_000;
+
+/// A token bucket per identity, on the injected clock.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (u32, DateTime<Utc>)>>,
+}
+
+impl RateLimiter {
+    /// Takes a token for `identity` at `now`; `Err(wait)` when none is left.
+    fn take(&self, identity: &str, now: DateTime<Utc>) -> Result<(), TimeDelta> {
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        if buckets.len() >= MAX_TRACKED {
+            buckets.retain(|_, (tokens, at)| *tokens + refill(*at, now) < RATE_BURST);
+        }
+        let (tokens, at) = buckets
+            .entry(identity.to_string())
+            .or_insert((RATE_BURST, now));
+        let refilled = refill(*at, now);
+        if refilled > 0 {
+            *tokens = (*tokens + refilled).min(RATE_BURST);
+            *at += RATE_INTERVAL * refilled as i32;
+        }
+        if *tokens == 0 {
+            return Err(*at + RATE_INTERVAL - now);
+        }
+        *tokens -= 1;
+        if *tokens + 1 == RATE_BURST {
+            // A full bucket's clock starts at its first use.
+            *at = now;
+        }
+        Ok(())
+    }
+}
+
+/// Whole intervals between `at` and `now`, capped at the burst.
+fn refill(at: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
+    let elapsed = (now - at).num_milliseconds().max(0);
+    let interval = RATE_INTERVAL.num_milliseconds().max(1);
+    u32::try_from(elapsed / interval)
+        .unwrap_or(u32::MAX)
+        .min(RATE_BURST)
+}
+
 /// The `Certify` service.
 #[derive(Debug)]
 pub struct IdentityService<A, C> {
@@ -75,6 +126,7 @@ pub struct IdentityService<A, C> {
     authenticator: A,
     clock: C,
     lifetime: TimeDelta,
+    rate: RateLimiter,
 }
 
 impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
@@ -85,6 +137,7 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
             authenticator,
             clock,
             lifetime: DEFAULT_LEAF_LIFETIME,
+            rate: RateLimiter::default(),
         }
     }
 
@@ -123,6 +176,12 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
                 request.identity
             )));
         }
+        self.rate.take(identity.as_str(), now).map_err(|wait| {
+            Status::resource_exhausted(format!(
+                "too many requests for `{identity}`; retry in {} ms",
+                wait.num_milliseconds().max(1)
+            ))
+        })?;
         let leaf = issuer
             .issue(
                 &request.certificate_signing_request,

@@ -26,6 +26,7 @@ struct Fixture {
     key: Arc<TokenKey>,
     anchor: Certificate,
     issuer: Arc<ArcSwapOption<IdentityIssuer>>,
+    clock: Arc<ManualClock>,
 }
 
 fn make_issuer() -> (Certificate, IdentityIssuer) {
@@ -37,8 +38,8 @@ async fn serve(with_issuer: bool) -> Fixture {
     let (anchor, issuer) = make_issuer();
     let issuer = Arc::new(ArcSwapOption::from(with_issuer.then(|| Arc::new(issuer))));
     let key = Arc::new(TokenKey::generate().unwrap());
-    let clock = ManualClock::new(t0() + TimeDelta::minutes(5));
-    let service = IdentityService::new(issuer.clone(), key.clone(), clock);
+    let clock = Arc::new(ManualClock::new(t0() + TimeDelta::minutes(5)));
+    let service = IdentityService::new(issuer.clone(), key.clone(), clock.clone());
     let incoming =
         tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = incoming.local_addr().unwrap();
@@ -52,6 +53,7 @@ async fn serve(with_issuer: bool) -> Fixture {
         key,
         anchor,
         issuer,
+        clock,
     }
 }
 
@@ -226,4 +228,49 @@ async fn with_no_issuer_loaded_the_service_is_unavailable_until_one_is_swapped_i
             .map(|d| Certificate::from_der(d, "i").unwrap()),
     );
     verify_chain(&chain, &[anchor], t0() + TimeDelta::minutes(5)).unwrap();
+}
+
+#[tokio::test]
+async fn each_identity_may_burst_ten_requests_then_one_a_second() {
+    let f = serve(true).await;
+    let web = identity("web", "emojivoto");
+    let api = identity("api", "emojivoto");
+    let request = |who: &Identity, sa: &str| {
+        let (_key, csr) = csr_for(who);
+        CertifyRequest {
+            identity: who.to_string(),
+            token: f
+                .key
+                .create("emojivoto", sa, TimeDelta::hours(1), t0())
+                .unwrap()
+                .into_bytes(),
+            certificate_signing_request: csr,
+        }
+    };
+    for i in 0..10 {
+        assert!(
+            certify(&f, request(&web, "web")).await.is_ok(),
+            "request {i} is within the burst"
+        );
+    }
+    let status = certify(&f, request(&web, "web")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("retry in"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        certify(&f, request(&api, "api")).await.is_ok(),
+        "other identities are not held back"
+    );
+    f.clock.advance(TimeDelta::seconds(1));
+    assert!(
+        certify(&f, request(&web, "web")).await.is_ok(),
+        "a token comes back each second"
+    );
+    assert_eq!(
+        certify(&f, request(&web, "web")).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
 }
