@@ -95,8 +95,11 @@ fn options(args: &UpArgs) -> Result<LocalOptions, CliError> {
 /// Runs the local controller until Ctrl-C or SIGTERM.
 pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
     let options = options(&args)?;
-    let metrics = Arc::new(Metrics::new());
-    let controller = LocalController::open(options.clone(), SystemClock, metrics).map_err(local)?;
+    let identity_metrics = lanyard_issuer::metrics::IdentityMetrics::new();
+    let mut metrics = Metrics::new();
+    metrics.register_more(|registry| identity_metrics.register(registry));
+    let controller =
+        LocalController::open(options.clone(), SystemClock, Arc::new(metrics)).map_err(local)?;
     if controller.bootstrap().map_err(local)? {
         eprintln!(
             "lanyard: new trust anchor `{}` in {}; manifests in {}",
@@ -110,13 +113,21 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
         &crate::token::token_key_path(&options.state_dir),
     )?;
     let namespace = options.domain.control_plane_namespace().to_string();
-    let identity = lanyard_issuer::serve::ServeOptions {
-        addr: args.identity_addr,
-        issuer_dir: options
+    let issuer = Arc::new(arc_swap::ArcSwapOption::empty());
+    let reloader = lanyard_issuer::reload::IssuerReloader::new(
+        options
             .state_dir
             .join("secrets")
             .join(&namespace)
             .join(lanyard_rotator::local::IDENTITY_ISSUER_NAME),
+        issuer.clone(),
+    )
+    .with_metrics(identity_metrics.clone());
+    runtime.spawn(lanyard_issuer::serve::watch_files(reloader, SystemClock));
+    let identity = lanyard_issuer::serve::ServeOptions {
+        addr: args.identity_addr,
+        issuer,
+        metrics: identity_metrics,
         service_identity: lanyard_crds::identity::Identity::new(
             "linkerd-identity",
             &namespace,

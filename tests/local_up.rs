@@ -485,4 +485,25 @@ async fn agents_get_leaves_for_exactly_their_identity_from_lanyard_up() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+
+    let metrics = http_get(&up.metrics, "/metrics");
+    for needle in [
+        "lanyard_identity_certify_total{code=\"OK\"} 1",
+        "lanyard_identity_certify_total{code=\"PERMISSION_DENIED\"} 1",
+        "lanyard_identity_certify_duration_seconds_count 2",
+        "lanyard_identity_issuer_reloads_total{result=\"loaded\"} 1",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "`{needle}` missing from:\n{metrics}"
+        );
+    }
+    let expiry = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lanyard_identity_issuer_expiration_timestamp_seconds "))
+        .expect("the loaded issuer's expiry");
+    assert!(
+        expiry.trim().parse::<i64>().unwrap() > 1_700_000_000,
+        "{expiry}"
+    );
 }

@@ -18,6 +18,7 @@ mod csr;
 pub mod files;
 mod inspect;
 mod key;
+pub mod metrics;
 pub mod reload;
 pub mod serve;
 pub mod service;

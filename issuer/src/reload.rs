@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::ca::IdentityIssuer;
 use crate::cert::Certificate;
 use crate::key::SigningKey;
+use crate::metrics::IdentityMetrics;
 use crate::{Error, Role};
 
 /// What one look at the issuer files found.
@@ -27,23 +28,55 @@ pub enum Reload {
     Refused(Error),
 }
 
-/// Watches an issuer Secret's directory and keeps `current` holding the
-/// latest valid issuer.
+/// Keeps `current` holding the latest valid issuer, from the files of its
+/// Secret's directory ([`IssuerReloader::poll`]) or from a Secret read
+/// through the API ([`IssuerReloader::offer`]). Every change is logged and
+/// counted in [`IdentityMetrics`].
 #[derive(Debug)]
 pub struct IssuerReloader {
-    dir: PathBuf,
+    source: String,
+    dir: Option<PathBuf>,
     current: Arc<ArcSwapOption<IdentityIssuer>>,
     seen: Option<ring::digest::Digest>,
+    missing_reported: bool,
+    metrics: IdentityMetrics,
 }
 
 impl IssuerReloader {
     /// A reloader for the Secret directory `dir` feeding `current`.
     pub fn new(dir: impl Into<PathBuf>, current: Arc<ArcSwapOption<IdentityIssuer>>) -> Self {
+        let dir = dir.into();
         IssuerReloader {
-            dir: dir.into(),
+            source: dir.display().to_string(),
+            dir: Some(dir),
             current,
             seen: None,
+            missing_reported: false,
+            metrics: IdentityMetrics::default(),
         }
+    }
+
+    /// A reloader fed by [`IssuerReloader::offer`] with material from
+    /// `source` (e.g. `Secret linkerd/linkerd-identity-issuer`), which
+    /// names it in errors.
+    pub fn for_source(
+        source: impl Into<String>,
+        current: Arc<ArcSwapOption<IdentityIssuer>>,
+    ) -> Self {
+        IssuerReloader {
+            source: source.into(),
+            dir: None,
+            current,
+            seen: None,
+            missing_reported: false,
+            metrics: IdentityMetrics::default(),
+        }
+    }
+
+    /// Counts loads and refusals, and the issuer's expiry, into `metrics`.
+    pub fn with_metrics(mut self, metrics: IdentityMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The issuer the service signs with.
@@ -51,16 +84,46 @@ impl IssuerReloader {
         &self.current
     }
 
-    /// Reads the files; when they changed, validates them at `now` and
-    /// swaps the new issuer in, or refuses it and keeps the old one.
+    /// Reads the directory's files; when they changed, validates them at
+    /// `now` and swaps the new issuer in, or refuses it and keeps the old
+    /// one. A reloader made by [`IssuerReloader::for_source`] has no
+    /// directory and always answers [`Reload::Unchanged`].
     pub fn poll(&mut self, now: DateTime<Utc>) -> Reload {
-        let files = match read_files(&self.dir) {
-            Ok(files) => files,
-            Err(e) => return self.refuse(None, e),
+        let Some(dir) = &self.dir else {
+            return Reload::Unchanged;
         };
+        match read_files(dir) {
+            Ok([crt, key, ca]) => {
+                self.missing_reported = false;
+                self.offer(&crt, &key, &ca, now)
+            }
+            Err(e) => {
+                // Unreadable files are reported once, like refused
+                // material; when they come back they are looked at afresh.
+                if !self.missing_reported {
+                    self.refused(&e);
+                    self.missing_reported = true;
+                }
+                self.seen = None;
+                Reload::Refused(e)
+            }
+        }
+    }
+
+    /// Offers issuer material: `tls.crt` (the issuer, then any
+    /// intermediates), `tls.key`, `ca.crt` (the anchors). When it differs
+    /// from the last material offered, it is validated at `now` and
+    /// swapped in, or refused while the old issuer keeps serving.
+    pub fn offer(
+        &mut self,
+        tls_crt: &[u8],
+        tls_key: &[u8],
+        ca_crt: &[u8],
+        now: DateTime<Utc>,
+    ) -> Reload {
         let digest = {
             let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            for part in &files {
+            for part in [tls_crt, tls_key, ca_crt] {
                 ctx.update(&(part.len() as u64).to_be_bytes());
                 ctx.update(part);
             }
@@ -69,21 +132,41 @@ impl IssuerReloader {
         if self.seen.as_ref().map(|d| d.as_ref()) == Some(digest.as_ref()) {
             return Reload::Unchanged;
         }
-        match load(&self.dir, &files, now) {
+        // Remember refused material too, so it is reported once, not on
+        // every poll; a later change is looked at afresh.
+        self.seen = Some(digest);
+        let what = |name: &str| match &self.dir {
+            Some(dir) => dir.join(name).display().to_string(),
+            None => format!("{}, key {name}", self.source),
+        };
+        match load(what, [tls_crt, tls_key, ca_crt], now) {
             Ok(issuer) => {
+                tracing::info!(
+                    source = %self.source,
+                    issuer = issuer.certificate().subject(),
+                    not_after = %issuer.certificate().not_after(),
+                    "identity issuer loaded"
+                );
+                self.metrics.issuer_loaded(&issuer);
                 self.current.store(Some(Arc::new(issuer)));
-                self.seen = Some(digest);
                 Reload::Loaded
             }
-            Err(e) => self.refuse(Some(digest), e),
+            Err(e) => {
+                self.refused(&e);
+                Reload::Refused(e)
+            }
         }
     }
 
-    fn refuse(&mut self, digest: Option<ring::digest::Digest>, error: Error) -> Reload {
-        // Remember refused material too, so it is reported once, not on
-        // every poll; a later change is looked at afresh.
-        self.seen = digest;
-        Reload::Refused(error)
+    fn refused(&self, error: &Error) {
+        let serving = self.current.load().is_some();
+        tracing::warn!(
+            source = %self.source,
+            %error,
+            "identity issuer material refused; {}",
+            if serving { "the previous issuer keeps serving" } else { "no issuer is loaded" }
+        );
+        self.metrics.issuer_refused();
     }
 }
 
@@ -98,14 +181,19 @@ fn read_files(dir: &Path) -> Result<[Vec<u8>; 3], Error> {
 /// Validates an issuer from its Secret's files: `tls.crt` (the issuer,
 /// then any intermediates), `tls.key`, `ca.crt` (the anchors).
 pub fn load_issuer_files(dir: &Path, now: DateTime<Utc>) -> Result<IdentityIssuer, Error> {
-    load(dir, &read_files(dir)?, now)
+    let [crt, key, ca] = read_files(dir)?;
+    let what = |name: &str| dir.join(name).display().to_string();
+    load(what, [&crt, &key, &ca], now)
 }
 
-fn load(dir: &Path, files: &[Vec<u8>; 3], now: DateTime<Utc>) -> Result<IdentityIssuer, Error> {
-    let what = |name: &str| dir.join(name).display().to_string();
-    let chain = Certificate::parse_pem_bundle(&files[0], &what("tls.crt"))?;
-    let key = SigningKey::from_pem(&files[1], &what("tls.key"))?;
-    let anchors = Certificate::parse_pem_bundle(&files[2], &what("ca.crt"))?;
+fn load(
+    what: impl Fn(&str) -> String,
+    files: [&[u8]; 3],
+    now: DateTime<Utc>,
+) -> Result<IdentityIssuer, Error> {
+    let chain = Certificate::parse_pem_bundle(files[0], &what("tls.crt"))?;
+    let key = SigningKey::from_pem(files[1], &what("tls.key"))?;
+    let anchors = Certificate::parse_pem_bundle(files[2], &what("ca.crt"))?;
     let issuer = chain.first().ok_or(Error::EmptyChain {
         role: Role::IdentityIssuer,
     })?;

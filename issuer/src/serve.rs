@@ -2,10 +2,10 @@
 //! certificate the current issuer signs for the service's own identity
 //! (`linkerd-identity.<namespace>.serviceaccount.<identity-domain>`),
 //! renewed with the issuer and before it expires, swapped into rustls with
-//! no restart. The issuer itself is reloaded from its Secret's files.
+//! no restart. The issuer itself is kept current by an [`IssuerReloader`]
+//! fed from its Secret's files ([`watch_files`]) or the API.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use crate::Error;
 use crate::ca::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
 use crate::key::{KeyAlgorithm, SigningKey};
-use crate::reload::{IssuerReloader, Reload};
+use crate::metrics::IdentityMetrics;
+use crate::reload::IssuerReloader;
 use crate::service::{Authenticator, IdentityService};
 
 /// Requests served at once on one connection; more wait their turn.
@@ -93,48 +94,53 @@ pub fn server_config(cert: Arc<ServingCert>) -> rustls::ServerConfig {
 pub struct ServeOptions {
     /// The listen address.
     pub addr: SocketAddr,
-    /// The issuer Secret's directory (`tls.crt`, `tls.key`, `ca.crt`).
-    pub issuer_dir: PathBuf,
+    /// The issuer to sign with, kept current by an [`IssuerReloader`]
+    /// (see [`watch_files`]) or a Secret watch.
+    pub issuer: Arc<ArcSwapOption<IdentityIssuer>>,
     /// The service's own identity, for its serving certificate.
     pub service_identity: Identity,
+    /// Where `Certify` calls are counted.
+    pub metrics: IdentityMetrics,
     /// Serve plaintext gRPC instead of TLS: tokens cross the wire in the
     /// clear. For tests on loopback only.
     pub insecure_plaintext: bool,
 }
 
-/// Keeps the issuer and the serving certificate current: reloads the
-/// issuer when its files change and renews the serving certificate with
-/// every new issuer and at two thirds of its life. Runs forever.
-pub async fn keep_current<C: Clock>(
-    mut reloader: IssuerReloader,
+/// Reloads the issuer from its Secret's files every [`RELOAD_INTERVAL`].
+/// Runs forever.
+pub async fn watch_files<C: Clock>(mut reloader: IssuerReloader, clock: C) {
+    loop {
+        reloader.poll(clock.now());
+        tokio::time::sleep(RELOAD_INTERVAL).await;
+    }
+}
+
+/// Keeps the serving certificate current: renews it whenever a new issuer
+/// is swapped in and at two thirds of its life. Runs forever.
+pub async fn keep_serving_cert<C: Clock>(
+    issuer: Arc<ArcSwapOption<IdentityIssuer>>,
     cert: Arc<ServingCert>,
     identity: Identity,
     clock: C,
 ) {
+    let mut signed_by: Option<Arc<IdentityIssuer>> = None;
     let mut renew_at: Option<DateTime<Utc>> = None;
     loop {
         let now = clock.now();
-        let mut renew = renew_at.is_some_and(|at| now >= at);
-        match reloader.poll(now) {
-            Reload::Loaded => {
-                tracing::info!("identity issuer loaded");
-                renew = true;
-            }
-            Reload::Refused(error) => {
-                tracing::warn!(%error, "identity issuer refused; the previous one (if any) keeps serving");
-            }
-            _ => {}
-        }
-        if (renew || renew_at.is_none())
-            && let Some(issuer) = reloader.current().load_full()
-        {
-            match cert.renew(&issuer, &identity, now) {
-                Ok(not_after) => {
-                    renew_at = Some(now + (not_after - now) * 2 / 3);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot renew the identity service's certificate");
-                    renew_at = Some(now + TimeDelta::seconds(10));
+        if let Some(current) = issuer.load_full() {
+            let new_issuer = !signed_by
+                .as_ref()
+                .is_some_and(|seen| Arc::ptr_eq(seen, &current));
+            if new_issuer || renew_at.is_none_or(|at| now >= at) {
+                match cert.renew(&current, &identity, now) {
+                    Ok(not_after) => {
+                        renew_at = Some(now + (not_after - now) * 2 / 3);
+                        signed_by = Some(current);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot renew the identity service's certificate");
+                        renew_at = Some(now + TimeDelta::seconds(10));
+                    }
                 }
             }
         }
@@ -142,8 +148,8 @@ pub async fn keep_current<C: Clock>(
     }
 }
 
-/// Runs the identity service until `shutdown`: reloads the issuer from
-/// `options.issuer_dir`, serves over TLS with a certificate for the
+/// Runs the identity service until `shutdown`: signs with whatever
+/// `options.issuer` holds, serves over TLS with a certificate for the
 /// service's own identity (or plaintext, when told so). Calls `on_ready`
 /// with the bound address.
 pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
@@ -153,16 +159,16 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
     on_ready: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let issuer = Arc::new(ArcSwapOption::empty());
-    let reloader = IssuerReloader::new(options.issuer_dir.clone(), issuer.clone());
     let cert = Arc::new(ServingCert::default());
-    let keeper = tokio::spawn(keep_current(
-        reloader,
+    let keeper = tokio::spawn(keep_serving_cert(
+        options.issuer.clone(),
         cert.clone(),
         options.service_identity.clone(),
         clock.clone(),
     ));
-    let service = IdentityService::new(issuer, authenticator, clock).into_server();
+    let service = IdentityService::new(options.issuer, authenticator, clock)
+        .with_metrics(options.metrics)
+        .into_server();
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .map_err(|source| ServeError::Bind {

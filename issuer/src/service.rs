@@ -18,6 +18,7 @@ use lanyard_crds::time::Clock;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
+use crate::metrics::IdentityMetrics;
 use crate::token::{TokenError, TokenKey};
 
 /// The generated API: messages, the server trait and the client.
@@ -127,6 +128,7 @@ pub struct IdentityService<A, C> {
     clock: C,
     lifetime: TimeDelta,
     rate: RateLimiter,
+    metrics: IdentityMetrics,
 }
 
 impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
@@ -138,7 +140,14 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
             clock,
             lifetime: DEFAULT_LEAF_LIFETIME,
             rate: RateLimiter::default(),
+            metrics: IdentityMetrics::default(),
         }
+    }
+
+    /// Counts calls and their latency into `metrics`.
+    pub fn with_metrics(mut self, metrics: IdentityMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The tonic server for this service, refusing requests over
@@ -212,13 +221,22 @@ impl<A: Authenticator, C: Clock + 'static> proto::identity_server::Identity
         &self,
         request: Request<proto::CertifyRequest>,
     ) -> Result<Response<proto::CertifyResponse>, Status> {
+        let start = self.clock.now();
         let result = self.certify_inner(request.into_inner()).await;
-        match &result {
-            Ok(_) => tracing::debug!("certified"),
-            Err(status) => {
-                tracing::info!(code = ?status.code(), message = status.message(), "certify refused")
+        let seconds = (self.clock.now() - start)
+            .to_std()
+            .map_or(0.0, |d| d.as_secs_f64());
+        let code = match &result {
+            Ok(_) => {
+                tracing::debug!("certified");
+                tonic::Code::Ok
             }
-        }
+            Err(status) => {
+                tracing::info!(code = ?status.code(), message = status.message(), "certify refused");
+                status.code()
+            }
+        };
+        self.metrics.certified(code, seconds);
         result.map(Response::new)
     }
 }

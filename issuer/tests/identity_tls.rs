@@ -6,10 +6,13 @@ mod common;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::serve::{ServeOptions, serve};
+use lanyard_issuer::metrics::IdentityMetrics;
+use lanyard_issuer::reload::IssuerReloader;
+use lanyard_issuer::serve::{ServeOptions, serve, watch_files};
 use lanyard_issuer::service::proto::CertifyRequest;
 use lanyard_issuer::service::proto::identity_client::IdentityClient;
 use lanyard_issuer::token::TokenKey;
@@ -27,11 +30,17 @@ async fn agents_verify_the_service_and_get_a_leaf_over_tls() {
     let service_identity = Identity::new("linkerd-identity", "linkerd", domain.clone()).unwrap();
     let key = Arc::new(TokenKey::generate().unwrap());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let issuer = Arc::new(ArcSwapOption::empty());
+    tokio::spawn(watch_files(
+        IssuerReloader::new(dir.path(), issuer.clone()),
+        SystemClock,
+    ));
     tokio::spawn(serve(
         ServeOptions {
             addr: "127.0.0.1:0".parse().unwrap(),
-            issuer_dir: dir.path().to_path_buf(),
+            issuer,
             service_identity: service_identity.clone(),
+            metrics: IdentityMetrics::new(),
             insecure_plaintext: false,
         },
         key.clone(),

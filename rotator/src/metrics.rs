@@ -143,6 +143,12 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Lets another component (the identity service) add its series to
+    /// the same `/metrics`.
+    pub fn register_more(&mut self, register: impl FnOnce(&mut Registry)) {
+        register(&mut self.registry);
+    }
+
     fn certificate_labels(
         namespace: &str,
         name: &str,
