@@ -40,9 +40,26 @@ pub struct Authenticated {
     pub service_account: String,
 }
 
+/// Why a caller was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// A local join token was refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The authority (e.g. the API server's TokenReview) refused the
+    /// token: answered with `UNAUTHENTICATED`.
+    #[error("the token was not accepted: {0}")]
+    Rejected(String),
+    /// The authority could not be asked (API server unreachable):
+    /// answered with `UNAVAILABLE`, so the agent retries.
+    #[error("the token cannot be checked now: {0}")]
+    Unavailable(String),
+}
+
 /// A boxed future, for [`Authenticator`].
 pub type AuthFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Authenticated, TokenError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Authenticated, AuthError>> + Send + 'a>>;
 
 /// Proves who a token speaks for: local join tokens, or a Kubernetes
 /// TokenReview in a cluster.
@@ -168,7 +185,10 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
             .authenticator
             .authenticate(&request.token, now)
             .await
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            .map_err(|e| match e {
+                AuthError::Unavailable(_) => Status::unavailable(e.to_string()),
+                _ => Status::unauthenticated(e.to_string()),
+            })?;
         let issuer = self
             .issuer
             .load_full()
