@@ -24,6 +24,7 @@ pub mod serve;
 pub mod service;
 mod sign;
 pub mod token;
+pub mod volume;
 
 use std::path::PathBuf;
 

@@ -3,29 +3,23 @@
 //! to it, and each key is a symlink through `..data`. One `rename` of
 //! `..data` swaps every key at once, so a reader never sees a new `tls.crt`
 //! with an old `tls.key`, and an interrupted write leaves the old version.
+//! The volume itself is [`lanyard_issuer::volume`]; this adds namespaces,
+//! key rules and labels.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use lanyard_issuer::volume::{self, DATA};
 
 use crate::secret::SecretData;
 
-const DATA: &str = "..data";
-const DATA_TMP: &str = "..data_tmp";
 const METADATA: &str = "..metadata.json";
 
 /// A store error, naming the path.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
-pub struct SecretStoreError {
-    /// The file or directory.
-    pub path: PathBuf,
-    /// The I/O error.
-    #[source]
-    pub source: std::io::Error,
-}
+pub type SecretStoreError = lanyard_issuer::volume::VolumeError;
 
 fn at(path: &Path) -> impl FnOnce(std::io::Error) -> SecretStoreError + '_ {
     move |source| SecretStoreError {
@@ -143,85 +137,32 @@ impl SecretStore {
             }
         }
         let dir = self.dir(namespace, name);
-        create_private_dirs(&dir)?;
-        let version = tempfile::Builder::new()
-            .prefix("..")
-            .permissions(fs::Permissions::from_mode(0o700))
-            .tempdir_in(&dir)
-            .map_err(at(&dir))?;
-        for (key, value) in &secret.data {
-            let mode = if key == "tls.crt" || key == "ca.crt" {
-                0o644
-            } else {
-                0o600
-            };
-            write_new_file(&version.path().join(key), value, mode, flush)?;
-        }
         let metadata = serde_json::to_vec(&Metadata {
             labels: secret.labels.clone(),
             annotations: secret.annotations.clone(),
         })
         .map_err(|e| at(&dir)(std::io::Error::other(e)))?;
-        write_new_file(&version.path().join(METADATA), &metadata, 0o644, flush)?;
-        if flush {
-            sync_dir(version.path())?;
-        }
-        Ok(StagedSecret {
-            dir,
-            keys: secret.data.keys().cloned().collect(),
-            version,
-        })
+        let mut files: Vec<volume::VolumeFile<'_>> = secret
+            .data
+            .iter()
+            .map(|(key, value)| {
+                let mode = if key == "tls.crt" || key == "ca.crt" {
+                    0o644
+                } else {
+                    0o600
+                };
+                (key.as_str(), value.as_slice(), mode)
+            })
+            .collect();
+        files.push((METADATA, &metadata, 0o644));
+        volume::stage(&dir, &files, flush).map(StagedSecret)
     }
 
     /// The second half of a write: `..data` swaps to the staged version in
     /// one rename, key links are made, stale ones and the old version go.
     /// With `flush`, the swap is on disk when this returns.
     pub fn commit(&self, staged: StagedSecret, flush: bool) -> Result<(), SecretStoreError> {
-        let StagedSecret { dir, keys, version } = staged;
-        let version = version.keep();
-        let version_name = version
-            .file_name()
-            .expect("a temporary directory has a name")
-            .to_owned();
-
-        // Swap `..data` to the new version in one rename.
-        let previous = fs::read_link(dir.join(DATA)).ok();
-        let tmp_link = dir.join(DATA_TMP);
-        replace_symlink(Path::new(&version_name), &tmp_link)?;
-        fs::rename(&tmp_link, dir.join(DATA)).map_err(at(&dir))?;
-
-        // User-visible keys are stable symlinks through `..data`.
-        for key in &keys {
-            let link = dir.join(key);
-            if previous.is_none() || fs::read_link(&link).is_err() {
-                replace_symlink(&Path::new(DATA).join(key), &link)?;
-            }
-        }
-        // A first write has no stale links to sweep.
-        let entries = if previous.is_some() {
-            fs::read_dir(&dir).map_err(at(&dir))?.collect::<Vec<_>>()
-        } else {
-            Vec::new()
-        };
-        for entry in entries {
-            let entry = entry.map_err(at(&dir))?;
-            let file_name = entry.file_name();
-            let Some(name) = file_name.to_str() else {
-                continue;
-            };
-            if !name.starts_with("..") && !keys.iter().any(|k| k == name) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-        if flush {
-            sync_dir(&dir)?;
-        }
-        if let Some(previous) = previous
-            && previous.as_os_str() != version_name
-        {
-            let _ = fs::remove_dir_all(dir.join(previous));
-        }
-        Ok(())
+        staged.0.commit(flush)
     }
 
     /// Flushes everything written under the store's root to disk in one
@@ -232,7 +173,7 @@ impl SecretStore {
 
     /// Makes sure the store's root exists with owner-only permissions.
     pub fn create_root(&self) -> Result<(), SecretStoreError> {
-        create_private_dirs(&self.root)
+        volume::create_private_dirs(&self.root)
     }
 
     /// Whether writes are flushed to disk.
@@ -243,11 +184,7 @@ impl SecretStore {
 
 /// A Secret version written but not yet visible; see [`SecretStore::stage`].
 #[derive(Debug)]
-pub struct StagedSecret {
-    dir: PathBuf,
-    keys: Vec<String>,
-    version: tempfile::TempDir,
-}
+pub struct StagedSecret(volume::StagedVolume);
 
 /// A file written beside its destination but not yet renamed onto it; see
 /// [`stage_file`]. Dropped uncommitted, it is removed.
@@ -266,7 +203,7 @@ impl StagedFile {
             .persist(&self.path)
             .map_err(|e| at(&self.path)(e.error))?;
         if flush {
-            sync_dir(&dir)?;
+            volume::sync_dir(&dir)?;
         }
         Ok(())
     }
@@ -295,32 +232,6 @@ pub(crate) fn stage_file(
         tmp,
         path: path.to_path_buf(),
     })
-}
-
-/// Creates `path` (which must not exist) with `mode`; flushed when `flush`.
-fn write_new_file(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    flush: bool,
-) -> Result<(), SecretStoreError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(at(path))?;
-    file.write_all(bytes).map_err(at(path))?;
-    if flush {
-        file.sync_all().map_err(at(path))?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SecretStoreError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(at(dir))
 }
 
 /// Flushes the whole filesystem holding `path` (`syncfs`): one call in
@@ -352,27 +263,6 @@ fn is_valid_key(key: &str) -> bool {
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// Makes `link` a symlink to `target`, replacing whatever is there.
-fn replace_symlink(target: &Path, link: &Path) -> Result<(), SecretStoreError> {
-    match symlink(target, link) {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            fs::remove_file(link).map_err(at(link))?;
-            symlink(target, link).map_err(at(link))
-        }
-        other => other.map_err(at(link)),
-    }
-}
-
-/// Creates `dir` and its missing parents, owner-only (0700).
-fn create_private_dirs(dir: &Path) -> Result<(), SecretStoreError> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(at(dir))
 }
 
 #[cfg(test)]

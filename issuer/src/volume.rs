@@ -1,0 +1,243 @@
+//! Directories written the way the kubelet writes a Secret volume: the
+//! files live in a fresh hidden directory, `..data` is a symlink to it, and
+//! each key is a symlink through `..data`. One `rename` of `..data` swaps
+//! every key at once, so a reader never sees a new `tls.crt` with an old
+//! `tls.key`, and an interrupted write leaves the old version.
+//!
+//! The local controller writes Secrets this way, and the agent writes its
+//! certificate and key this way for applications that read files.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+/// The symlink to the current version.
+pub const DATA: &str = "..data";
+const DATA_TMP: &str = "..data_tmp";
+
+/// A write error, naming the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct VolumeError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
+    move |source| VolumeError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One file of a version: its name, contents and permission bits. Names
+/// starting with `..` are hidden (kept in the version, not linked).
+pub type VolumeFile<'a> = (&'a str, &'a [u8], u32);
+
+/// The first half of a write: the new version's files, in a hidden
+/// directory of `dir` no reader looks at. Dropped uncommitted, it is
+/// removed. With `flush`, the files are on disk when this returns.
+pub fn stage(
+    dir: &Path,
+    files: &[VolumeFile<'_>],
+    flush: bool,
+) -> Result<StagedVolume, VolumeError> {
+    for (name, _, _) in files {
+        if name.is_empty() || name.contains('/') || matches!(*name, "." | ".." | DATA | DATA_TMP) {
+            return Err(at(Path::new(name))(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                "not a valid file name in a volume",
+            )));
+        }
+    }
+    create_private_dirs(dir)?;
+    let version = tempfile::Builder::new()
+        .prefix("..")
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(dir)
+        .map_err(at(dir))?;
+    for (name, contents, mode) in files {
+        write_new_file(&version.path().join(name), contents, *mode, flush)?;
+    }
+    if flush {
+        sync_dir(version.path())?;
+    }
+    Ok(StagedVolume {
+        dir: dir.to_path_buf(),
+        keys: files
+            .iter()
+            .map(|(name, _, _)| name.to_string())
+            .filter(|name| !name.starts_with(".."))
+            .collect(),
+        version,
+    })
+}
+
+/// Replaces the volume in `dir` with `files`, atomically: every key
+/// changes at once or none does.
+pub fn write(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<(), VolumeError> {
+    stage(dir, files, flush)?.commit(flush)
+}
+
+/// A version written but not yet visible; see [`stage`].
+#[derive(Debug)]
+pub struct StagedVolume {
+    dir: PathBuf,
+    keys: Vec<String>,
+    version: tempfile::TempDir,
+}
+
+impl StagedVolume {
+    /// The second half of a write: `..data` swaps to the staged version in
+    /// one rename, key links are made, stale ones and the old version go.
+    /// With `flush`, the swap is on disk when this returns.
+    pub fn commit(self, flush: bool) -> Result<(), VolumeError> {
+        let StagedVolume { dir, keys, version } = self;
+        let version = version.keep();
+        let version_name = version
+            .file_name()
+            .expect("a temporary directory has a name")
+            .to_owned();
+
+        // Swap `..data` to the new version in one rename.
+        let previous = fs::read_link(dir.join(DATA)).ok();
+        let tmp_link = dir.join(DATA_TMP);
+        replace_symlink(Path::new(&version_name), &tmp_link)?;
+        fs::rename(&tmp_link, dir.join(DATA)).map_err(at(&dir))?;
+
+        // User-visible keys are stable symlinks through `..data`.
+        for key in &keys {
+            let link = dir.join(key);
+            if previous.is_none() || fs::read_link(&link).is_err() {
+                replace_symlink(&Path::new(DATA).join(key), &link)?;
+            }
+        }
+        // A first write has no stale links to sweep.
+        let entries = if previous.is_some() {
+            fs::read_dir(&dir).map_err(at(&dir))?.collect::<Vec<_>>()
+        } else {
+            Vec::new()
+        };
+        for entry in entries {
+            let entry = entry.map_err(at(&dir))?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            if !name.starts_with("..") && !keys.iter().any(|k| k == name) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        if flush {
+            sync_dir(&dir)?;
+        }
+        if let Some(previous) = previous
+            && previous.as_os_str() != version_name
+        {
+            let _ = fs::remove_dir_all(dir.join(previous));
+        }
+        Ok(())
+    }
+}
+
+/// Creates `path` (which must not exist) with `mode`; flushed when `flush`.
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32, flush: bool) -> Result<(), VolumeError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(at(path))?;
+    file.write_all(bytes).map_err(at(path))?;
+    if flush {
+        file.sync_all().map_err(at(path))?;
+    }
+    Ok(())
+}
+
+/// Flushes a directory's entries to disk.
+pub fn sync_dir(dir: &Path) -> Result<(), VolumeError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(at(dir))
+}
+
+/// Makes `link` a symlink to `target`, replacing whatever is there.
+fn replace_symlink(target: &Path, link: &Path) -> Result<(), VolumeError> {
+    match symlink(target, link) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            fs::remove_file(link).map_err(at(link))?;
+            symlink(target, link).map_err(at(link))
+        }
+        other => other.map_err(at(link)),
+    }
+}
+
+/// Creates `dir` and its missing parents, owner-only (0700).
+pub fn create_private_dirs(dir: &Path) -> Result<(), VolumeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(at(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewrite_swaps_every_key_drops_stale_ones_and_keeps_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("v");
+        write(
+            &dir,
+            &[
+                ("tls.crt", b"c1", 0o644),
+                ("tls.key", b"k1", 0o600),
+                ("extra", b"x", 0o644),
+            ],
+            true,
+        )
+        .unwrap();
+        write(
+            &dir,
+            &[("tls.crt", b"c2", 0o644), ("tls.key", b"k2", 0o600)],
+            true,
+        )
+        .unwrap();
+        assert_eq!(fs::read(dir.join("tls.crt")).unwrap(), b"c2");
+        assert_eq!(fs::read(dir.join("tls.key")).unwrap(), b"k2");
+        assert!(
+            !dir.join("extra").exists(),
+            "a dropped key's link is removed"
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join("tls.key")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        let versions = fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_str().unwrap().to_string();
+                n.starts_with("..") && n != DATA
+            })
+            .count();
+        assert_eq!(versions, 1, "the old version is removed");
+    }
+
+    #[test]
+    fn a_bad_name_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("v");
+        write(&dir, &[("tls.crt", b"c1", 0o644)], false).unwrap();
+        assert!(write(&dir, &[("../escape", b"x", 0o644)], false).is_err());
+        assert!(write(&dir, &[("..data", b"x", 0o644)], false).is_err());
+        assert_eq!(fs::read(dir.join("tls.crt")).unwrap(), b"c1");
+    }
+}
