@@ -128,6 +128,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
         addr: args.identity_addr,
         issuer,
         metrics: identity_metrics,
+        rate_limit: Default::default(),
         service_identity: lanyard_crds::identity::Identity::new(
             "linkerd-identity",
             &namespace,

@@ -246,6 +246,28 @@ impl Identity {
     }
 }
 
+impl FromStr for Identity {
+    type Err = IdentityError;
+
+    /// Reads a full identity name, its domain included:
+    /// `web.emojivoto.serviceaccount.identity.linkerd.cluster.local`.
+    fn from_str(name: &str) -> Result<Self, IdentityError> {
+        if name.is_empty() {
+            return Err(IdentityError::Empty { what: "identity" });
+        }
+        let (_, domain) =
+            name.rsplit_once(".serviceaccount.")
+                .ok_or_else(|| IdentityError::Malformed {
+                    what: "identity",
+                    name: name.to_string(),
+                    reason:
+                        "expected <serviceaccount>.<namespace>.serviceaccount.<identity-domain>"
+                            .into(),
+                })?;
+        Identity::parse(name, &domain.parse()?)
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
@@ -350,6 +372,26 @@ mod tests {
         assert_eq!(id.spiffe_id(), "spiffe://cluster.local/ns/emojivoto/sa/web");
         assert_eq!(linkerd().anchor_common_name(), "root.linkerd.cluster.local");
         assert_eq!(linkerd().to_string(), "identity.linkerd.cluster.local");
+    }
+
+    #[test]
+    fn a_full_name_carries_its_own_domain() {
+        let id: Identity = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local"
+            .parse()
+            .unwrap();
+        assert_eq!(id, Identity::new("web", "emojivoto", linkerd()).unwrap());
+        let dotted: Identity = "a.b.prod.serviceaccount.identity.mesh.example.org"
+            .parse()
+            .unwrap();
+        assert_eq!(dotted.service_account(), "a.b");
+        assert_eq!(dotted.domain().trust_domain().as_str(), "example.org");
+        for bad in [
+            "",
+            "web.emojivoto",
+            "web.emojivoto.serviceaccount.cluster.local",
+        ] {
+            assert!(bad.parse::<Identity>().is_err(), "{bad}");
+        }
     }
 
     #[test]

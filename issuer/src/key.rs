@@ -281,6 +281,29 @@ impl SigningKey {
         Ok(csr.der().to_vec())
     }
 
+    /// A rustls certified key: `chain_der` (the leaf first) with this key,
+    /// for a TLS server or client that presents it. The key is copied into
+    /// rustls' signer, in this process; the copy used to build it is wiped.
+    pub fn certified_key(
+        &self,
+        chain_der: Vec<Vec<u8>>,
+    ) -> Result<rustls::sign::CertifiedKey, Error> {
+        let pkcs8 = Zeroizing::new(self.pair.serialize_der());
+        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(
+            rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
+        );
+        let signer =
+            rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| Error::BadKey {
+                what: "TLS key".into(),
+                reason: e.to_string(),
+            })?;
+        let chain = chain_der
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        Ok(rustls::sign::CertifiedKey::new(chain, signer))
+    }
+
     /// The raw public key (the subjectPublicKey bits of a SubjectPublicKeyInfo).
     pub fn public_key_raw(&self) -> &[u8] {
         self.pair.der_bytes()

@@ -15,14 +15,13 @@ use lanyard_crds::identity::Identity;
 use lanyard_crds::time::Clock;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::Error;
 use crate::ca::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
 use crate::key::{KeyAlgorithm, SigningKey};
 use crate::metrics::IdentityMetrics;
 use crate::reload::IssuerReloader;
-use crate::service::{Authenticator, IdentityService};
+use crate::service::{Authenticator, IdentityService, RateLimit};
 
 /// Requests served at once on one connection; more wait their turn.
 pub const MAX_CONCURRENT_PER_CONNECTION: usize = 32;
@@ -55,22 +54,11 @@ impl ServingCert {
         let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
         let csr = key.certificate_signing_request(identity)?;
         let leaf = issuer.issue(&csr, identity, DEFAULT_LEAF_LIFETIME, now)?;
-        let chain: Vec<CertificateDer<'static>> = std::iter::once(leaf.leaf_der)
+        let chain = std::iter::once(leaf.leaf_der)
             .chain(leaf.chain_der)
-            .map(CertificateDer::from)
             .collect();
-        let pkcs8 = pem::parse(key.to_pkcs8_pem().as_bytes()).map_err(|e| Error::BadKey {
-            what: "service key".into(),
-            reason: e.to_string(),
-        })?;
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.contents().to_vec()));
-        let signing =
-            rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| Error::BadKey {
-                what: "service key".into(),
-                reason: e.to_string(),
-            })?;
-        self.current
-            .store(Some(Arc::new(CertifiedKey::new(chain, signing))));
+        let certified = key.certified_key(chain)?;
+        self.current.store(Some(Arc::new(certified)));
         Ok(leaf.validity.not_after)
     }
 }
@@ -101,6 +89,8 @@ pub struct ServeOptions {
     pub service_identity: Identity,
     /// Where `Certify` calls are counted.
     pub metrics: IdentityMetrics,
+    /// How often each identity may call.
+    pub rate_limit: RateLimit,
     /// Serve plaintext gRPC instead of TLS: tokens cross the wire in the
     /// clear. For tests on loopback only.
     pub insecure_plaintext: bool,
@@ -168,6 +158,7 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
     ));
     let service = IdentityService::new(options.issuer, authenticator, clock)
         .with_metrics(options.metrics)
+        .with_rate_limit(options.rate_limit)
         .into_server();
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
@@ -186,7 +177,7 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
     let result = if options.insecure_plaintext {
         router
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await
@@ -198,6 +189,9 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
                 let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
+                // Without this, Nagle holds each response's last segment
+                // until the client's delayed ACK: ~40 ms a call.
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -86,11 +86,27 @@ impl Authenticator for TokenKey {
     }
 }
 
-/// Each identity may burst this many `Certify` calls...
-pub const RATE_BURST: u32 = 10;
-/// ...and then one per this interval. An agent refreshes a 24h certificate
-/// every ~17h; a loop of requests is a bug or an attack.
-pub const RATE_INTERVAL: TimeDelta = TimeDelta::seconds(1);
+/// How many `Certify` calls one identity may make: a burst, then one per
+/// interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Calls an identity may make at once.
+    pub burst: u32,
+    /// One more call is allowed each interval.
+    pub interval: TimeDelta,
+}
+
+impl Default for RateLimit {
+    /// A burst of 10, then one a second. An agent refreshes a 24h
+    /// certificate every ~17h; a loop of requests is a bug or an attack.
+    fn default() -> Self {
+        RateLimit {
+            burst: 10,
+            interval: TimeDelta::seconds(1),
+        }
+    }
+}
+
 /// At most this many identities are tracked; idle full buckets are
 /// dropped first.
 const MAX_TRACKED: usize = 100_000;
@@ -98,43 +114,49 @@ const MAX_TRACKED: usize = 100_000;
 /// A token bucket per identity, on the injected clock.
 #[derive(Debug, Default)]
 struct RateLimiter {
+    limit: RateLimit,
     buckets: std::sync::Mutex<std::collections::HashMap<String, (u32, DateTime<Utc>)>>,
 }
 
 impl RateLimiter {
     /// Takes a token for `identity` at `now`; `Err(wait)` when none is left.
     fn take(&self, identity: &str, now: DateTime<Utc>) -> Result<(), TimeDelta> {
+        let RateLimit { burst, interval } = self.limit;
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        if buckets.len() >= MAX_TRACKED {
-            buckets.retain(|_, (tokens, at)| *tokens + refill(*at, now) < RATE_BURST);
+        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(identity) {
+            // Forget identities whose buckets have refilled; if every one
+            // is still busy, a new identity waits rather than growing the
+            // map past its bound.
+            buckets.retain(|_, (tokens, at)| *tokens + self.refill(*at, now) < burst);
+            if buckets.len() >= MAX_TRACKED {
+                return Err(interval);
+            }
         }
-        let (tokens, at) = buckets
-            .entry(identity.to_string())
-            .or_insert((RATE_BURST, now));
-        let refilled = refill(*at, now);
+        let (tokens, at) = buckets.entry(identity.to_string()).or_insert((burst, now));
+        let refilled = self.refill(*at, now);
         if refilled > 0 {
-            *tokens = (*tokens + refilled).min(RATE_BURST);
-            *at += RATE_INTERVAL * refilled as i32;
+            *tokens = (*tokens + refilled).min(burst);
+            *at += interval * refilled as i32;
         }
         if *tokens == 0 {
-            return Err(*at + RATE_INTERVAL - now);
+            return Err(*at + interval - now);
         }
         *tokens -= 1;
-        if *tokens + 1 == RATE_BURST {
+        if *tokens + 1 == burst {
             // A full bucket's clock starts at its first use.
             *at = now;
         }
         Ok(())
     }
-}
 
-/// Whole intervals between `at` and `now`, capped at the burst.
-fn refill(at: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
-    let elapsed = (now - at).num_milliseconds().max(0);
-    let interval = RATE_INTERVAL.num_milliseconds().max(1);
-    u32::try_from(elapsed / interval)
-        .unwrap_or(u32::MAX)
-        .min(RATE_BURST)
+    /// Whole intervals between `at` and `now`, capped at the burst.
+    fn refill(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
+        let elapsed = (now - at).num_milliseconds().max(0);
+        let interval = self.limit.interval.num_milliseconds().max(1);
+        u32::try_from(elapsed / interval)
+            .unwrap_or(u32::MAX)
+            .min(self.limit.burst)
+    }
 }
 
 /// The `Certify` service.
@@ -159,6 +181,12 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
             rate: RateLimiter::default(),
             metrics: IdentityMetrics::default(),
         }
+    }
+
+    /// Limits each identity's calls to `limit` (default: [`RateLimit::default`]).
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate.limit = limit;
+        self
     }
 
     /// Counts calls and their latency into `metrics`.

@@ -41,6 +41,7 @@ async fn agents_verify_the_service_and_get_a_leaf_over_tls() {
             issuer,
             service_identity: service_identity.clone(),
             metrics: IdentityMetrics::new(),
+            rate_limit: Default::default(),
             insecure_plaintext: false,
         },
         key.clone(),

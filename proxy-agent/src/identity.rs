@@ -1,0 +1,508 @@
+//! The agent's identity client: a P-256 key made in this process at start,
+//! a CSR for the pod's identity, `Certify` calls to the identity service
+//! with the token file's current contents, and a refresh loop that
+//! publishes each new certificate through a [`tokio::sync::watch`] channel.
+//!
+//! Every answer is checked before it is used: the leaf must certify this
+//! process's key for exactly this identity and chain to the trust anchors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use lanyard_crds::identity::Identity;
+use lanyard_crds::time::Clock;
+use lanyard_issuer::service::proto::CertifyRequest;
+use lanyard_issuer::service::proto::identity_client::IdentityClient;
+use lanyard_issuer::volume::{self, VolumeError};
+use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, verify_chain};
+use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::metrics::AgentMetrics;
+
+/// A refresh is never sooner than this after the last one...
+pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// ...nor later than this.
+pub const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// The share of the remaining lifetime after which a certificate is
+/// refreshed, before jitter.
+pub const REFRESH_AT: f64 = 0.7;
+/// Jitter takes up to this share off the refresh delay, so agents started
+/// together do not refresh together.
+pub const REFRESH_JITTER: f64 = 0.1;
+/// The first retry after a failure; retries double from here...
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// ...up to this.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Where the agent gets its identity and how it proves it.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The identity to ask for.
+    pub identity: Identity,
+    /// The identity service, `host:port` (or a full `https://` URL).
+    pub service_addr: String,
+    /// The identity service's own identity, which its TLS certificate must
+    /// carry (`linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local`).
+    pub service_identity: String,
+    /// PEM file of the trust anchors: the service's certificate and the
+    /// agent's leaves must chain to one of them. Read again on each call,
+    /// so a distributed bundle takes effect without a restart.
+    pub trust_anchors: PathBuf,
+    /// The token file: a projected ServiceAccount token in a cluster, a
+    /// `lanyard token create` token locally. Read again on each call.
+    pub token_file: PathBuf,
+    /// Talk to the service without TLS: the token crosses the wire in the
+    /// clear. Tests on loopback only.
+    pub insecure_plaintext: bool,
+    /// How long one `Certify` call may take, connection included.
+    pub timeout: Duration,
+}
+
+/// Why one attempt to get a certificate failed. None of these changes the
+/// certificate the agent holds.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The token file cannot be read.
+    #[error("cannot read the token file {}: {source}", path.display())]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token file is empty.
+    #[error("the token file {} is empty", path.display())]
+    EmptyToken {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The trust anchors cannot be read.
+    #[error("cannot use the trust anchors in {}: {reason}", path.display())]
+    TrustAnchors {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The service address is not usable.
+    #[error("bad identity service address `{addr}`: {reason}")]
+    Address {
+        /// The address given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The service refused the request (or could not be reached).
+    #[error("the identity service answered {code:?}: {message}")]
+    Refused {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The service's message.
+        message: String,
+    },
+    /// The service answered with a certificate the agent cannot use.
+    #[error("the identity service's answer is unusable: {0}")]
+    BadResponse(String),
+    /// Making the key or CSR failed.
+    #[error(transparent)]
+    Key(#[from] lanyard_issuer::Error),
+}
+
+impl AgentError {
+    /// The gRPC code for a refusal, for metrics; `None` for local failures.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            AgentError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A certificate the agent holds: the chain the service signed, the key
+/// made here, and the anchors the chain was verified against.
+#[derive(Clone)]
+pub struct Credentials {
+    identity: Identity,
+    key: Arc<SigningKey>,
+    certified_key: Arc<CertifiedKey>,
+    chain: Vec<Certificate>,
+    anchors: Vec<Certificate>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity.as_str())
+            .field("not_after", &self.not_after())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The identity the certificate carries.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The leaf and intermediates with the key, for rustls.
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.certified_key
+    }
+
+    /// The leaf, then intermediates up to (not including) the anchor.
+    pub fn chain(&self) -> &[Certificate] {
+        &self.chain
+    }
+
+    /// The trust anchors the chain was verified against.
+    pub fn anchors(&self) -> &[Certificate] {
+        &self.anchors
+    }
+
+    /// The leaf's notAfter.
+    pub fn not_after(&self) -> DateTime<Utc> {
+        self.chain[0].not_after()
+    }
+
+    /// Writes `tls.crt` (leaf and intermediates), `tls.key` (0600) and
+    /// `ca.crt` (the anchors) into `dir` the way a Secret volume is
+    /// written: all three change at once, atomically.
+    pub fn write_files(&self, dir: &Path) -> Result<(), VolumeError> {
+        let chain: String = self.chain.iter().map(Certificate::to_pem).collect();
+        let anchors: String = self.anchors.iter().map(Certificate::to_pem).collect();
+        let key = self.key.to_pkcs8_pem();
+        volume::write(
+            dir,
+            &[
+                ("tls.crt", chain.as_bytes(), 0o644),
+                ("tls.key", key.as_bytes(), 0o600),
+                ("ca.crt", anchors.as_bytes(), 0o644),
+            ],
+            true,
+        )
+    }
+}
+
+/// The identity client. One key for the life of the process; each refresh
+/// certifies it again.
+#[derive(Debug)]
+pub struct Agent<C> {
+    config: AgentConfig,
+    key: Arc<SigningKey>,
+    csr: Vec<u8>,
+    clock: C,
+    metrics: AgentMetrics,
+    /// The channel, and the anchors PEM it was built to trust.
+    client: Option<(Vec<u8>, IdentityClient<Channel>)>,
+}
+
+impl<C: Clock> Agent<C> {
+    /// Makes the key and the CSR. Nothing is sent yet.
+    pub fn new(config: AgentConfig, clock: C, metrics: AgentMetrics) -> Result<Self, AgentError> {
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
+        let csr = key.certificate_signing_request(&config.identity)?;
+        Ok(Agent {
+            config,
+            key: Arc::new(key),
+            csr,
+            clock,
+            metrics,
+            client: None,
+        })
+    }
+
+    /// One `Certify` call: reads the token and anchors, asks the service,
+    /// and checks the answer.
+    pub async fn certify(&mut self) -> Result<Credentials, AgentError> {
+        let token = read_token(&self.config.token_file).await?;
+        let anchors_pem = tokio::fs::read(&self.config.trust_anchors)
+            .await
+            .map_err(|e| self.anchors_error(e.to_string()))?;
+        let what = self.config.trust_anchors.display().to_string();
+        let anchors = Certificate::parse_pem_bundle(&anchors_pem, &what)
+            .map_err(|e| self.anchors_error(e.to_string()))?;
+        if anchors.is_empty() {
+            return Err(self.anchors_error("no certificate in the file".into()));
+        }
+        let mut client = self.client(anchors_pem)?;
+        let response = client
+            .certify(CertifyRequest {
+                identity: self.config.identity.to_string(),
+                token,
+                certificate_signing_request: self.csr.clone(),
+            })
+            .await
+            .map_err(|status| AgentError::Refused {
+                code: status.code(),
+                message: status.message().to_string(),
+            })?
+            .into_inner();
+        self.check(response, anchors)
+    }
+
+    fn anchors_error(&self, reason: String) -> AgentError {
+        AgentError::TrustAnchors {
+            path: self.config.trust_anchors.clone(),
+            reason,
+        }
+    }
+
+    /// The client, rebuilt when the anchors changed. The channel connects
+    /// lazily and reconnects by itself.
+    fn client(&mut self, anchors_pem: Vec<u8>) -> Result<IdentityClient<Channel>, AgentError> {
+        let stale = self
+            .client
+            .as_ref()
+            .is_none_or(|(pem, _)| *pem != anchors_pem);
+        if stale {
+            let channel = self.endpoint(&anchors_pem)?.connect_lazy();
+            self.client = Some((anchors_pem, IdentityClient::new(channel)));
+        }
+        Ok(self.client.as_ref().expect("set above").1.clone())
+    }
+
+    fn endpoint(&self, anchors_pem: &[u8]) -> Result<Endpoint, AgentError> {
+        let addr = &self.config.service_addr;
+        let bad = |reason: String| AgentError::Address {
+            addr: addr.clone(),
+            reason,
+        };
+        let scheme = if self.config.insecure_plaintext {
+            "http"
+        } else {
+            "https"
+        };
+        let url = match addr.split_once("://") {
+            Some((given, _)) if given == scheme => addr.clone(),
+            Some((given, _)) => {
+                return Err(bad(format!(
+                    "the scheme `{given}` does not match the mode: expected `{scheme}`{}",
+                    if scheme == "https" {
+                        " (plaintext needs --insecure-plaintext-identity)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            None => format!("{scheme}://{addr}"),
+        };
+        let mut endpoint = Endpoint::from_shared(url)
+            .map_err(|e| bad(e.to_string()))?
+            .timeout(self.config.timeout)
+            .connect_timeout(self.config.timeout);
+        if !self.config.insecure_plaintext {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(anchors_pem))
+                .domain_name(self.config.service_identity.clone());
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Checks that the answer certifies this key, for this identity, and
+    /// chains to the anchors now.
+    fn check(
+        &self,
+        response: lanyard_issuer::service::proto::CertifyResponse,
+        anchors: Vec<Certificate>,
+    ) -> Result<Credentials, AgentError> {
+        let bad = AgentError::BadResponse;
+        let leaf = Certificate::from_der(&response.leaf_certificate, "leaf certificate")
+            .map_err(|e| bad(e.to_string()))?;
+        if !self.key.matches_public_key(leaf.public_key_raw()) {
+            return Err(bad("the leaf certifies another key".into()));
+        }
+        let profile = leaf.profile();
+        if !profile
+            .dns_names
+            .iter()
+            .any(|n| n == self.config.identity.as_str())
+        {
+            return Err(bad(format!(
+                "the leaf is for {:?}, not `{}`",
+                profile.dns_names, self.config.identity
+            )));
+        }
+        let mut chain = vec![leaf];
+        for (i, der) in response.intermediate_certificates.iter().enumerate() {
+            chain.push(
+                Certificate::from_der(der, &format!("intermediate certificate {i}"))
+                    .map_err(|e| bad(e.to_string()))?,
+            );
+        }
+        verify_chain(&chain, &anchors, self.clock.now())
+            .map_err(|e| bad(format!("the leaf does not chain to a trust anchor: {e}")))?;
+        let certified_key = self
+            .key
+            .certified_key(chain.iter().map(|c| c.der().to_vec()).collect())?;
+        Ok(Credentials {
+            identity: self.config.identity.clone(),
+            key: self.key.clone(),
+            certified_key: Arc::new(certified_key),
+            chain,
+            anchors,
+        })
+    }
+
+    /// Gets a certificate and keeps it fresh, forever: refreshes at
+    /// [`REFRESH_AT`] of the remaining lifetime (with jitter, within
+    /// [`MIN_REFRESH`]..[`MAX_REFRESH`]), retries failures with backoff,
+    /// and keeps the current certificate until it expires. `tx` holds the
+    /// current certificate, `None` before the first and after expiry.
+    pub async fn run(mut self, tx: watch::Sender<Option<Arc<Credentials>>>) {
+        let mut failures: u32 = 0;
+        loop {
+            let delay = match self.certify().await {
+                Ok(credentials) => {
+                    failures = 0;
+                    let now = self.clock.now();
+                    tracing::info!(
+                        identity = %credentials.identity(),
+                        not_after = %credentials.not_after(),
+                        "certified"
+                    );
+                    self.metrics.refreshed(credentials.not_after());
+                    let delay = refresh_delay(now, credentials.not_after(), jitter());
+                    tx.send_replace(Some(Arc::new(credentials)));
+                    delay
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    self.metrics.failed(error.code());
+                    let now = self.clock.now();
+                    let expired = tx.borrow().as_ref().is_some_and(|c| c.not_after() <= now);
+                    if expired {
+                        tracing::error!(%error, "the certificate expired and cannot be refreshed");
+                        tx.send_replace(None);
+                        self.metrics.expired();
+                    } else {
+                        tracing::warn!(%error, failures, "cannot refresh the certificate; will retry");
+                    }
+                    retry_delay(failures, jitter())
+                }
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+async fn read_token(path: &Path) -> Result<Vec<u8>, AgentError> {
+    let mut token = tokio::fs::read(path)
+        .await
+        .map_err(|source| AgentError::TokenFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    // `lanyard token create > FILE` ends the file with a newline.
+    while token.last().is_some_and(u8::is_ascii_whitespace) {
+        token.pop();
+    }
+    if token.is_empty() {
+        return Err(AgentError::EmptyToken {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(token)
+}
+
+/// When to refresh a certificate valid until `not_after`, at `now`:
+/// [`REFRESH_AT`] of the remaining lifetime, less up to [`REFRESH_JITTER`]
+/// of it (`jitter` in `[0, 1)`), never sooner than [`MIN_REFRESH`] nor
+/// later than [`MAX_REFRESH`].
+pub fn refresh_delay(now: DateTime<Utc>, not_after: DateTime<Utc>, jitter: f64) -> Duration {
+    let remaining = (not_after - now).max(TimeDelta::zero());
+    let remaining = remaining.to_std().unwrap_or(Duration::ZERO);
+    let share = REFRESH_AT * (1.0 - REFRESH_JITTER * jitter.clamp(0.0, 1.0));
+    remaining.mul_f64(share).clamp(MIN_REFRESH, MAX_REFRESH)
+}
+
+/// How long to wait after the `failures`-th failure in a row: doubling
+/// from [`RETRY_BASE`] up to [`RETRY_MAX`], then between half and all of
+/// that (`jitter` in `[0, 1)`).
+pub fn retry_delay(failures: u32, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let ceiling = RETRY_BASE.saturating_mul(1 << doublings).min(RETRY_MAX);
+    ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A uniform value in `[0, 1)` from the system random source.
+fn jitter() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 4];
+    // Jitter only spreads load; if the random source fails, none is fine.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        return 0.0;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_fresh_24h_certificate_is_refreshed_after_about_17_hours() {
+        let day = t0() + TimeDelta::hours(24);
+        assert_eq!(
+            refresh_delay(t0(), day, 0.0),
+            Duration::from_secs(24 * 3600).mul_f64(0.7)
+        );
+        let jittered = refresh_delay(t0(), day, 0.999);
+        assert!(jittered < Duration::from_secs(16 * 3600), "{jittered:?}");
+        assert!(jittered > Duration::from_secs(15 * 3600), "{jittered:?}");
+    }
+
+    #[test]
+    fn refreshes_are_at_least_10s_and_at_most_24h_apart() {
+        assert_eq!(refresh_delay(t0(), t0(), 0.5), MIN_REFRESH);
+        assert_eq!(
+            refresh_delay(t0(), t0() - TimeDelta::hours(1), 0.5),
+            MIN_REFRESH
+        );
+        assert_eq!(
+            refresh_delay(t0(), t0() + TimeDelta::days(365), 0.0),
+            MAX_REFRESH
+        );
+    }
+
+    #[test]
+    fn retries_double_up_to_a_minute() {
+        assert_eq!(retry_delay(1, 0.999_999), RETRY_BASE.mul_f64(0.999_999_5));
+        assert_eq!(retry_delay(2, 0.0), Duration::from_secs(1));
+        assert_eq!(retry_delay(3, 0.0), Duration::from_secs(2));
+        assert_eq!(retry_delay(100, 0.0), RETRY_MAX / 2);
+        assert!(retry_delay(u32::MAX, 0.999) <= RETRY_MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn refresh_delays_stay_in_bounds_and_before_expiry_when_they_can(
+            remaining_s in -100_000i64..10_000_000,
+            jitter in 0.0f64..1.0,
+        ) {
+            let not_after = t0() + TimeDelta::seconds(remaining_s);
+            let delay = refresh_delay(t0(), not_after, jitter);
+            prop_assert!(delay >= MIN_REFRESH && delay <= MAX_REFRESH);
+            if remaining_s > 15 {
+                prop_assert!(delay.as_secs_f64() <= remaining_s as f64 * REFRESH_AT.max(10.0 / remaining_s as f64));
+            }
+        }
+
+        #[test]
+        fn jitter_is_in_the_unit_interval(_ in 0..100u8) {
+            let j = jitter();
+            prop_assert!((0.0..1.0).contains(&j));
+        }
+    }
+}

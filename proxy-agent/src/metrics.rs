@@ -1,0 +1,129 @@
+//! The agent's metrics and its admin endpoints (`/metrics`, `/ready`,
+//! `/live`), on the port Linkerd's proxy uses for them (4191).
+//!
+//! The certificate's expiry keeps the Linkerd proxy's name,
+//! `identity_cert_expiration_timestamp_seconds`, so dashboards and alerts
+//! written for Linkerd work unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::identity::Credentials;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    /// The gRPC code's name, or `local` for failures on this side (token
+    /// file, trust anchors, an unusable answer).
+    code: String,
+}
+
+/// The agent's metrics. Cheap to clone; clones share series.
+#[derive(Debug, Clone, Default)]
+pub struct AgentMetrics {
+    expiration: Gauge,
+    refreshes: Counter,
+    failures: Family<FailureLabels, Counter>,
+    expired: Counter,
+}
+
+impl AgentMetrics {
+    /// Unregistered metrics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds every series to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "The date after which the agent's current certificate expires, as a Unix timestamp (0 before the first)",
+            self.expiration.clone(),
+        );
+        registry.register(
+            "lanyard_proxy_identity_refreshes",
+            "Certificates received from the identity service",
+            self.refreshes.clone(),
+        );
+        registry.register(
+            "lanyard_proxy_identity_refresh_failures",
+            "Failed attempts to get a certificate, by gRPC code (`local` when the token file or trust anchors could not be read, or the answer was unusable)",
+            self.failures.clone(),
+        );
+        registry.register(
+            "lanyard_proxy_identity_expired",
+            "Times the agent's certificate expired before it could be refreshed",
+            self.expired.clone(),
+        );
+    }
+
+    pub(crate) fn refreshed(&self, not_after: DateTime<Utc>) {
+        self.refreshes.inc();
+        self.expiration.set(not_after.timestamp());
+    }
+
+    pub(crate) fn failed(&self, code: Option<tonic::Code>) {
+        let code = code.map_or_else(|| "local".to_string(), |c| format!("{c:?}"));
+        self.failures.get_or_create(&FailureLabels { code }).inc();
+    }
+
+    pub(crate) fn expired(&self) {
+        self.expired.inc();
+    }
+}
+
+/// Serves `/metrics`, `/ready` (200 once a certificate is held, 503
+/// before and after it expires unrefreshed) and `/live` on `addr`.
+/// Returns the bound address and the server future.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    credentials: watch::Receiver<Option<Arc<Credentials>>>,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut out = String::new();
+                    // Writing into a String cannot fail.
+                    prometheus_client::encoding::text::encode(&mut out, &registry)
+                        .expect("encoding metrics into a String");
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        out,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/ready",
+            get(move || {
+                let ready = credentials.borrow().is_some();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n")
+                    }
+                }
+            }),
+        )
+        .route("/live", get(|| async { "live\n" }));
+    Ok((bound, async move { axum::serve(listener, app).await }))
+}

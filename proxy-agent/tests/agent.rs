@@ -1,0 +1,428 @@
+//! The agent against the identity service over loopback TLS: it gets a
+//! leaf for exactly its identity, re-reads its token, refuses what it
+//! cannot use, and keeps working while the issuer is replaced under load.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use chrono::TimeDelta;
+use lanyard_crds::identity::{Identity, IdentityDomain};
+use lanyard_crds::time::{Clock, SystemClock};
+use lanyard_issuer::metrics::IdentityMetrics;
+use lanyard_issuer::reload::IssuerReloader;
+use lanyard_issuer::serve::{ServeOptions, serve, watch_files};
+use lanyard_issuer::service::RateLimit;
+use lanyard_issuer::token::TokenKey;
+use lanyard_issuer::{IdentityIssuer, KeyAlgorithm, SigningKey, TrustAnchor, verify_chain};
+use lanyard_proxy::identity::{Agent, AgentConfig, AgentError};
+use lanyard_proxy::metrics::AgentMetrics;
+
+struct Service {
+    addr: std::net::SocketAddr,
+    dir: tempfile::TempDir,
+    anchor: TrustAnchor,
+    tokens: Arc<TokenKey>,
+    registry: Arc<prometheus_client::registry::Registry>,
+}
+
+fn domain() -> IdentityDomain {
+    IdentityDomain::linkerd_default()
+}
+
+fn new_issuer(anchor: &TrustAnchor) -> IdentityIssuer {
+    anchor
+        .issue_identity_issuer(
+            &domain(),
+            TimeDelta::hours(8_760),
+            KeyAlgorithm::EcdsaP256,
+            SystemClock.now() - TimeDelta::minutes(1),
+        )
+        .unwrap()
+        .0
+}
+
+/// Writes the issuer Secret's files the way a Secret volume changes: all
+/// at once.
+fn write_issuer(
+    dir: &Path,
+    anchor: &TrustAnchor,
+    issuer: &IdentityIssuer,
+    key: Option<&SigningKey>,
+) {
+    let key = key.unwrap_or(issuer.key()).to_pkcs8_pem();
+    lanyard_issuer::volume::write(
+        &dir.join("issuer"),
+        &[
+            ("tls.crt", issuer.certificate().to_pem().as_bytes(), 0o644),
+            ("tls.key", key.as_bytes(), 0o600),
+            ("ca.crt", anchor.certificate().to_pem().as_bytes(), 0o644),
+        ],
+        false,
+    )
+    .unwrap();
+    // The agents' anchors, replaced atomically as a mounted bundle is.
+    lanyard_issuer::files::write_atomic(
+        &dir.join("ca.crt"),
+        anchor.certificate().to_pem().as_bytes(),
+        lanyard_issuer::files::FileMode::Public,
+    )
+    .unwrap();
+}
+
+/// The identity service over TLS, reloading its issuer from files.
+async fn start(rate_limit: RateLimit) -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = TrustAnchor::generate(
+        &domain(),
+        TimeDelta::hours(87_600),
+        KeyAlgorithm::EcdsaP256,
+        SystemClock.now() - TimeDelta::hours(1),
+    )
+    .unwrap();
+    write_issuer(dir.path(), &anchor, &new_issuer(&anchor), None);
+    let metrics = IdentityMetrics::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let slot = Arc::new(ArcSwapOption::empty());
+    tokio::spawn(watch_files(
+        IssuerReloader::new(dir.path().join("issuer"), slot.clone()).with_metrics(metrics.clone()),
+        SystemClock,
+    ));
+    let tokens = Arc::new(TokenKey::generate().unwrap());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        ServeOptions {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            issuer: slot,
+            service_identity: Identity::new("linkerd-identity", "linkerd", domain()).unwrap(),
+            metrics,
+            rate_limit,
+            insecure_plaintext: false,
+        },
+        tokens.clone(),
+        SystemClock,
+        move |addr| {
+            let _ = ready_tx.send(addr);
+        },
+        std::future::pending(),
+    ));
+    Service {
+        addr: ready_rx.await.unwrap(),
+        dir,
+        anchor,
+        tokens,
+        registry: Arc::new(registry),
+    }
+}
+
+impl Service {
+    /// An agent for `sa.ns` whose token file holds a token for
+    /// `token_for` (namespace, service account).
+    fn agent(&self, sa: &str, ns: &str, token_for: (&str, &str)) -> Agent<SystemClock> {
+        let token_file = self.dir.path().join(format!("{ns}-{sa}.token"));
+        let token = self
+            .tokens
+            .create(
+                token_for.0,
+                token_for.1,
+                TimeDelta::hours(1),
+                SystemClock.now(),
+            )
+            .unwrap();
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let config = AgentConfig {
+            identity: Identity::new(sa, ns, domain()).unwrap(),
+            service_addr: self.addr.to_string(),
+            service_identity:
+                "linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local".into(),
+            trust_anchors: self.dir.path().join("ca.crt"),
+            token_file,
+            insecure_plaintext: false,
+            timeout: Duration::from_secs(5),
+        };
+        Agent::new(config, SystemClock, AgentMetrics::new()).unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
+        out
+    }
+
+    fn metric(&self, name_and_labels: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The first certificate: the service's own certificate appears within a
+/// reload interval, so the first calls may find it not ready yet.
+async fn first_certify(agent: &mut Agent<SystemClock>) -> lanyard_proxy::identity::Credentials {
+    let mut last = None;
+    for _ in 0..50 {
+        match agent.certify().await {
+            Ok(c) => return c,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no certificate: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_gets_a_leaf_for_exactly_its_identity_and_writes_it_atomically() {
+    let service = start(RateLimit::default()).await;
+    let mut agent = service.agent("web", "emojivoto", ("emojivoto", "web"));
+    let credentials = first_certify(&mut agent).await;
+    assert_eq!(
+        credentials.identity().as_str(),
+        "web.emojivoto.serviceaccount.identity.linkerd.cluster.local"
+    );
+    let profile = credentials.chain()[0].profile();
+    assert_eq!(
+        profile.dns_names,
+        ["web.emojivoto.serviceaccount.identity.linkerd.cluster.local"]
+    );
+    assert_eq!(profile.uris, ["spiffe://cluster.local/ns/emojivoto/sa/web"]);
+    verify_chain(
+        credentials.chain(),
+        std::slice::from_ref(service.anchor.certificate()),
+        SystemClock.now(),
+    )
+    .unwrap();
+    let lifetime = credentials.not_after() - credentials.chain()[0].not_before();
+    assert!(
+        lifetime <= TimeDelta::hours(24) + TimeDelta::minutes(1),
+        "{lifetime}"
+    );
+    assert_eq!(credentials.certified_key().cert.len(), 2, "leaf and issuer");
+
+    // Files for apps that read them: the key is 0600, all three agree.
+    let out = service.dir.path().join("out");
+    credentials.write_files(&out).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key =
+        SigningKey::from_pem(&std::fs::read(out.join("tls.key")).unwrap(), "tls.key").unwrap();
+    let chain = lanyard_issuer::Certificate::parse_pem_bundle(
+        &std::fs::read(out.join("tls.crt")).unwrap(),
+        "tls.crt",
+    )
+    .unwrap();
+    assert!(key.matches_public_key(chain[0].public_key_raw()));
+    assert_eq!(
+        std::fs::read(out.join("ca.crt")).unwrap(),
+        service.anchor.certificate().to_pem().as_bytes()
+    );
+
+    // A second refresh certifies the same in-process key again.
+    let again = agent.certify().await.unwrap();
+    assert_eq!(again.chain()[0].public_key_raw(), chain[0].public_key_raw());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_typed_and_the_token_file_is_read_again_each_time() {
+    let service = start(RateLimit::default()).await;
+    // A token for another workload: the service says PERMISSION_DENIED.
+    let mut agent = service.agent("sa-b", "ns-b", ("ns-a", "sa-a"));
+    let mut refused = None;
+    for _ in 0..50 {
+        match agent.certify().await {
+            Err(AgentError::Refused { code, .. }) if code == tonic::Code::PermissionDenied => {
+                refused = Some(code);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(c) => panic!("a token for ns-a/sa-a got {c:?}"),
+        }
+    }
+    assert_eq!(refused, Some(tonic::Code::PermissionDenied));
+
+    // The token file is fixed while the agent runs: the next call uses it.
+    let token_file = service.dir.path().join("ns-b-sa-b.token");
+    let right = service
+        .tokens
+        .create("ns-b", "sa-b", TimeDelta::hours(1), SystemClock.now())
+        .unwrap();
+    std::fs::write(&token_file, right).unwrap();
+    agent.certify().await.unwrap();
+
+    // A forged token: UNAUTHENTICATED. An empty or missing file: a local
+    // error naming the file, nothing sent.
+    std::fs::write(&token_file, "lanyard.v1.ns-b.sa-b.99999999999.00").unwrap();
+    assert!(matches!(
+        agent.certify().await,
+        Err(AgentError::Refused {
+            code: tonic::Code::Unauthenticated,
+            ..
+        })
+    ));
+    std::fs::write(&token_file, "\n").unwrap();
+    let empty = agent.certify().await.unwrap_err();
+    assert!(matches!(empty, AgentError::EmptyToken { .. }), "{empty}");
+    std::fs::remove_file(&token_file).unwrap();
+    let missing = agent.certify().await.unwrap_err();
+    assert!(missing.to_string().contains("ns-b-sa-b.token"), "{missing}");
+
+    // Anchors that do not include the service's: TLS refuses the service.
+    let stranger = TrustAnchor::generate(
+        &domain(),
+        TimeDelta::hours(10),
+        KeyAlgorithm::EcdsaP256,
+        SystemClock.now(),
+    )
+    .unwrap();
+    let mut agent = service.agent("web", "emojivoto", ("emojivoto", "web"));
+    first_certify(&mut agent).await;
+    std::fs::write(
+        service.dir.path().join("ca.crt"),
+        stranger.certificate().to_pem(),
+    )
+    .unwrap();
+    let untrusted = agent.certify().await.unwrap_err();
+    assert!(
+        matches!(
+            untrusted,
+            AgentError::Refused {
+                code: tonic::Code::Unavailable,
+                ..
+            }
+        ),
+        "{untrusted}"
+    );
+    std::fs::write(service.dir.path().join("ca.crt"), "not pem").unwrap();
+    let garbage = agent.certify().await.unwrap_err();
+    assert!(
+        matches!(garbage, AgentError::TrustAnchors { .. }),
+        "{garbage}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_keep_getting_certificates_while_the_issuer_is_replaced_twice() {
+    // No rate limit here: the agents call in a tight loop on purpose.
+    let service = Arc::new(
+        start(RateLimit {
+            burst: 1_000_000,
+            interval: TimeDelta::milliseconds(1),
+        })
+        .await,
+    );
+    let first = service.metric("lanyard_identity_issuer_reloads_total{result=\"loaded\"}");
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        let mut agent = service.agent(&format!("sa-{i}"), "load", ("load", &format!("sa-{i}")));
+        first_certify(&mut agent).await;
+        agents.push(agent);
+    }
+    assert_eq!(first, 1);
+
+    // Which issuer signed each leaf, and when relative to the swap.
+    let expected: Arc<ArcSwapOption<Vec<u8>>> = Arc::new(ArcSwapOption::empty());
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let stale = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for mut agent in agents {
+        let (stop, calls, failures, stale, expected) = (
+            stop.clone(),
+            calls.clone(),
+            failures.clone(),
+            stale.clone(),
+            expected.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // What must sign this call, if a swap was observed before it.
+                let must = expected.load_full();
+                match agent.certify().await {
+                    Ok(credentials) => {
+                        let issuer = credentials.chain()[1].der().to_vec();
+                        if must.is_some_and(|m| *m != issuer) {
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("certify failed: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let wait_for = |name: &'static str, value: u64| {
+        let service = service.clone();
+        async move {
+            for _ in 0..100 {
+                if service.metric(name) >= value {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{name} never reached {value}:\n{}", service.metrics());
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A valid new issuer under the same anchor.
+    let second = new_issuer(&service.anchor);
+    write_issuer(service.dir.path(), &service.anchor, &second, None);
+    wait_for(
+        "lanyard_identity_issuer_reloads_total{result=\"loaded\"}",
+        2,
+    )
+    .await;
+    expected.store(Some(Arc::new(second.certificate().der().to_vec())));
+    let before = calls.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        calls.load(Ordering::Relaxed) > before,
+        "calls continued after the swap"
+    );
+
+    // A new certificate with a key that does not match: refused, reported,
+    // and the second issuer keeps signing.
+    let third = new_issuer(&service.anchor);
+    let wrong = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    write_issuer(service.dir.path(), &service.anchor, &third, Some(&wrong));
+    wait_for(
+        "lanyard_identity_issuer_reloads_total{result=\"refused\"}",
+        1,
+    )
+    .await;
+    let before = calls.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let total = calls.load(Ordering::Relaxed);
+    assert!(total > before, "calls continued after the refusal");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {total} calls");
+    assert_eq!(
+        stale.load(Ordering::Relaxed),
+        0,
+        "leaves signed by the old issuer after the swap"
+    );
+    assert_eq!(service.metric("lanyard_identity_issuer_refused "), 1);
+    assert_eq!(
+        service.metric("lanyard_identity_issuer_reloads_total{result=\"loaded\"}"),
+        2
+    );
+    assert_eq!(
+        service.metric("lanyard_identity_certify_total{code=\"OK\"}"),
+        total + 4
+    );
+}
