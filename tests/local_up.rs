@@ -391,35 +391,15 @@ fn token_create_signs_with_a_key_kept_0600_in_the_state_directory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_get_leaves_for_exactly_their_identity_from_lanyard_up() {
-    use lanyard_issuer::service::proto::CertifyRequest;
-    use lanyard_issuer::service::proto::identity_client::IdentityClient;
-    use tonic::transport::{Certificate as TlsCa, Channel, ClientTlsConfig};
+    use lanyard_proxy::identity::{Agent, AgentConfig, AgentError};
 
     let scratch = Scratch::new();
     let up = start_up(&scratch, &[]);
     eventually("the identity issuer", || {
         scratch.exists("state/secrets/linkerd/linkerd-identity-issuer/tls.crt")
     });
-    let anchor = scratch.read("state/secrets/lanyard/linkerd-trust-anchor/ca.crt");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(TlsCa::from_pem(&anchor))
-        .domain_name("linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local");
-    let endpoint = Channel::from_shared(format!("https://{}", up.identity))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap();
-    let mut channel = None;
-    for _ in 0..50 {
-        if let Ok(c) = endpoint.connect().await {
-            channel = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut client = IdentityClient::new(channel.expect("the identity service verifies"));
-
-    let token = |ns: &str, sa: &str| {
-        scratch
+    let token_file = |ns: &str, sa: &str| {
+        let token = scratch
             .lanyard(&[
                 "token",
                 "create",
@@ -431,60 +411,83 @@ async fn agents_get_leaves_for_exactly_their_identity_from_lanyard_up() {
                 sa,
             ])
             .success()
-            .stdout
-            .trim()
-            .as_bytes()
-            .to_vec()
+            .stdout;
+        let file = format!("{ns}-{sa}.token");
+        scratch.write(&file, token);
+        scratch.path(&file)
     };
-    let domain = lanyard_crds::identity::IdentityDomain::linkerd_default();
-    let sa_a = lanyard_crds::identity::Identity::new("sa-a", "ns-a", domain.clone()).unwrap();
-    let sa_b = lanyard_crds::identity::Identity::new("sa-b", "ns-b", domain).unwrap();
-    let key =
-        lanyard_issuer::SigningKey::generate(lanyard_issuer::KeyAlgorithm::EcdsaP256).unwrap();
-    let response = client
-        .certify(CertifyRequest {
-            identity: sa_a.to_string(),
-            token: token("ns-a", "sa-a"),
-            certificate_signing_request: key.certificate_signing_request(&sa_a).unwrap(),
-        })
-        .await
+    let agent = |identity: &str, token_file: std::path::PathBuf| {
+        let config = AgentConfig {
+            identity: identity.parse().unwrap(),
+            service_addr: up.identity.to_string(),
+            service_identity:
+                "linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local".into(),
+            trust_anchors: scratch.path("state/secrets/lanyard/linkerd-trust-anchor/ca.crt"),
+            token_file,
+            insecure_plaintext: false,
+            timeout: Duration::from_secs(5),
+        };
+        Agent::new(
+            config,
+            lanyard_crds::time::SystemClock,
+            lanyard_proxy::metrics::AgentMetrics::new(),
+        )
         .unwrap()
-        .into_inner();
-    let leaf = lanyard_issuer::Certificate::from_der(&response.leaf_certificate, "leaf").unwrap();
-    let mut pem = leaf.to_pem();
-    for der in &response.intermediate_certificates {
-        pem.push_str(
-            &lanyard_issuer::Certificate::from_der(der, "issuer")
-                .unwrap()
-                .to_pem(),
-        );
+    };
+    let sa_a = "sa-a.ns-a.serviceaccount.identity.linkerd.cluster.local";
+    let sa_b = "sa-b.ns-b.serviceaccount.identity.linkerd.cluster.local";
+
+    // The service's certificate appears within a reload interval.
+    let mut a = agent(sa_a, token_file("ns-a", "sa-a"));
+    let mut credentials = None;
+    for _ in 0..50 {
+        match a.certify().await {
+            Ok(c) => {
+                credentials = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
-    scratch.write("sa-a.crt", pem);
+    let credentials = credentials.expect("a certificate from lanyard up");
+    credentials.write_files(&scratch.path("sa-a")).unwrap();
     scratch
         .openssl(&[
             "verify",
             "-CAfile",
             "state/secrets/lanyard/linkerd-trust-anchor/ca.crt",
             "-untrusted",
-            "sa-a.crt",
-            "sa-a.crt",
+            "sa-a/tls.crt",
+            "sa-a/tls.crt",
         ])
         .success();
+    let text = scratch.x509_text("sa-a/tls.crt");
+    assert!(text.contains(&format!("DNS:{sa_a}")), "{text}");
+    assert!(
+        text.contains("URI:spiffe://cluster.local/ns/ns-a/sa/sa-a"),
+        "{text}"
+    );
     assert!(
         scratch
-            .x509_text("sa-a.crt")
-            .contains("DNS:sa-a.ns-a.serviceaccount.identity.linkerd.cluster.local")
+            .openssl(&["pkey", "-in", "sa-a/tls.key", "-noout", "-text"])
+            .success()
+            .stdout
+            .contains("NIST CURVE: P-256")
     );
 
-    let denied = client
-        .certify(CertifyRequest {
-            identity: sa_b.to_string(),
-            token: token("ns-a", "sa-a"),
-            certificate_signing_request: key.certificate_signing_request(&sa_b).unwrap(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    // A token for ns-a/sa-a cannot get ns-b/sa-b.
+    let mut b = agent(sa_b, token_file("ns-a", "sa-a"));
+    let denied = b.certify().await.unwrap_err();
+    assert!(
+        matches!(
+            denied,
+            AgentError::Refused {
+                code: tonic::Code::PermissionDenied,
+                ..
+            }
+        ),
+        "{denied}"
+    );
 
     let metrics = http_get(&up.metrics, "/metrics");
     for needle in [
