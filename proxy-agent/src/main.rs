@@ -135,7 +135,9 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let agent = Agent::new(config, SystemClock, metrics).map_err(|e| e.to_string())?;
     let (tx, rx) = watch::channel(None);
-    let (admin, server) = serve_admin(args.admin_addr, Arc::new(registry), rx.clone())
+    // Ready means the files are written, not just the certificate held.
+    let (written_tx, written_rx) = watch::channel(None);
+    let (admin, server) = serve_admin(args.admin_addr, Arc::new(registry), written_rx)
         .await
         .map_err(|e| {
             format!(
@@ -147,14 +149,19 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(server);
     tokio::spawn(agent.run(tx));
     tokio::select! {
-        () = write_files(out_dir, rx) => Ok(()),
+        () = write_files(out_dir, rx, written_tx) => Ok(()),
         () = shutdown_signal() => Ok(()),
     }
 }
 
-/// Writes each new certificate into `dir`; a failed write is retried
-/// every 10 seconds until it succeeds or a newer certificate arrives.
-async fn write_files(dir: PathBuf, mut rx: watch::Receiver<Option<Arc<Credentials>>>) {
+/// Writes each new certificate into `dir` and then publishes it on
+/// `written`; a failed write is retried every 10 seconds until it succeeds
+/// or a newer certificate arrives.
+async fn write_files(
+    dir: PathBuf,
+    mut rx: watch::Receiver<Option<Arc<Credentials>>>,
+    written: watch::Sender<Option<Arc<Credentials>>>,
+) {
     let mut pending: Option<Arc<Credentials>> = None;
     loop {
         let changed = match pending {
@@ -167,12 +174,15 @@ async fn write_files(dir: PathBuf, mut rx: watch::Receiver<Option<Arc<Credential
             return;
         }
         let Some(credentials) = rx.borrow_and_update().clone() else {
+            // Expired and not refreshed: no longer ready.
             pending = None;
+            written.send_replace(None);
             continue;
         };
         match credentials.write_files(&dir) {
             Ok(()) => {
                 pending = None;
+                written.send_replace(Some(credentials.clone()));
                 eprintln!(
                     "lanyard-proxy: wrote {} (tls.crt, tls.key, ca.crt) for {}, valid until {}",
                     dir.display(),

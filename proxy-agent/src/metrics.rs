@@ -79,8 +79,9 @@ impl AgentMetrics {
     }
 }
 
-/// Serves `/metrics`, `/ready` (200 once a certificate is held, 503
-/// before and after it expires unrefreshed) and `/live` on `addr`.
+/// Serves `/metrics`, `/ready` (200 while `credentials` holds a
+/// certificate: 503 before the first and after one expires unrefreshed)
+/// and `/live` on `addr`.
 /// Returns the bound address and the server future.
 pub async fn serve_admin(
     addr: SocketAddr,
