@@ -168,7 +168,13 @@ pub struct IdentityService<A, C> {
     lifetime: TimeDelta,
     rate: RateLimiter,
     metrics: IdentityMetrics,
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// At most this many `Certify` calls are worked on at once across all
+/// connections; more wait their turn. Bounds the TokenReviews sent to the
+/// API server and the memory held by requests.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
     /// A service signing with whatever `issuer` holds at each request.
@@ -180,6 +186,7 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
             lifetime: DEFAULT_LEAF_LIFETIME,
             rate: RateLimiter::default(),
             metrics: IdentityMetrics::default(),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
@@ -270,7 +277,9 @@ impl<A: Authenticator, C: Clock + 'static> proto::identity_server::Identity
         request: Request<proto::CertifyRequest>,
     ) -> Result<Response<proto::CertifyResponse>, Status> {
         let start = self.clock.now();
+        let permit = self.in_flight.acquire().await;
         let result = self.certify_inner(request.into_inner()).await;
+        drop(permit);
         let seconds = (self.clock.now() - start)
             .to_std()
             .map_or(0.0, |d| d.as_secs_f64());
