@@ -4,6 +4,7 @@
 
 mod ca;
 mod controller;
+mod identity;
 mod local;
 mod token;
 
@@ -34,6 +35,9 @@ enum Command {
     /// Run the controller against a Kubernetes API server (in cluster, or
     /// the current KUBECONFIG context).
     Controller(controller::ControllerArgs),
+    /// Run the identity service in a cluster: Linkerd's Certify API over
+    /// TLS, tokens checked with TokenReview.
+    Identity(identity::IdentityArgs),
     /// Print the CustomResourceDefinitions, generated from the Rust types.
     Crds,
     /// Join tokens for agents in local mode.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => local::apply(args),
         Command::Get(args) => local::get(args),
         Command::Controller(args) => controller::controller(args),
+        Command::Identity(args) => identity::identity(args),
         Command::Token(command) => token::run(command, &clock),
         Command::Crds => {
             print!("{}", lanyard_crds::api::custom_resource_definitions_yaml());
