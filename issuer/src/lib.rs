@@ -182,6 +182,12 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// A file or Secret key the material needs is absent or empty.
+    #[error("{what} is missing or empty")]
+    Missing {
+        /// The file or Secret key.
+        what: String,
+    },
     /// The anchor file holds no certificate.
     #[error("no trust anchor was given")]
     NoTrustAnchor,

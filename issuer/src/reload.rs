@@ -191,6 +191,11 @@ fn load(
     files: [&[u8]; 3],
     now: DateTime<Utc>,
 ) -> Result<IdentityIssuer, Error> {
+    for (name, bytes) in ["tls.crt", "tls.key", "ca.crt"].into_iter().zip(files) {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::Missing { what: what(name) });
+        }
+    }
     let chain = Certificate::parse_pem_bundle(files[0], &what("tls.crt"))?;
     let key = SigningKey::from_pem(files[1], &what("tls.key"))?;
     let anchors = Certificate::parse_pem_bundle(files[2], &what("ca.crt"))?;

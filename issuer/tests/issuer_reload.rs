@@ -94,3 +94,30 @@ fn valid_material_is_swapped_in_and_bad_material_is_refused_while_the_old_issuer
     );
     assert_eq!(loaded(&current), third);
 }
+
+#[test]
+fn an_empty_key_is_refused_as_missing_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = IdentityDomain::linkerd_default();
+    let anchor = TrustAnchor::generate(
+        &domain,
+        TimeDelta::hours(87_600),
+        KeyAlgorithm::EcdsaP256,
+        t0(),
+    )
+    .unwrap();
+    let current = Arc::new(ArcSwapOption::empty());
+    let mut reloader = IssuerReloader::new(dir.path(), current.clone());
+    write_issuer(dir.path(), &anchor, None);
+    std::fs::write(dir.path().join("tls.key"), "\n").unwrap();
+    match reloader.poll(t0() + TimeDelta::minutes(1)) {
+        Reload::Refused(error @ lanyard_issuer::Error::Missing { .. }) => {
+            assert!(
+                error.to_string().ends_with("tls.key is missing or empty"),
+                "{error}"
+            )
+        }
+        other => panic!("an empty key must be refused as missing, got {other:?}"),
+    }
+    assert!(current.load().is_none());
+}
