@@ -39,12 +39,15 @@ pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
             .await
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
-        let (bound, server) = metrics::serve(args.metrics_addr, metrics.clone())
-            .await
-            .map_err(|source| CliError::Read {
-                path: format!("metrics listener {}", args.metrics_addr).into(),
-                source,
-            })?;
+        let (bound, server) = metrics::serve(args.metrics_addr, {
+            let metrics = metrics.clone();
+            move || metrics.encode()
+        })
+        .await
+        .map_err(|source| CliError::Read {
+            path: format!("metrics listener {}", args.metrics_addr).into(),
+            source,
+        })?;
         let server = tokio::spawn(server);
         eprintln!("lanyard: controller starting; metrics on http://{bound}/metrics");
         let ctx = Context::new(client, SystemClock, metrics).with_cluster_resource_namespace(

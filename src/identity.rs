@@ -20,7 +20,7 @@ use lanyard_issuer::service::RateLimit;
 use lanyard_rotator::kube::issuer_secret::{self, IssuerSecret, watch_issuer_secret};
 use lanyard_rotator::kube::token_review::{self, TokenReviewAuthenticator};
 use lanyard_rotator::kube::{infer_client, shutdown_signal};
-use lanyard_rotator::metrics::{self, Metrics};
+use lanyard_rotator::metrics;
 
 use crate::ca::CliError;
 
@@ -72,9 +72,11 @@ pub fn identity(args: IdentityArgs) -> Result<ExitCode, CliError> {
             .await
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let identity_metrics = IdentityMetrics::new();
-        let mut registry = Metrics::new();
-        registry.register_more(|r| identity_metrics.register(r));
-        let (bound, server) = metrics::serve(args.metrics_addr, Arc::new(registry))
+        let mut registry = prometheus_client::registry::Registry::default();
+        identity_metrics.register(&mut registry);
+        let registry = Arc::new(registry);
+        let (bound, server) =
+            metrics::serve(args.metrics_addr, move || metrics::encode_registry(&registry))
             .await
             .map_err(|source| CliError::Read {
                 path: format!("metrics listener {}", args.metrics_addr).into(),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use lanyard_crds::api::{CertificateSpec, CertificateStatus, GROUP, IssuerKind};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -403,19 +403,17 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("encoding metrics into a String");
-        out
+        encode_registry(&self.registry)
     }
 }
 
 /// Serves `/metrics` (and `/healthz`) on `addr` until the future is
-/// dropped. Returns the bound address (useful with port 0).
+/// dropped, with whatever `exposition` renders at each scrape (e.g.
+/// [`Metrics::encode`], or [`encode_registry`] of another registry).
+/// Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
+    exposition: impl Fn() -> String + Clone + Send + Sync + 'static,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -424,18 +422,27 @@ pub async fn serve(
         .route(
             "/metrics",
             get(move || {
-                let metrics = metrics.clone();
+                let text = exposition();
                 async move {
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        metrics.encode(),
+                        text,
                     )
                 }
             }),
         )
         .route("/healthz", get(|| async { "ok" }));
     Ok((bound, async move { axum::serve(listener, app).await }))
+}
+
+/// The Prometheus text exposition of `registry`.
+pub fn encode_registry(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("encoding metrics into a String");
+    out
 }

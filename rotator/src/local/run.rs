@@ -48,12 +48,15 @@ pub async fn run<C: Clock + 'static>(
     on_ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let (bound, server) = metrics::serve(metrics_addr, controller.metrics().clone())
-        .await
-        .map_err(|source| RunError::Metrics {
-            addr: metrics_addr,
-            source,
-        })?;
+    let (bound, server) = metrics::serve(metrics_addr, {
+        let metrics = controller.metrics().clone();
+        move || metrics.encode()
+    })
+    .await
+    .map_err(|source| RunError::Metrics {
+        addr: metrics_addr,
+        source,
+    })?;
     let server = tokio::spawn(server);
     on_ready(bound);
 
