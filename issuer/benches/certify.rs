@@ -4,15 +4,17 @@
 //!
 //! Both sign with the same ECDSA P-256 identity issuer key, both get fresh
 //! P-256 CSRs prepared before timing, both are driven over loopback by the
-//! same client runtime in this process: Lanyard over plaintext HTTP/2 gRPC
-//! (one channel per client) to a tonic server on its own multi-threaded
-//! runtime, cfssl over HTTP/1.1 keep-alive (one connection per client) to
-//! `POST /api/v1/cfssl/sign`. Then the same over TLS.
+//! same one-thread client runtime in this process: Lanyard over plaintext
+//! HTTP/2 gRPC (a tonic `Channel` per client, as the agent uses) to
+//! `lanyard_issuer::serve::serve`, the service `lanyard identity` and
+//! `lanyard up` run, with its metrics and rate limit, on tokio's default
+//! runtime; cfssl over HTTP/1.1 keep-alive (one connection per client) to
+//! `POST /api/v1/cfssl/sign`. Then the same over TLS, where Lanyard presents
+//! the certificate it signs for its own identity and the clients verify it
+//! against the anchor.
 //!
-//! Lanyard is measured twice: with `TCP_NODELAY` on its accepted sockets
-//! (as Go sets it for cfssl), and with them left as accepted, as
-//! `lanyard_issuer::serve` leaves them, where Nagle's algorithm meets the
-//! client's delayed ACK.
+//! The service sets `TCP_NODELAY` on its accepted sockets, as Go does for
+//! cfssl.
 //!
 //! Each Lanyard request carries its own identity (`sa-N.bench`), so the
 //! service's per-identity rate limit (a burst of 10, then one a second)
@@ -21,9 +23,23 @@
 //! Every response is checked (Lanyard: OK and a non-empty leaf; cfssl:
 //! `success: true` and a certificate) and failures are counted apart.
 //!
+//! Clients and servers share the machine's CPUs, so a row's rate depends on
+//! both sides' CPU per request; each row gives both (`srv us`, `cli us`,
+//! from the kernel's per-thread run times), and the server's is the figure
+//! least moved by other load on the machine.
+//!
+//! Before the servers, the bench times the service's own work on one thread
+//! (token check, `validate_csr`, `IdentityIssuer::issue`), so the rows can be
+//! read against what the CPUs could sign with nothing else running.
+//!
 //! `issuer/benches/certify.sh` installs cfssl when it is missing and runs
 //! `cargo bench -p lanyard-issuer --bench certify`. Without cfssl, Lanyard's
 //! figures are still reported and the peer is said to be skipped.
+//!
+//! `CERTIFY_PROFILE=plaintext:10` (or `tls:10`) runs Lanyard alone at 16
+//! clients for that many seconds, its requests prepared first; it prints
+//! the process id two seconds before timing starts, for `perf record -p`.
+//! No cfssl, no figures beyond that run's row.
 
 #![forbid(unsafe_code)]
 
@@ -44,14 +60,16 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::service::IdentityService;
+use lanyard_issuer::metrics::IdentityMetrics;
+use lanyard_issuer::serve::{ServeOptions, serve};
+use lanyard_issuer::service::RateLimit;
 use lanyard_issuer::service::proto::identity_client::IdentityClient;
 use lanyard_issuer::service::proto::{CertifyRequest, CertifyResponse};
 use lanyard_issuer::token::TokenKey;
 use lanyard_issuer::{
-    Certificate, IdentityIssuer, KeyAlgorithm, SigningKey, TrustAnchor, verify_chain,
+    Certificate, IdentityIssuer, KeyAlgorithm, SigningKey, TrustAnchor, validate_csr, verify_chain,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::runtime::Runtime;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -68,20 +86,37 @@ const CONCURRENCY: [usize; 2] = [1, 16];
 const NAMESPACE: &str = "bench";
 /// The peers' names in the report.
 const LANYARD: &str = "lanyard";
-const LANYARD_AS_ACCEPTED: &str = "lanyard-nagle";
 const CFSSL: &str = "cfssl";
-/// Threads for the service's runtime and for the clients' runtime.
-const WORKER_THREADS: usize = 2;
+/// Time for a profiler to attach before a profiling run starts.
+const PROFILE_PAUSE: Duration = Duration::from_secs(2);
+/// Worker threads of the clients' runtime. One thread drives all clients
+/// at a lower CPU cost per request than two (fewer cross-thread wake-ups),
+/// and that CPU is taken from the servers, which share the machine.
+const CLIENT_WORKER_THREADS: usize = 1;
+/// The service's runtime's thread name.
+const SERVER_THREADS: &str = "lanyard-identity";
+/// The clients' runtime's thread name.
+const CLIENT_THREADS: &str = "bench-clients";
 
 #[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
 fn stopwatch() -> Instant {
     Instant::now()
 }
 
-fn runtime(name: &str) -> Runtime {
+/// The service's runtime: tokio's default of one worker per CPU, as
+/// `lanyard identity` and `lanyard up` build theirs.
+fn server_runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKER_THREADS)
-        .thread_name(name)
+        .thread_name(SERVER_THREADS)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn clients_runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CLIENT_WORKER_THREADS)
+        .thread_name(CLIENT_THREADS)
         .enable_all()
         .build()
         .expect("a tokio runtime")
@@ -95,6 +130,10 @@ struct Tally {
     first_failure: Option<String>,
     elapsed: Duration,
     ran_out: bool,
+    /// CPU time the server's threads used during the round, if known.
+    server_cpu: Option<Duration>,
+    /// CPU time the client runtime's threads used during the round.
+    client_cpu: Option<Duration>,
 }
 
 impl Tally {
@@ -106,6 +145,18 @@ impl Tally {
         }
         self.elapsed += other.elapsed;
         self.ran_out |= other.ran_out;
+        let add = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.server_cpu = add(self.server_cpu, other.server_cpu);
+        self.client_cpu = add(self.client_cpu, other.client_cpu);
+    }
+
+    /// CPU time per signed certificate.
+    fn per_signed(&self, cpu: Option<Duration>) -> Option<Duration> {
+        let signed = u32::try_from(self.signed()).ok().filter(|n| *n > 0)?;
+        cpu.map(|cpu| cpu / signed)
     }
 
     fn signed(&self) -> usize {
@@ -125,6 +176,67 @@ impl Tally {
         }
         let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
         sorted[rank - 1]
+    }
+}
+
+/// Whose CPU time to count.
+#[derive(Debug, Clone, Copy)]
+enum Threads {
+    /// This process's threads with this name (as `thread_name` set it).
+    Named(&'static str),
+    /// Every thread of another process.
+    Process(u32),
+}
+
+/// CPU time `threads` have used so far: the sum of their
+/// `/proc/<pid>/task/<tid>/schedstat` run times. `None` where there is no
+/// such file (not Linux).
+fn cpu_time(threads: Threads) -> Option<Duration> {
+    let (pid, name) = match threads {
+        Threads::Named(name) => (std::process::id(), Some(name)),
+        Threads::Process(pid) => (pid, None),
+    };
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let task = task.ok()?.path();
+        if let Some(name) = name {
+            // The kernel keeps the first 15 bytes of a thread's name.
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if comm.trim_end() != &name[..name.len().min(15)] {
+                continue;
+            }
+        }
+        // A thread that ended in between has no file: its time is lost.
+        let Ok(schedstat) = std::fs::read_to_string(task.join("schedstat")) else {
+            continue;
+        };
+        total += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// Counts a round's CPU time: the server's and the client runtime's.
+struct CpuMeter {
+    server: Threads,
+    at_start: Option<(Duration, Duration)>,
+}
+
+impl CpuMeter {
+    fn start(server: Threads) -> Self {
+        let at_start = cpu_time(server).zip(cpu_time(Threads::Named(CLIENT_THREADS)));
+        CpuMeter { server, at_start }
+    }
+
+    fn stop(self, mut tally: Tally) -> Tally {
+        let now = cpu_time(self.server).zip(cpu_time(Threads::Named(CLIENT_THREADS)));
+        if let (Some((server0, client0)), Some((server1, client1))) = (self.at_start, now) {
+            tally.server_cpu = Some(server1.saturating_sub(server0));
+            tally.client_cpu = Some(client1.saturating_sub(client0));
+        }
+        tally
     }
 }
 
@@ -296,11 +408,17 @@ impl Fixture {
         })
     }
 
-    /// A serving certificate (with its chain) and key for `name`, signed by
-    /// the issuer, for both servers' TLS.
+    /// The identity service's own identity, as Linkerd names it; the name
+    /// clients check over TLS.
+    fn service_identity(&self) -> Identity {
+        Identity::new("linkerd-identity", "linkerd", self.domain.clone())
+            .expect("the service identity")
+    }
+
+    /// cfssl's serving certificate (with its chain) and key, for the
+    /// service's name, signed by the issuer. (Lanyard signs its own.)
     fn serving_identity(&self) -> ServingIdentity {
-        let identity = Identity::new("linkerd-identity", "linkerd", self.domain.clone())
-            .expect("the service identity");
+        let identity = self.service_identity();
         let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("a P-256 key");
         let csr = key.certificate_signing_request(&identity).expect("a CSR");
         let leaf = self
@@ -310,11 +428,9 @@ impl Fixture {
         let chain_der: Vec<Vec<u8>> = std::iter::once(leaf.leaf_der)
             .chain(leaf.chain_der)
             .collect();
-        let pkcs8 = pem::parse(key.to_pkcs8_pem().as_bytes()).expect("PKCS#8 PEM");
         ServingIdentity {
             name: identity.to_string(),
             chain_der,
-            key_der: pkcs8.contents().to_vec(),
             key_pem: key.to_pkcs8_pem().to_string(),
         }
     }
@@ -332,11 +448,10 @@ impl Fixture {
     }
 }
 
-/// The TLS certificate both servers present.
+/// The TLS certificate cfssl presents.
 struct ServingIdentity {
     name: String,
     chain_der: Vec<Vec<u8>>,
-    key_der: Vec<u8>,
     key_pem: String,
 }
 
@@ -348,88 +463,111 @@ impl std::fmt::Debug for ServingIdentity {
     }
 }
 
-/// How the service's accepted sockets are set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sockets {
-    /// `TCP_NODELAY` on, as Go's net package (so cfssl) and tonic's own
-    /// `Server::serve` set it.
-    NoDelay,
-    /// Left as accepted (Nagle's algorithm on), as `lanyard_issuer::serve`
-    /// accepts them: it hands tonic a listener, and tonic then applies no
-    /// socket options.
-    AsAccepted,
+/// A running identity service, stopped when dropped.
+struct LanyardServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Starts the identity service on `runtime` (plaintext, or TLS with
-/// `tls`); returns its address.
-fn start_lanyard(
-    runtime: &Runtime,
-    fixture: &Fixture,
-    tls: Option<&ServingIdentity>,
-    sockets: Sockets,
-) -> SocketAddr {
-    let issuer = Arc::new(ArcSwapOption::from(Some(fixture.issuer.clone())));
-    let service =
-        IdentityService::new(issuer, fixture.token_key.clone(), SystemClock).into_server();
-    let nodelay = sockets == Sockets::NoDelay;
-    // The per-connection limit `serve` sets; one request at a time per
-    // client never reaches it.
-    let router = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(32)
-        .add_service(service);
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("a loopback port");
-    let addr = listener.local_addr().expect("the bound address");
-    match tls {
-        None => {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(nodelay.then_some(true));
-            runtime.spawn(router.serve_with_incoming(incoming));
-        }
-        Some(serving) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls_config(serving)));
-            // Handshakes one at a time: the clients connect before timing.
-            let incoming = futures::stream::unfold(
-                (listener, acceptor),
-                move |(listener, acceptor)| async move {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        if nodelay && tcp.set_nodelay(true).is_err() {
-                            continue;
-                        }
-                        if let Ok(tls) = acceptor.accept(tcp).await {
-                            return Some((Ok::<_, std::io::Error>(tls), (listener, acceptor)));
-                        }
-                    }
-                },
-            );
-            runtime.spawn(router.serve_with_incoming(incoming));
+impl Drop for LanyardServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
-    addr
 }
 
-/// As the service's own TLS: ring, safe default versions, HTTP/2 only.
-fn server_tls_config(serving: &ServingIdentity) -> rustls::ServerConfig {
-    let chain = serving
-        .chain_der
-        .iter()
-        .map(|der| CertificateDer::from(der.clone()))
-        .collect();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(serving.key_der.clone()));
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("the serving certificate and key match");
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    config
+/// Starts `lanyard_issuer::serve::serve` on `runtime` on a free loopback
+/// port, plaintext or TLS, as `lanyard up` configures it: the fixture's
+/// issuer in the slot, token authentication, fresh metrics, the default
+/// rate limit. With TLS, waits until the service has signed its own
+/// certificate and a client verifies it against the anchor.
+fn start_lanyard(
+    runtime: &Runtime,
+    clients_rt: &Runtime,
+    fixture: &Fixture,
+    tls: bool,
+) -> LanyardServer {
+    let options = ServeOptions {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        issuer: Arc::new(ArcSwapOption::from(Some(fixture.issuer.clone()))),
+        service_identity: fixture.service_identity(),
+        metrics: IdentityMetrics::new(),
+        rate_limit: RateLimit::default(),
+        insecure_plaintext: !tls,
+    };
+    let authenticator = fixture.token_key.clone();
+    let (ready, bound) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+    let failed = ready.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(async move {
+        let result = serve(
+            options,
+            authenticator,
+            SystemClock,
+            move |addr| {
+                let _ = ready.send(Ok(addr));
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await;
+        if let Err(error) = result {
+            let _ = failed.send(Err(error.to_string()));
+        }
+    });
+    let addr = match bound.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(error)) => panic!("the identity service did not start: {error}"),
+        Err(_) => panic!("the identity service did not bind within 10 s"),
+    };
+    let server = LanyardServer {
+        addr,
+        stop: Some(stop),
+    };
+    if tls {
+        let waited = stopwatch();
+        let name = fixture.service_identity().to_string();
+        let mut last = String::new();
+        while waited.elapsed() < Duration::from_secs(10) {
+            match clients_rt.block_on(lanyard_channel(addr, Some((&fixture.anchor, &name)))) {
+                Ok(_) => return server,
+                Err(error) => last = error,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the identity service presented no certificate for {name} within 10 s: {last}");
+    }
+    server
+}
+
+/// One channel (one HTTP/2 connection) to the service; with `tls`, the
+/// anchor is the only root and the service's identity the name checked.
+async fn lanyard_channel(
+    addr: SocketAddr,
+    tls: Option<(&Certificate, &str)>,
+) -> Result<Channel, String> {
+    let endpoint = match tls {
+        None => Endpoint::from_shared(format!("http://{addr}")).expect("a URI"),
+        Some((anchor, name)) => Endpoint::from_shared(format!("https://{addr}"))
+            .expect("a URI")
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(anchor.to_pem()))
+                    .domain_name(name),
+            )
+            .expect("a TLS configuration"),
+    };
+    endpoint.connect().await.map_err(|e| {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            reason = format!("{reason}: {inner}");
+            source = inner.source();
+        }
+        reason
+    })
 }
 
 async fn lanyard_clients(
@@ -439,18 +577,9 @@ async fn lanyard_clients(
 ) -> Vec<IdentityClient<Channel>> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        let endpoint = match tls {
-            None => Endpoint::from_shared(format!("http://{addr}")).expect("a URI"),
-            Some((anchor, name)) => Endpoint::from_shared(format!("https://{addr}"))
-                .expect("a URI")
-                .tls_config(
-                    ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(anchor.to_pem()))
-                        .domain_name(name),
-                )
-                .expect("a TLS configuration"),
-        };
-        let channel = endpoint.connect().await.expect("a channel to the service");
+        let channel = lanyard_channel(addr, tls)
+            .await
+            .unwrap_or_else(|e| panic!("a channel to the identity service: {e}"));
         clients.push(IdentityClient::new(channel));
     }
     clients
@@ -716,15 +845,16 @@ fn start_cfssl(dir: &Path, tls: bool) -> Result<CfsslServer, NoPeer> {
 
 /// The clients of one peer at one concurrency.
 enum Peer {
-    Lanyard(&'static str, Vec<IdentityClient<Channel>>),
-    Cfssl(Vec<CfsslClient>),
+    Lanyard(Vec<IdentityClient<Channel>>),
+    /// The clients and the server's process id.
+    Cfssl(Vec<CfsslClient>, u32),
 }
 
 impl Peer {
     fn name(&self) -> &'static str {
         match self {
-            Peer::Lanyard(name, _) => name,
-            Peer::Cfssl(_) => CFSSL,
+            Peer::Lanyard(_) => LANYARD,
+            Peer::Cfssl(..) => CFSSL,
         }
     }
 
@@ -737,8 +867,9 @@ impl Peer {
         duration: Duration,
     ) -> Tally {
         match self {
-            Peer::Lanyard(_, clients) => {
+            Peer::Lanyard(clients) => {
                 let pool = fixture.lanyard_requests(n);
+                let cpu = CpuMeter::start(Threads::Named(SERVER_THREADS));
                 let (back, tally) = clients_rt.block_on(round(
                     std::mem::take(clients),
                     pool,
@@ -746,14 +877,15 @@ impl Peer {
                     lanyard_call,
                 ));
                 *clients = back;
-                tally
+                cpu.stop(tally)
             }
-            Peer::Cfssl(clients) => {
+            Peer::Cfssl(clients, pid) => {
                 let pool = fixture.cfssl_requests(n);
+                let cpu = CpuMeter::start(Threads::Process(*pid));
                 let (back, tally) =
                     clients_rt.block_on(round(std::mem::take(clients), pool, duration, cfssl_call));
                 *clients = back;
-                tally
+                cpu.stop(tally)
             }
         }
     }
@@ -761,9 +893,9 @@ impl Peer {
 
 /// Where one transport's servers listen.
 struct Targets<'a> {
-    /// The service with `TCP_NODELAY` on, and as `serve` accepts sockets.
-    lanyard: [(&'static str, SocketAddr); 2],
-    cfssl: Option<SocketAddr>,
+    lanyard: SocketAddr,
+    /// cfssl's address and process id.
+    cfssl: Option<(SocketAddr, u32)>,
     tls: Option<(&'a Certificate, &'a str, tokio_rustls::TlsConnector)>,
 }
 
@@ -778,7 +910,7 @@ fn check_samples(
     let request = fixture.lanyard_requests(1).remove(0);
     let tls = targets.tls.as_ref().map(|(a, n, _)| (*a, *n));
     let mut client = clients_rt
-        .block_on(lanyard_clients(targets.lanyard[0].1, 1, tls))
+        .block_on(lanyard_clients(targets.lanyard, 1, tls))
         .remove(0);
     let response = check_lanyard(clients_rt.block_on(client.certify(request)))
         .expect("the identity service signs a CSR");
@@ -792,7 +924,7 @@ fn check_samples(
         .expect("Lanyard's leaf verifies");
     println!("  sample lanyard leaf verifies against the anchor ({sans})");
 
-    let Some(addr) = targets.cfssl else {
+    let Some((addr, _)) = targets.cfssl else {
         return Ok(());
     };
     let body = fixture.cfssl_requests(1).remove(0);
@@ -818,12 +950,37 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Microseconds of CPU per signed certificate, or `-`.
+fn cpu_cell(tally: &Tally, cpu: Option<Duration>) -> String {
+    tally
+        .per_signed(cpu)
+        .map_or_else(|| "-".to_string(), |d| format!("{:.0}", us(d)))
+}
+
+fn print_header() {
+    println!(
+        "  {:<9} {:>7}  {:<7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "transport",
+        "clients",
+        "peer",
+        "signs/s",
+        "p50 ms",
+        "p99 ms",
+        "srv us",
+        "cli us",
+        "signed",
+        "failed"
+    );
+}
+
 fn print_row(transport: &str, clients: usize, peer: &str, tally: &Tally) {
     println!(
-        "  {transport:<9} {clients:>7}  {peer:<13} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>8}{}",
+        "  {transport:<9} {clients:>7}  {peer:<7} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>8} {:>8} {:>8}{}",
         tally.rate(),
         ms(tally.percentile(0.50)),
         ms(tally.percentile(0.99)),
+        cpu_cell(tally, tally.server_cpu),
+        cpu_cell(tally, tally.client_cpu),
         tally.signed(),
         tally.failures,
         if tally.ran_out {
@@ -848,17 +1005,12 @@ fn measure(
     quick: bool,
 ) {
     let tls = targets.tls.as_ref().map(|(a, n, _)| (*a, *n));
-    let mut peers: Vec<Peer> = targets
-        .lanyard
-        .iter()
-        .map(|(name, addr)| {
-            Peer::Lanyard(
-                name,
-                clients_rt.block_on(lanyard_clients(*addr, concurrency, tls)),
-            )
-        })
-        .collect();
-    if let Some(addr) = targets.cfssl {
+    let mut peers = vec![Peer::Lanyard(clients_rt.block_on(lanyard_clients(
+        targets.lanyard,
+        concurrency,
+        tls,
+    )))];
+    if let Some((addr, pid)) = targets.cfssl {
         let connector = targets
             .tls
             .as_ref()
@@ -870,7 +1022,7 @@ fn measure(
             }
             clients
         });
-        peers.push(Peer::Cfssl(clients));
+        peers.push(Peer::Cfssl(clients, pid));
     }
     let (rounds, round_time, warmup) = if quick {
         (1, Duration::from_millis(100), 2)
@@ -902,17 +1054,165 @@ fn measure(
             .find(|(peer, _)| peer.name() == name)
             .map(|(_, total)| total)
     };
-    let ratios = |ours: &str, theirs: &str| {
-        if let (Some(a), Some(b)) = (find(ours), find(theirs)) {
-            println!(
-                "      rate({ours})/rate({theirs}) {:.2}x, p99({theirs})/p99({ours}) {:.2}x",
-                a.rate() / b.rate().max(1e-9),
-                ms(b.percentile(0.99)) / ms(a.percentile(0.99)).max(1e-9)
-            );
+    if let (Some(ours), Some(theirs)) = (find(LANYARD), find(CFSSL)) {
+        let cpu = match (
+            ours.per_signed(ours.server_cpu),
+            theirs.per_signed(theirs.server_cpu),
+        ) {
+            (Some(a), Some(b)) => format!(
+                ", server CPU per signature({CFSSL})/({LANYARD}) {:.2}x",
+                b.as_secs_f64() / a.as_secs_f64().max(1e-12)
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "      rate({LANYARD})/rate({CFSSL}) {:.2}x, p99({CFSSL})/p99({LANYARD}) {:.2}x{cpu}",
+            ours.rate() / theirs.rate().max(1e-9),
+            ms(theirs.percentile(0.99)) / ms(ours.percentile(0.99)).max(1e-9)
+        );
+    }
+}
+
+/// What the service does per call, on one thread, without the network.
+struct CallCosts {
+    token: Duration,
+    validate: Duration,
+    issue: Duration,
+}
+
+/// One request's parts, for timing the service's work without the network.
+struct Prepared {
+    identity: Identity,
+    token: Vec<u8>,
+    csr: Vec<u8>,
+}
+
+/// Times `TokenKey::verify`, `validate_csr` and `IdentityIssuer::issue` on
+/// prepared requests (cycled), median of interleaved rounds.
+fn call_costs(fixture: &mut Fixture, quick: bool) -> CallCosts {
+    const PREPARED: usize = 64;
+    let first = fixture.take_identities(PREPARED);
+    let requests = prepare(first, PREPARED, |i| {
+        let (identity, service_account, csr) = fixture.csr_for(i);
+        let token = fixture
+            .token_key
+            .create(
+                NAMESPACE,
+                &service_account,
+                TimeDelta::hours(1),
+                fixture.now,
+            )
+            .expect("a join token");
+        Prepared {
+            identity,
+            token: token.into_bytes(),
+            csr,
         }
+    });
+    let (rounds, round_time) = if quick {
+        (1, Duration::from_millis(5))
+    } else {
+        (5, Duration::from_millis(150))
     };
-    ratios(LANYARD, CFSSL);
-    ratios(LANYARD_AS_ACCEPTED, CFSSL);
+    // Mean time per call of `op` over about `round_time`.
+    let per_call = |op: &dyn Fn(&Prepared)| {
+        let start = stopwatch();
+        let mut calls = 0u32;
+        while start.elapsed() < round_time {
+            for request in &requests {
+                op(request);
+            }
+            calls += PREPARED as u32;
+        }
+        start.elapsed() / calls
+    };
+    let token = |Prepared { token, .. }: &Prepared| {
+        std::hint::black_box(
+            fixture
+                .token_key
+                .verify(token, fixture.now)
+                .expect("the token verifies"),
+        );
+    };
+    let validate = |Prepared { identity, csr, .. }: &Prepared| {
+        std::hint::black_box(validate_csr(csr, identity).expect("the CSR is valid"));
+    };
+    let issue = |Prepared { identity, csr, .. }: &Prepared| {
+        std::hint::black_box(
+            fixture
+                .issuer
+                .issue(csr, identity, TimeDelta::hours(24), fixture.now)
+                .expect("the issuer signs"),
+        );
+    };
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        samples[0].push(per_call(&token));
+        samples[1].push(per_call(&validate));
+        samples[2].push(per_call(&issue));
+    }
+    let [token, validate, issue] = samples.map(|mut v| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    });
+    CallCosts {
+        token,
+        validate,
+        issue,
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// `CERTIFY_PROFILE=<plaintext|tls>:<seconds>`: Lanyard alone at the
+/// highest concurrency for that long, for a profiler.
+fn profile_request() -> Option<(bool, Duration)> {
+    let value = std::env::var("CERTIFY_PROFILE").ok()?;
+    let (transport, seconds) = value
+        .split_once(':')
+        .expect("CERTIFY_PROFILE is <plaintext|tls>:<seconds>");
+    let tls = match transport {
+        "plaintext" => false,
+        "tls" => true,
+        other => panic!("CERTIFY_PROFILE: unknown transport `{other}`"),
+    };
+    let seconds: u64 = seconds.parse().expect("CERTIFY_PROFILE: whole seconds");
+    Some((tls, Duration::from_secs(seconds)))
+}
+
+fn profile(
+    fixture: &mut Fixture,
+    server_rt: &Runtime,
+    clients_rt: &Runtime,
+    tls: bool,
+    duration: Duration,
+) {
+    let concurrency = CONCURRENCY[CONCURRENCY.len() - 1];
+    let transport = if tls { "tls" } else { "plaintext" };
+    let server = start_lanyard(server_rt, clients_rt, fixture, tls);
+    let name = fixture.service_identity().to_string();
+    let anchor = fixture.anchor.clone();
+    let tls_name = tls.then_some((&anchor, name.as_str()));
+    let clients = clients_rt.block_on(lanyard_clients(server.addr, concurrency, tls_name));
+    let warmup = fixture.lanyard_requests(WARMUP_PER_CLIENT * concurrency);
+    let (clients, warmed) =
+        clients_rt.block_on(round(clients, warmup, Duration::MAX, lanyard_call));
+    let n = (warmed.rate() * duration.as_secs_f64() * 2.0).ceil() as usize;
+    let pool = fixture.lanyard_requests(n);
+    println!(
+        "profiling: pid {}; lanyard alone, {transport}, {concurrency} clients, {} s, \
+         starting in {} s",
+        std::process::id(),
+        duration.as_secs(),
+        PROFILE_PAUSE.as_secs()
+    );
+    std::thread::sleep(PROFILE_PAUSE);
+    let cpu = CpuMeter::start(Threads::Named(SERVER_THREADS));
+    let (_, tally) = clients_rt.block_on(round(clients, pool, duration, lanyard_call));
+    print_header();
+    print_row(transport, concurrency, LANYARD, &cpu.stop(tally));
 }
 
 fn main() {
@@ -921,8 +1221,14 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let started = stopwatch();
     let mut fixture = Fixture::new();
-    let server_rt = runtime("lanyard-identity");
-    let clients_rt = runtime("bench-clients");
+    let server_rt = server_runtime();
+    let clients_rt = clients_runtime();
+    if let Some((tls, duration)) = profile_request() {
+        profile(&mut fixture, &server_rt, &clients_rt, tls, duration);
+        server_rt.shutdown_background();
+        clients_rt.shutdown_background();
+        return;
+    }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let serving = fixture.serving_identity();
 
@@ -939,13 +1245,11 @@ fn main() {
         "  each Lanyard request has its own identity (sa-N.{NAMESPACE}) and token, so the \
          per-identity rate limit (burst 10, then 1/s) never triggers"
     );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "  lanyard: gRPC over HTTP/2 to an in-process tonic server ({WORKER_THREADS} worker \
-         threads), one channel per client, TCP_NODELAY on accepted sockets (as cfssl's)"
-    );
-    println!(
-        "  {LANYARD_AS_ACCEPTED}: the same service with sockets left as accepted (Nagle on), \
-         as lanyard_issuer::serve accepts them"
+        "  lanyard: lanyard_issuer::serve::serve (metrics, default rate limit, TCP_NODELAY) on \
+         tokio's default runtime ({cpus} workers, as `lanyard identity`); gRPC over HTTP/2 with \
+         tonic's Channel, as the agent, one per client"
     );
     match &peer {
         Ok(version) => println!(
@@ -954,10 +1258,24 @@ fn main() {
         Err(reason) => println!("  cfssl:   SKIPPED, only Lanyard is measured: {reason}"),
     }
     println!(
-        "  clients: {WORKER_THREADS} threads in this process; {} CPUs; {ROUNDS} interleaved \
+        "  srv us, cli us: CPU time per signed certificate of the server (Lanyard's runtime \
+         threads; every cfssl thread) and of the clients' runtime, from /proc schedstat"
+    );
+    println!(
+        "  clients: {CLIENT_WORKER_THREADS} runtime thread in this process, sharing the {cpus} \
+         CPUs with the servers; {ROUNDS} interleaved \
          rounds of {} ms per peer after {WARMUP_PER_CLIENT} warm-up requests per client",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
         ROUND_TIME.as_millis()
+    );
+    let costs = call_costs(&mut fixture, quick);
+    println!(
+        "  per call on one thread: token check {:.1} us, validate_csr {:.1} us, \
+         IdentityIssuer::issue (validates, then signs) {:.1} us; {cpus} CPUs doing only \
+         token check + issue: {:.0} signs/s",
+        us(costs.token),
+        us(costs.validate),
+        us(costs.issue),
+        cpus as f64 / (costs.token + costs.issue).as_secs_f64()
     );
 
     let connector = cfssl_tls_connector(&fixture.anchor);
@@ -966,17 +1284,7 @@ fn main() {
     for tls in [false, true] {
         let transport = if tls { "tls" } else { "plaintext" };
         println!("{transport}:");
-        let lanyard_tls = tls.then_some(&serving);
-        let lanyard = [
-            (
-                LANYARD,
-                start_lanyard(&server_rt, &fixture, lanyard_tls, Sockets::NoDelay),
-            ),
-            (
-                LANYARD_AS_ACCEPTED,
-                start_lanyard(&server_rt, &fixture, lanyard_tls, Sockets::AsAccepted),
-            ),
-        ];
+        let lanyard = start_lanyard(&server_rt, &clients_rt, &fixture, tls);
         let cfssl = if peer_ok {
             match start_cfssl(dir.path(), tls) {
                 Ok(server) => Some(server),
@@ -990,8 +1298,8 @@ fn main() {
             None
         };
         let mut targets = Targets {
-            lanyard,
-            cfssl: cfssl.as_ref().map(|s| s.addr),
+            lanyard: lanyard.addr,
+            cfssl: cfssl.as_ref().map(|s| (s.addr, s.child.id())),
             tls: tls.then(|| (&anchor, serving.name.as_str(), connector.clone())),
         };
         if let Err(reason) = check_samples(&mut fixture, &clients_rt, &targets) {
@@ -999,10 +1307,7 @@ fn main() {
             peer_ok = false;
             targets.cfssl = None;
         }
-        println!(
-            "  {:<9} {:>7}  {:<13} {:>9} {:>8} {:>8} {:>8} {:>8}",
-            "transport", "clients", "peer", "signs/s", "p50 ms", "p99 ms", "signed", "failed"
-        );
+        print_header();
         for concurrency in CONCURRENCY {
             measure(
                 &mut fixture,
@@ -1014,6 +1319,7 @@ fn main() {
             );
         }
         drop(cfssl);
+        drop(lanyard);
     }
     println!(
         "  identities prepared: {} (each used at most once); whole run {:.1} s",

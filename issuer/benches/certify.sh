@@ -3,6 +3,10 @@
 # Installs the peer (Debian's golang-cfssl) when `cfssl` is missing, then
 # runs the bench. Without root and without cfssl, the bench still runs and
 # says that the peer was skipped.
+#
+# To profile the service alone at 16 clients, for example:
+#   CERTIFY_PROFILE=plaintext:10 issuer/benches/certify.sh &
+#   perf record -g --call-graph dwarf -p <the pid it prints> -- sleep 8
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
