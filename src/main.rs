@@ -6,6 +6,7 @@ mod ca;
 mod controller;
 mod identity;
 mod local;
+mod policy;
 mod token;
 
 use std::process::ExitCode;
@@ -40,6 +41,10 @@ enum Command {
     Identity(identity::IdentityArgs),
     /// Print the CustomResourceDefinitions, generated from the Rust types.
     Crds,
+    /// Check Linkerd policy manifests offline, and test what the proxy
+    /// would decide.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Join tokens for agents in local mode.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::controller(args),
         Command::Identity(args) => identity::identity(args),
         Command::Token(command) => token::run(command, &clock),
+        Command::Policy(command) => policy::run(command),
         Command::Crds => {
             print!("{}", lanyard_crds::api::custom_resource_definitions_yaml());
             Ok(ExitCode::SUCCESS)
