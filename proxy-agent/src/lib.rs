@@ -12,3 +12,4 @@
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;

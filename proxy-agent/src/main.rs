@@ -1,4 +1,4 @@
-//! `lanyard-proxy`: the in-pod agent (and, later, the mTLS proxy).
+//! `lanyard-proxy`: the in-pod agent and mTLS proxy.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +13,14 @@ use lanyard_crds::identity::Identity;
 use lanyard_crds::time::SystemClock;
 use lanyard_proxy::identity::{Agent, AgentConfig, Credentials};
 use lanyard_proxy::metrics::{AgentMetrics, serve_admin};
+use lanyard_proxy::policy::{
+    DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, Policy, PolicyDir, PolicyOptions, PolicyReload,
+    Workload,
+};
+use lanyard_proxy::proxy::metrics::ProxyMetrics;
+use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle};
+use lanyard_proxy::proxy::{Drain, Inbound, OutboundRoute, serve_inbound, serve_outbound};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// The in-pod agent: a key made here, 24-hour certificates for the pod's
@@ -58,15 +66,91 @@ struct Args {
     admin_addr: SocketAddr,
     /// Write `tls.crt`, `tls.key` (0600) and `ca.crt` to `--out-dir` for an
     /// application that reads files, instead of proxying.
-    #[arg(long, requires = "out_dir")]
+    #[arg(long)]
     agent_only: bool,
     /// Where `--agent-only` writes the files (atomically, as a Secret
     /// volume: all three change at once).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Proxy mode: where to accept inbound mTLS (and plaintext, treated as
+    /// unauthenticated).
+    #[arg(
+        long,
+        env = "LANYARD_PROXY_INBOUND_ADDR",
+        default_value = "0.0.0.0:4143"
+    )]
+    inbound_addr: SocketAddr,
+    /// Proxy mode: the application's address, where allowed traffic goes.
+    /// Its port is the one policy is decided for.
+    #[arg(long, env = "LANYARD_PROXY_APP_ADDR", default_value = "127.0.0.1:8080")]
+    app_addr: SocketAddr,
+    /// Proxy mode: the pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Proxy mode: a pod label, `key=value` (repeat for more); Servers'
+    /// podSelectors match these.
+    #[arg(long = "pod-label", value_parser = key_value)]
+    pod_labels: Vec<(String, String)>,
+    /// Proxy mode: a named container port, `name=port` (repeat for more).
+    #[arg(long = "named-port", value_parser = named_port)]
+    named_ports: Vec<(String, u16)>,
+    /// Proxy mode: a directory of policy manifests (Server,
+    /// AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication,
+    /// HTTPRoute), reloaded when it changes.
+    #[arg(long, env = "LANYARD_PROXY_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Proxy mode: the policy for ports no Server covers (the
+    /// `config.linkerd.io/default-inbound-policy` values).
+    #[arg(
+        long,
+        env = "LANYARD_PROXY_DEFAULT_POLICY",
+        default_value = "all-unauthenticated"
+    )]
+    default_policy: DefaultPolicy,
+    /// Proxy mode: the cluster's networks, for the `cluster-*` policies.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_CLUSTER_NETWORKS.map(String::from))]
+    cluster_networks: Vec<String>,
+    /// Proxy mode: an outbound route `LISTEN=TARGET,IDENTITY`: plaintext
+    /// from the application on LISTEN goes over mTLS to the peer proxy at
+    /// TARGET, which must present IDENTITY (repeat for more).
+    #[arg(long = "outbound", value_parser = outbound_route)]
+    outbound: Vec<(SocketAddr, OutboundRoute)>,
     /// How long one request to the identity service may take.
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     identity_timeout: Duration,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected key=value"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn named_port(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = key_value(s)?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("`{s}`: the port must be a number"))?;
+    Ok((name, port))
+}
+
+fn outbound_route(s: &str) -> Result<(SocketAddr, OutboundRoute), String> {
+    let usage = || {
+        format!(
+            "`{s}`: expected LISTEN=TARGET,IDENTITY, e.g. 127.0.0.1:4140=10.0.0.7:4143,api.shop.serviceaccount.identity.linkerd.cluster.local"
+        )
+    };
+    let (listen, rest) = s.split_once('=').ok_or_else(usage)?;
+    let (target, identity) = rest.split_once(',').ok_or_else(usage)?;
+    let identity: Identity = identity.parse().map_err(|e| format!("`{identity}`: {e}"))?;
+    Ok((
+        listen.parse().map_err(|_| usage())?,
+        OutboundRoute {
+            target: target.parse().map_err(|_| usage())?,
+            identity: identity.to_string(),
+        },
+    ))
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -108,13 +192,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let Some(out_dir) = args.out_dir.filter(|_| args.agent_only) else {
-        return Err(
-            "the mTLS proxy is not part of this build yet; run the agent alone with --agent-only --out-dir DIR"
-                .into(),
-        );
-    };
-    let service_identity = args.identity_service_name.unwrap_or_else(|| {
+    if args.agent_only && args.out_dir.is_none() {
+        return Err("--agent-only needs --out-dir DIR".into());
+    }
+    let service_identity = args.identity_service_name.clone().unwrap_or_else(|| {
         let domain = args.identity.domain();
         format!(
             "linkerd-identity.{}.serviceaccount.{domain}",
@@ -122,22 +203,31 @@ async fn run(args: Args) -> Result<(), String> {
         )
     });
     let metrics = AgentMetrics::new();
+    let proxy_metrics = ProxyMetrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
+    if !args.agent_only {
+        proxy_metrics.register(&mut registry);
+    }
     let config = AgentConfig {
-        identity: args.identity,
-        service_addr: args.identity_addr,
+        identity: args.identity.clone(),
+        service_addr: args.identity_addr.clone(),
         service_identity,
-        trust_anchors: args.trust_anchors,
-        token_file: args.token_file,
+        trust_anchors: args.trust_anchors.clone(),
+        token_file: args.token_file.clone(),
         insecure_plaintext: args.insecure_plaintext_identity,
         timeout: args.identity_timeout,
     };
     let agent = Agent::new(config, SystemClock, metrics).map_err(|e| e.to_string())?;
     let (tx, rx) = watch::channel(None);
-    // Ready means the files are written, not just the certificate held.
+    // In agent-only mode, ready means the files are written.
     let (written_tx, written_rx) = watch::channel(None);
-    let (admin, server) = serve_admin(args.admin_addr, Arc::new(registry), written_rx)
+    let ready = if args.agent_only {
+        written_rx
+    } else {
+        rx.clone()
+    };
+    let (admin, server) = serve_admin(args.admin_addr, Arc::new(registry), ready)
         .await
         .map_err(|e| {
             format!(
@@ -148,10 +238,127 @@ async fn run(args: Args) -> Result<(), String> {
     eprintln!("lanyard-proxy: admin on http://{admin} (/metrics, /ready, /live)");
     tokio::spawn(server);
     tokio::spawn(agent.run(tx));
-    tokio::select! {
-        () = write_files(out_dir, rx, written_tx) => Ok(()),
-        () = shutdown_signal() => Ok(()),
+    match args.out_dir.clone().filter(|_| args.agent_only) {
+        Some(out_dir) => {
+            tokio::select! {
+                () = write_files(out_dir, rx, written_tx) => Ok(()),
+                () = shutdown_signal() => Ok(()),
+            }
+        }
+        None => proxy(args, rx, proxy_metrics).await,
     }
+}
+
+/// Proxy mode: inbound mTLS with policy, outbound mTLS routes, reloads of
+/// the trust bundle and policy, and a graceful drain on shutdown.
+async fn proxy(
+    args: Args,
+    credentials: watch::Receiver<Option<Arc<Credentials>>>,
+    metrics: ProxyMetrics,
+) -> Result<(), String> {
+    let mut cluster_networks = Vec::new();
+    for n in &args.cluster_networks {
+        cluster_networks.push(
+            n.parse()
+                .map_err(|_| format!("--cluster-networks: `{n}` is not a network"))?,
+        );
+    }
+    let options = PolicyOptions {
+        identity_domain: args.identity.domain().clone(),
+        default_policy: args.default_policy,
+        cluster_networks,
+    };
+    let mut policy_dir = args
+        .policy_dir
+        .as_ref()
+        .map(|d| PolicyDir::new(d, options.clone()));
+    let initial = match policy_dir.as_mut().map(PolicyDir::poll) {
+        None | Some(PolicyReload::Unchanged) => Policy::empty(&options),
+        Some(PolicyReload::Loaded(policy)) => policy,
+        Some(PolicyReload::Refused(errors)) => {
+            return Err(format!("the policy does not load:\n{errors}"));
+        }
+    };
+    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(initial));
+    let bundle = Arc::new(
+        TrustBundle::load(&args.trust_anchors, Arc::new(CurrentCert(credentials)))
+            .map_err(|e| e.to_string())?,
+    );
+    let drain = Arc::new(Drain::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let inbound = Arc::new(Inbound {
+        app: args.app_addr,
+        workload: Workload {
+            namespace: args.namespace.clone(),
+            labels: args.pod_labels.iter().cloned().collect(),
+            named_ports: args.named_ports.iter().cloned().collect(),
+            default_policy: None,
+        },
+        policy: policy.clone(),
+        bundle: bundle.clone(),
+        metrics: metrics.clone(),
+        drain: drain.clone(),
+    });
+    let listener = TcpListener::bind(args.inbound_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.inbound_addr))?;
+    eprintln!(
+        "lanyard-proxy: inbound on {} -> {}",
+        listener.local_addr().map_err(|e| e.to_string())?,
+        args.app_addr
+    );
+    tokio::spawn(serve_inbound(listener, inbound, stop_rx.clone()));
+    for (listen, route) in args.outbound {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        eprintln!(
+            "lanyard-proxy: outbound on {} -> {} as {}",
+            listener.local_addr().map_err(|e| e.to_string())?,
+            route.target,
+            route.identity
+        );
+        tokio::spawn(serve_outbound(
+            listener,
+            route,
+            bundle.clone(),
+            metrics.clone(),
+            drain.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let reloads = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match bundle.reload() {
+                Ok(true) => tracing::info!("trust bundle reloaded"),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "trust bundle refused; the previous one stays")
+                }
+            }
+            if let Some(dir) = policy_dir.as_mut() {
+                match dir.poll() {
+                    PolicyReload::Unchanged => {}
+                    PolicyReload::Loaded(new) => {
+                        policy.store(Arc::new(new));
+                        metrics.policy_reload(true);
+                        tracing::info!("policy reloaded");
+                    }
+                    PolicyReload::Refused(errors) => {
+                        metrics.policy_reload(false);
+                        tracing::warn!(%errors, "policy refused; the last good policy stays");
+                    }
+                }
+            }
+        }
+    });
+    shutdown_signal().await;
+    eprintln!("lanyard-proxy: draining {} connections", drain.active());
+    let _ = stop_tx.send(true);
+    reloads.abort();
+    drain.wait(Duration::from_secs(30)).await;
+    Ok(())
 }
 
 /// Writes each new certificate into `dir` and then publishes it on

@@ -227,8 +227,17 @@ fn bad_flags_are_refused_with_a_reason() {
     let err = run(&with(&[
         "--identity",
         "web.emojivoto.serviceaccount.identity.linkerd.cluster.local",
+        "--outbound",
+        "127.0.0.1:0=nowhere",
     ]));
-    assert!(err.contains("--agent-only"), "{err}");
+    assert!(err.contains("expected LISTEN=TARGET,IDENTITY"), "{err}");
+    let err = run(&with(&[
+        "--identity",
+        "web.emojivoto.serviceaccount.identity.linkerd.cluster.local",
+        "--default-policy",
+        "allow-all",
+    ]));
+    assert!(err.contains("cluster-authenticated"), "{err}");
     let err = run(&with(&[
         "--identity",
         "web.emojivoto.serviceaccount.identity.linkerd.cluster.local",

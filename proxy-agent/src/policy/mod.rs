@@ -219,19 +219,8 @@ impl Manifests {
 
     /// Reads every `.yaml`, `.yml` and `.json` file in `dir` (not below).
     pub fn add_dir(&mut self, dir: &Path) -> std::io::Result<()> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml" | "json")
-                )
-            })
-            .collect();
-        files.sort();
-        for file in files {
-            let text = std::fs::read_to_string(&file)?;
-            self.add_yaml(&file, &text);
+        for (path, bytes) in read_manifest_files(dir)? {
+            self.add_yaml(&path, &String::from_utf8_lossy(&bytes));
         }
         Ok(())
     }
@@ -607,6 +596,7 @@ struct ServerPolicy {
     name: String,
     selector: LabelSelector,
     port: PortRef,
+    protocol: Option<String>,
     access: Option<DefaultPolicy>,
 }
 
@@ -659,6 +649,7 @@ fn compile_server(s: &Parsed<ServerSpec>) -> Result<ServerPolicy, PolicyError> {
         name: s.name.clone(),
         selector,
         port: s.spec.port.clone(),
+        protocol: s.spec.proxy_protocol.clone(),
         access,
     })
 }
@@ -1033,21 +1024,30 @@ impl Policy {
         client: &Client,
         request: Option<&HttpRequest>,
     ) -> Decision {
-        let server = self.servers.iter().find(|s| {
-            s.namespace == workload.namespace
-                && selects(&s.selector, &workload.labels)
-                && match &s.port {
-                    PortRef::Number(n) => *n == port,
-                    PortRef::Name(name) => workload.named_ports.get(name) == Some(&port),
-                }
-        });
-        match server {
+        match self.server_for(workload, port) {
             Some(server) => self.decide_on(server, client, request),
             None => {
                 let default = workload.default_policy.unwrap_or(self.default);
                 self.default_decision(default, None, client)
             }
         }
+    }
+
+    fn server_for(&self, workload: &Workload, port: u16) -> Option<&ServerPolicy> {
+        self.servers.iter().find(|s| {
+            s.namespace == workload.namespace
+                && selects(&s.selector, &workload.labels)
+                && match &s.port {
+                    PortRef::Number(n) => *n == port,
+                    PortRef::Name(name) => workload.named_ports.get(name) == Some(&port),
+                }
+        })
+    }
+
+    /// The `proxyProtocol` of the Server covering `workload`'s `port`, if
+    /// one does and says.
+    pub fn server_protocol(&self, workload: &Workload, port: u16) -> Option<&str> {
+        self.server_for(workload, port)?.protocol.as_deref()
     }
 
     /// The decision for the Server `namespace/name`, as `lanyard policy
@@ -1183,4 +1183,90 @@ fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool 
                 _ => false,
             }
         })
+}
+
+/// Keeps a policy current from a directory of manifests: a changed
+/// directory is rebuilt and swapped in; one that does not build is refused
+/// and the last good policy stays.
+#[derive(Debug)]
+pub struct PolicyDir {
+    dir: PathBuf,
+    options: PolicyOptions,
+    seen: Option<Vec<(PathBuf, Vec<u8>)>>,
+}
+
+/// What one look at the policy directory found.
+#[derive(Debug)]
+pub enum PolicyReload {
+    /// Nothing changed.
+    Unchanged,
+    /// A new policy.
+    Loaded(Policy),
+    /// The manifests are wrong; keep the last good policy.
+    Refused(PolicyErrors),
+}
+
+impl PolicyDir {
+    /// A directory of manifests built with `options`.
+    pub fn new(dir: impl Into<PathBuf>, options: PolicyOptions) -> Self {
+        PolicyDir {
+            dir: dir.into(),
+            options,
+            seen: None,
+        }
+    }
+
+    /// Reads the directory; rebuilds when any file changed.
+    pub fn poll(&mut self) -> PolicyReload {
+        let files = match read_manifest_files(&self.dir) {
+            Ok(files) => files,
+            Err(e) => {
+                return PolicyReload::Refused(PolicyErrors(vec![PolicyError {
+                    file: self.dir.clone(),
+                    document: 0,
+                    object: None,
+                    field: None,
+                    message: e.to_string(),
+                }]));
+            }
+        };
+        if self.seen.as_ref() == Some(&files) {
+            return PolicyReload::Unchanged;
+        }
+        let mut manifests = Manifests::new();
+        for (path, bytes) in &files {
+            manifests.add_yaml(path, &String::from_utf8_lossy(bytes));
+        }
+        self.seen = Some(files);
+        match manifests.build(&self.options) {
+            Ok(policy) => PolicyReload::Loaded(policy),
+            Err(errors) => PolicyReload::Refused(errors),
+        }
+    }
+}
+
+fn read_manifest_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| std::fs::read(&path).map(|bytes| (path, bytes)))
+        .collect()
+}
+
+impl Policy {
+    /// The policy with no manifests: every port gets `options`' default.
+    pub fn empty(options: &PolicyOptions) -> Policy {
+        Manifests::new()
+            .build(options)
+            .expect("an empty set of manifests builds")
+    }
 }

@@ -1,0 +1,542 @@
+//! The mTLS proxy. Inbound, it accepts mTLS (or plaintext, which is
+//! treated as unauthenticated), takes the client's identity from its
+//! certificate, asks the [`Policy`](crate::policy::Policy), and forwards
+//! what is allowed to the application: HTTP/1.1 and HTTP/2 per request
+//! (a denied request gets 403, or gRPC status 7), anything else as opaque
+//! TCP (a denied connection is closed). Outbound, it takes plaintext from
+//! the application and originates mTLS to a peer proxy, checking that the
+//! peer presents the expected identity.
+
+pub mod metrics;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
+use metrics::ProxyMetrics;
+use tls::TrustBundle;
+
+/// How long the proxy waits for a client's first bytes to tell HTTP from
+/// opaque TCP, on ports whose Server does not say.
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The header carrying the verified client identity to the application,
+/// as Linkerd's proxy sets it. Any copy sent by the client is removed.
+pub const CLIENT_ID_HEADER: &str = "l5d-client-id";
+
+/// Connections being served, for a graceful drain.
+#[derive(Debug, Default)]
+pub struct Drain {
+    active: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+struct Active<'a>(&'a Drain);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    fn enter(&self) -> Active<'_> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Active(self)
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open, or `timeout`.
+    pub async fn wait(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, async {
+            while self.active() > 0 {
+                let idle = self.idle.notified();
+                if self.active() == 0 {
+                    break;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// What the inbound side serves.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The application's address (usually loopback).
+    pub app: SocketAddr,
+    /// The pod the proxy fronts.
+    pub workload: Workload,
+    /// The current policy, swapped on reload.
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// The trust bundle and TLS configurations.
+    pub bundle: Arc<TrustBundle>,
+    /// Decisions and errors.
+    pub metrics: ProxyMetrics,
+    /// Open connections.
+    pub drain: Arc<Drain>,
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(text: &'static str) -> Body {
+    Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Accepts inbound connections until `shutdown` turns true.
+pub async fn serve_inbound(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let http1 = HttpClient::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let http2 = HttpClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((tcp, peer)) = accepted else { continue };
+        let _ = tcp.set_nodelay(true);
+        let inbound = inbound.clone();
+        let (http1, http2) = (http1.clone(), http2.clone());
+        tokio::spawn(async move {
+            let drain = inbound.drain.clone();
+            let _active = drain.enter();
+            if let Err(error) = inbound_connection(tcp, peer, &inbound, http1, http2).await {
+                tracing::debug!(%peer, %error, "inbound connection ended");
+            }
+        });
+    }
+}
+
+type Clients = (
+    HttpClient<HttpConnector, Incoming>,
+    HttpClient<HttpConnector, Incoming>,
+);
+
+async fn inbound_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    inbound: &Inbound,
+    http1: HttpClient<HttpConnector, Incoming>,
+    http2: HttpClient<HttpConnector, Incoming>,
+) -> std::io::Result<()> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await?;
+    if n == 0 {
+        return Ok(());
+    }
+    let port = inbound.app.port();
+    if first[0] == 0x16 {
+        let acceptor = tokio_rustls::TlsAcceptor::from(inbound.bundle.current().server.clone());
+        let tls = match acceptor.accept(tcp).await {
+            Ok(tls) => tls,
+            Err(error) => {
+                inbound.metrics.http_error("tls");
+                tracing::info!(%peer, %error, "TLS handshake failed");
+                return Ok(());
+            }
+        };
+        let identity = tls::peer_identity(tls.get_ref().1.peer_certificates());
+        let client = Client {
+            identity,
+            ip: peer.ip(),
+        };
+        serve_stream(tls, client, port, inbound, (http1, http2)).await
+    } else {
+        // Plaintext: never trusted, always unauthenticated.
+        let client = Client {
+            identity: None,
+            ip: peer.ip(),
+        };
+        serve_stream(tcp, client, port, inbound, (http1, http2)).await
+    }
+}
+
+/// What the first bytes say the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http,
+    Opaque,
+}
+
+fn detect(prefix: &[u8]) -> Option<Protocol> {
+    const H2: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
+    if prefix.starts_with(H2) || METHODS.iter().any(|m| prefix.starts_with(m)) {
+        return Some(Protocol::Http);
+    }
+    let could_be = H2.starts_with(prefix) || METHODS.iter().any(|m| m.starts_with(prefix));
+    (!could_be).then_some(Protocol::Opaque)
+}
+
+async fn serve_stream<S>(
+    mut stream: S,
+    client: Client,
+    port: u16,
+    inbound: &Inbound,
+    clients: Clients,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let declared = inbound
+        .policy
+        .load()
+        .server_protocol(&inbound.workload, port)
+        .map(str::to_string);
+    let mut prefix = Vec::new();
+    let protocol = match declared.as_deref() {
+        Some("opaque") => Protocol::Opaque,
+        Some("HTTP/1" | "HTTP/2" | "gRPC") => Protocol::Http,
+        _ => {
+            let mut buf = [0u8; 24];
+            let detected = tokio::time::timeout(DETECT_TIMEOUT, async {
+                loop {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>(Protocol::Opaque);
+                    }
+                    prefix.extend_from_slice(&buf[..n]);
+                    if let Some(p) = detect(&prefix) {
+                        return Ok(p);
+                    }
+                    if prefix.len() >= 24 {
+                        return Ok(Protocol::Opaque);
+                    }
+                }
+            })
+            .await;
+            match detected {
+                Ok(result) => result?,
+                Err(_) => Protocol::Opaque,
+            }
+        }
+    };
+    let stream = Prefixed {
+        prefix,
+        offset: 0,
+        inner: stream,
+    };
+    match protocol {
+        Protocol::Opaque => serve_opaque(stream, client, port, inbound).await,
+        Protocol::Http => {
+            let service = HttpService {
+                client: Arc::new(client),
+                port,
+                policy: inbound.policy.clone(),
+                workload: Arc::new(inbound.workload.clone()),
+                app: inbound.app,
+                metrics: inbound.metrics.clone(),
+                clients: Arc::new(clients),
+            };
+            let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(
+                    TokioIo::new(stream),
+                    hyper::service::service_fn(move |req| {
+                        let service = service.clone();
+                        async move { Ok::<_, Infallible>(service.handle(req).await) }
+                    }),
+                )
+                .await;
+            result.map_err(std::io::Error::other)
+        }
+    }
+}
+
+async fn serve_opaque<S>(
+    mut stream: S,
+    client: Client,
+    port: u16,
+    inbound: &Inbound,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let decision = inbound
+        .policy
+        .load()
+        .authorize(&inbound.workload, port, &client, None);
+    inbound.metrics.tcp_decision(&decision);
+    if decision.verdict != Verdict::Allow {
+        tracing::info!(identity = ?client.identity, ip = %client.ip, server = ?decision.server, "connection denied");
+        return Ok(());
+    }
+    let mut app = TcpStream::connect(inbound.app).await?;
+    let _ = app.set_nodelay(true);
+    tokio::io::copy_bidirectional(&mut stream, &mut app).await?;
+    Ok(())
+}
+
+#[derive(Clone)]
+struct HttpService {
+    client: Arc<Client>,
+    port: u16,
+    policy: Arc<ArcSwap<Policy>>,
+    workload: Arc<Workload>,
+    app: SocketAddr,
+    metrics: ProxyMetrics,
+    clients: Arc<Clients>,
+}
+
+impl HttpService {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let request = HttpRequest {
+            path: req.uri().path().to_string(),
+            method: req.method().as_str().to_string(),
+        };
+        let decision =
+            self.policy
+                .load()
+                .authorize(&self.workload, self.port, &self.client, Some(&request));
+        self.metrics.http_decision(&decision);
+        let grpc = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        if decision.verdict != Verdict::Allow {
+            return refuse(&decision, grpc);
+        }
+        if decision.audit {
+            tracing::info!(identity = ?self.client.identity, path = request.path, "audit: would be denied");
+        }
+        // The application learns the verified identity, and only that.
+        let headers = req.headers_mut();
+        headers.remove(CLIENT_ID_HEADER);
+        if let Some(id) = &self.client.identity
+            && let Ok(value) = id.parse()
+        {
+            headers.insert(CLIENT_ID_HEADER, value);
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let Ok(uri) = format!("http://{}{path}", self.app).parse() else {
+            return status(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        *req.uri_mut() = uri;
+        let client = if req.version() == hyper::Version::HTTP_2 {
+            &self.clients.1
+        } else {
+            &self.clients.0
+        };
+        match client.request(req).await {
+            Ok(response) => response.map(|b| b.boxed()),
+            Err(error) => {
+                tracing::warn!(%error, "the application did not answer");
+                status(StatusCode::BAD_GATEWAY, "the application did not answer\n")
+            }
+        }
+    }
+}
+
+fn status(code: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = code;
+    response
+}
+
+/// 403 for HTTP, gRPC status 7 (`PERMISSION_DENIED`) in a trailers-only
+/// response for gRPC; 404 / gRPC 12 when no route matches.
+fn refuse(decision: &Decision, grpc: bool) -> Response<Body> {
+    let no_route = decision.verdict == Verdict::NoRoute;
+    if grpc {
+        let mut response = Response::new(full(""));
+        let headers = response.headers_mut();
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            "application/grpc".parse().expect("valid"),
+        );
+        headers.insert(
+            "grpc-status",
+            if no_route { "12" } else { "7" }.parse().expect("valid"),
+        );
+        headers.insert(
+            "grpc-message",
+            if no_route {
+                "no route"
+            } else {
+                "unauthorized to access this server"
+            }
+            .parse()
+            .expect("valid"),
+        );
+        response
+    } else if no_route {
+        status(StatusCode::NOT_FOUND, "no route\n")
+    } else {
+        status(
+            StatusCode::FORBIDDEN,
+            "forbidden: unauthorized to access this server\n",
+        )
+    }
+}
+
+/// A stream whose first bytes (read to detect the protocol) are replayed.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let rest = &self.prefix[self.offset..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.offset += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One outbound route: plaintext from the application on a local port,
+/// mTLS to a peer proxy that must present `identity`.
+#[derive(Debug, Clone)]
+pub struct OutboundRoute {
+    /// The peer proxy's inbound address.
+    pub target: SocketAddr,
+    /// The identity the peer must present.
+    pub identity: String,
+}
+
+/// Accepts the application's plaintext connections and carries each over
+/// mTLS to `route.target`, until `shutdown` turns true.
+pub async fn serve_outbound(
+    listener: TcpListener,
+    route: OutboundRoute,
+    bundle: Arc<TrustBundle>,
+    metrics: ProxyMetrics,
+    drain: Arc<Drain>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Ok(name) = rustls::pki_types::ServerName::try_from(route.identity.clone()) else {
+        tracing::error!(
+            identity = route.identity,
+            "not a DNS name; outbound route disabled"
+        );
+        return;
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((mut app, _)) = accepted else { continue };
+        let _ = app.set_nodelay(true);
+        let (bundle, metrics, drain, name, target) = (
+            bundle.clone(),
+            metrics.clone(),
+            drain.clone(),
+            name.clone(),
+            route.target,
+        );
+        tokio::spawn(async move {
+            let _active = drain.enter();
+            let connector = tokio_rustls::TlsConnector::from(bundle.current().client.clone());
+            let tcp = match TcpStream::connect(target).await {
+                Ok(tcp) => tcp,
+                Err(error) => {
+                    tracing::warn!(%target, %error, "cannot reach the peer proxy");
+                    return;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let mut tls = match connector.connect(name, tcp).await {
+                Ok(tls) => tls,
+                Err(error) => {
+                    metrics.outbound_tls_error();
+                    tracing::warn!(%target, %error, "mTLS to the peer proxy failed");
+                    return;
+                }
+            };
+            let _ = tokio::io::copy_bidirectional(&mut app, &mut tls).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_tells_http_from_opaque_as_soon_as_it_can() {
+        assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http));
+        assert_eq!(
+            detect(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Protocol::Http)
+        );
+        assert_eq!(detect(b"GE"), None, "could still be GET");
+        assert_eq!(detect(b"PRI"), None);
+        assert_eq!(detect(b"\x00\x00\x00\x08"), Some(Protocol::Opaque));
+        assert_eq!(detect(b"GEX"), Some(Protocol::Opaque));
+    }
+}
