@@ -434,3 +434,161 @@ async fn certificate_refreshes_and_bundle_changes_fail_no_request() {
     assert!(server.bundle.reload().is_err());
     assert_eq!(get(web_out, "/whoami", "").await.0, 200);
 }
+
+/// Writes the agent's current certificate as files for curl and openssl.
+fn files_for(creds: &watch::Receiver<Option<Arc<Credentials>>>, dir: &Path) {
+    creds.borrow().as_ref().unwrap().write_files(dir).unwrap();
+}
+
+fn run(program: &str, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{program} must be installed (apt-get install -y curl openssl): {e}")
+        });
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_and_openssl_get_what_policy_says() {
+    let mesh = Mesh::start().await;
+    let app = backend().await;
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&policy_yaml(WEB))).await;
+    let web = mesh.dir.path().join("web");
+    let evil = mesh.dir.path().join("evil");
+    files_for(&mesh.agent(WEB).await, &web);
+    files_for(&mesh.agent(EVIL).await, &evil);
+    let ca = mesh.bundle().display().to_string();
+    let port = server.addr.port();
+    let resolve = format!("{API}:{port}:127.0.0.1");
+    let url = format!("https://{API}:{port}/whoami");
+    let curl = |who: &Path| {
+        let cert = who.join("tls.crt").display().to_string();
+        let key = who.join("tls.key").display().to_string();
+        let args = [
+            "-sS",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-w",
+            " %{http_code}",
+            &url,
+        ];
+        let (_, out, err) = run("curl", &args, b"");
+        (out, err)
+    };
+    let (out, err) = tokio::task::block_in_place(|| curl(&web));
+    assert_eq!(out, format!("{WEB} 200"), "{err}");
+    let (out, err) = tokio::task::block_in_place(|| curl(&evil));
+    assert!(out.ends_with(" 403"), "{out} {err}");
+
+    // An opaque port that needs authentication, in front of a server that
+    // speaks first and hangs up: openssl s_client without a client
+    // certificate gets nothing through; with WEB's it gets the banner.
+    let banner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = banner.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = banner.accept().await.unwrap();
+            tokio::spawn(async move {
+                let _ = s.write_all(b"hello-through-the-mesh\n").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let yaml = policy_yaml(WEB).replace("proxyProtocol: HTTP/1", "proxyProtocol: opaque");
+    let opaque = server_side(&mesh, mesh.agent(API).await, echo_addr, build(&yaml)).await;
+    let connect = opaque.addr.to_string();
+    let s_client = |cert: Option<&Path>| {
+        let mut args = vec![
+            "s_client".to_string(),
+            "-connect".into(),
+            connect.clone(),
+            "-CAfile".into(),
+            ca.clone(),
+            "-quiet".into(),
+        ];
+        if let Some(dir) = cert {
+            args.extend([
+                "-cert".into(),
+                dir.join("tls.crt").display().to_string(),
+                // s_client sends only the leaf of -cert; the issuer too:
+                "-cert_chain".into(),
+                dir.join("tls.crt").display().to_string(),
+                "-key".into(),
+                dir.join("tls.key").display().to_string(),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("openssl", &args, b"")
+    };
+    let (_, out, _) = tokio::task::block_in_place(|| s_client(None));
+    assert!(!out.contains("hello-through-the-mesh"), "{out}");
+    let (_, out, err) = tokio::task::block_in_place(|| s_client(Some(&web)));
+    assert!(out.contains("hello-through-the-mesh"), "{out} {err}");
+
+    // A client certificate from another CA fails the handshake, counted as
+    // Linkerd counts it.
+    let stranger = TrustAnchor::generate(
+        &IdentityDomain::linkerd_default(),
+        TimeDelta::hours(1),
+        KeyAlgorithm::EcdsaP256,
+        SystemClock.now() - TimeDelta::minutes(1),
+    )
+    .unwrap();
+    let stranger_dir = mesh.dir.path().join("stranger");
+    std::fs::create_dir_all(&stranger_dir).unwrap();
+    std::fs::write(
+        stranger_dir.join("tls.crt"),
+        stranger.certificate().to_pem(),
+    )
+    .unwrap();
+    std::fs::write(
+        stranger_dir.join("tls.key"),
+        stranger.key().to_pkcs8_pem().as_bytes(),
+    )
+    .unwrap();
+    let (out, err) = tokio::task::block_in_place(|| curl(&stranger_dir));
+    assert!(
+        !out.ends_with(" 200") && !out.ends_with(" 403"),
+        "{out} {err}"
+    );
+    assert!(
+        metrics_text(&server.metrics).contains(r#"inbound_http_errors_total{error="tls"} 1"#),
+        "{}",
+        metrics_text(&server.metrics)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_grpc_client_gets_permission_denied() {
+    use lanyard_issuer::service::proto::CertifyRequest;
+    use lanyard_issuer::service::proto::identity_client::IdentityClient;
+
+    let mesh = Mesh::start().await;
+    let app = backend().await;
+    let yaml = policy_yaml(WEB).replace("proxyProtocol: HTTP/1", "proxyProtocol: gRPC");
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let (evil_out, _) = client_side(&mesh, mesh.agent(EVIL).await, server.addr, API).await;
+    let mut client = IdentityClient::connect(format!("http://{evil_out}"))
+        .await
+        .unwrap();
+    let status = client.certify(CertifyRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}

@@ -117,10 +117,14 @@ pub async fn serve_inbound(
     inbound: Arc<Inbound>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let http1 = HttpClient::builder(TokioExecutor::new()).build(HttpConnector::new());
+    // Nagle would hold a request body written in pieces until the app's
+    // delayed ACK.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let http1 = HttpClient::builder(TokioExecutor::new()).build(connector.clone());
     let http2 = HttpClient::builder(TokioExecutor::new())
         .http2_only(true)
-        .build(HttpConnector::new());
+        .build(connector);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -267,7 +271,11 @@ where
                 port,
                 policy: inbound.policy.clone(),
                 workload: Arc::new(inbound.workload.clone()),
-                app: inbound.app,
+                authority: inbound
+                    .app
+                    .to_string()
+                    .parse()
+                    .map_err(std::io::Error::other)?,
                 metrics: inbound.metrics.clone(),
                 clients: Arc::new(clients),
             };
@@ -315,7 +323,7 @@ struct HttpService {
     port: u16,
     policy: Arc<ArcSwap<Policy>>,
     workload: Arc<Workload>,
-    app: SocketAddr,
+    authority: hyper::http::uri::Authority,
     metrics: ProxyMetrics,
     clients: Arc<Clients>,
 }
@@ -350,12 +358,11 @@ impl HttpService {
         {
             headers.insert(CLIENT_ID_HEADER, value);
         }
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let Ok(uri) = format!("http://{}{path}", self.app).parse() else {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        let Ok(uri) = hyper::Uri::from_parts(parts) else {
             return status(StatusCode::BAD_REQUEST, "bad request target\n");
         };
         *req.uri_mut() = uri;
