@@ -30,6 +30,48 @@ impl Drop for Killed {
     }
 }
 
+/// A `lanyard-proxy` process, killed when dropped, and its stderr lines.
+struct Proxy {
+    _child: Killed,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proxy {
+    fn spawn(args: &[String]) -> Proxy {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("LANYARD_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("lanyard-proxy: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Proxy {
+            _child: Killed(child),
+            lines,
+        }
+    }
+
+    /// The first word after `marker` on the first stderr line holding it.
+    fn wait_for(&self, marker: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("`{marker}` on stderr"));
+            if let Some(rest) = line.split(marker).nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+    }
+}
+
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
@@ -101,42 +143,28 @@ async fn agent_only_is_not_ready_until_its_first_certificate_then_writes_files()
     let service = ready_rx.await.unwrap();
 
     let out = dir.path().join("out");
-    let mut child = Command::new(BIN)
-        .args(["--agent-only", "--out-dir"])
-        .arg(&out)
-        .args([
+    let mut args: Vec<String> = vec![
+        "--agent-only".into(),
+        "--out-dir".into(),
+        out.display().to_string(),
+    ];
+    args.extend(
+        [
             "--identity",
             "web.emojivoto.serviceaccount.identity.linkerd.cluster.local",
             "--identity-addr",
             &service.to_string(),
             "--admin-addr",
             "127.0.0.1:0",
-        ])
-        .arg("--token-file")
-        .arg(dir.path().join("token"))
-        .arg("--trust-anchors")
-        .arg(dir.path().join("ca.crt"))
-        .env("LANYARD_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let _child = Killed(child);
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("lanyard-proxy: {line}");
-            let _ = lines_tx.send(line);
-        }
-    });
-    let admin = loop {
-        let line = lines_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the admin address on stderr");
-        if let Some(rest) = line.split("admin on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+            "--token-file",
+            &dir.path().join("token").display().to_string(),
+            "--trust-anchors",
+            &dir.path().join("ca.crt").display().to_string(),
+        ]
+        .map(String::from),
+    );
+    let proxy = Proxy::spawn(&args);
+    let admin = proxy.wait_for("admin on http://");
 
     // No certificate yet: not ready, no files, failures counted.
     let (status, body) = http_get(&admin, "/ready");
@@ -254,4 +282,201 @@ fn bad_flags_are_refused_with_a_reason() {
         "0s",
     ]));
     assert!(err.contains("not a positive duration"), "{err}");
+}
+
+fn policy(allowed: &str, app_port: u16) -> String {
+    format!(
+        r#"apiVersion: policy.linkerd.io/v1beta1
+kind: Server
+metadata: {{name: api-http, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: api}}}}
+  port: {app_port}
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {{name: clients, namespace: shop}}
+spec:
+  identities: ["{allowed}"]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: api-clients, namespace: shop}}
+spec:
+  targetRef: {{group: policy.linkerd.io, kind: Server, name: api-http}}
+  requiredAuthenticationRefs:
+    - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: clients}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_proxy_processes_carry_traffic_and_follow_policy_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = IdentityDomain::linkerd_default();
+    let now = SystemClock.now() - TimeDelta::minutes(1);
+    let anchor =
+        TrustAnchor::generate(&domain, TimeDelta::hours(100), KeyAlgorithm::EcdsaP256, now)
+            .unwrap();
+    let (issuer, _) = anchor
+        .issue_identity_issuer(&domain, TimeDelta::hours(50), KeyAlgorithm::EcdsaP256, now)
+        .unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, anchor.certificate().to_pem()).unwrap();
+    let tokens = Arc::new(TokenKey::generate().unwrap());
+    for (ns, sa) in [("shop", "api"), ("front", "web")] {
+        let token = tokens
+            .create(ns, sa, TimeDelta::hours(1), SystemClock.now())
+            .unwrap();
+        std::fs::write(dir.path().join(format!("{sa}.token")), token).unwrap();
+    }
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(serve(
+        ServeOptions {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            issuer: Arc::new(ArcSwapOption::from(Some(Arc::new(issuer)))),
+            service_identity: Identity::new("linkerd-identity", "linkerd", domain.clone()).unwrap(),
+            metrics: IdentityMetrics::new(),
+            rate_limit: Default::default(),
+            insecure_plaintext: false,
+        },
+        tokens,
+        SystemClock,
+        move |addr| {
+            let _ = ready_tx.send(addr);
+        },
+        std::future::pending(),
+    ));
+    let service = ready_rx.await.unwrap().to_string();
+
+    // The application: says who called.
+    let app = axum::Router::new().route(
+        "/whoami",
+        axum::routing::get(|headers: axum::http::HeaderMap| async move {
+            headers
+                .get("l5d-client-id")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let api = "api.shop.serviceaccount.identity.linkerd.cluster.local";
+    let web = "web.front.serviceaccount.identity.linkerd.cluster.local";
+    let policy_dir = dir.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("api.yaml"), policy(web, app_addr.port())).unwrap();
+    let common = |sa: &str| -> Vec<String> {
+        [
+            "--token-file",
+            &dir.path().join(format!("{sa}.token")).display().to_string(),
+            "--trust-anchors",
+            &ca.display().to_string(),
+            "--identity-addr",
+            &service,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--inbound-addr",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut server_args = common("api");
+    server_args.extend(
+        [
+            "--identity",
+            api,
+            "--app-addr",
+            &app_addr.to_string(),
+            "--namespace",
+            "shop",
+            "--pod-label",
+            "app=api",
+            "--policy-dir",
+            &policy_dir.display().to_string(),
+        ]
+        .map(String::from),
+    );
+    let server = Proxy::spawn(&server_args);
+    let server_admin = server.wait_for("admin on http://");
+    let inbound = server.wait_for("inbound on ");
+    let mut client_args = common("web");
+    client_args.extend([
+        "--identity".to_string(),
+        web.to_string(),
+        "--namespace".into(),
+        "front".into(),
+        "--outbound".into(),
+        format!("127.0.0.1:0={inbound},{api}"),
+    ]);
+    let client = Proxy::spawn(&client_args);
+    let client_admin = client.wait_for("admin on http://");
+    let outbound = client.wait_for("outbound on ");
+    let (a, b) = (server_admin.clone(), client_admin.clone());
+    tokio::task::spawn_blocking(move || {
+        eventually("both proxies ready", || {
+            http_get(&a, "/ready").0 == 200 && http_get(&b, "/ready").0 == 200
+        })
+    })
+    .await
+    .unwrap();
+
+    let get = |addr: String| tokio::task::spawn_blocking(move || http_get(&addr, "/whoami"));
+    let (status, body) = get(outbound.clone()).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with(web), "{body}");
+    // Plaintext straight to the inbound port is unauthenticated: 403.
+    assert_eq!(get(inbound.clone()).await.unwrap().0, 403);
+
+    // The policy file changes: web is denied, with no restart...
+    std::fs::write(policy_dir.join("api.yaml"), policy(api, app_addr.port())).unwrap();
+    let o = outbound.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually("web denied", || http_get(&o, "/whoami").0 == 403)
+    })
+    .await
+    .unwrap();
+    // ...a broken file is refused and the last good policy stays...
+    std::fs::write(policy_dir.join("api.yaml"), "kind: Server\napiVersion: policy.linkerd.io/v1beta1\nmetadata: {name: x}\nspec: {port: 1}\n").unwrap();
+    let a = server_admin.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually("the refusal counted", || {
+            http_get(&a, "/metrics")
+                .1
+                .contains(r#"lanyard_proxy_policy_reloads_total{result="refused"} 1"#)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(outbound.clone()).await.unwrap().0, 403);
+    // ...and web is allowed again.
+    std::fs::write(policy_dir.join("api.yaml"), policy(web, app_addr.port())).unwrap();
+    let o = outbound.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually("web allowed", || http_get(&o, "/whoami").0 == 200)
+    })
+    .await
+    .unwrap();
+    let metrics = get_metrics(&server_admin).await;
+    assert!(
+        metrics.contains(
+            "inbound_http_authz_allow_total{srv_name=\"api-http\",authz_name=\"api-clients\""
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("identity_cert_expiration_timestamp_seconds"),
+        "{metrics}"
+    );
+}
+
+async fn get_metrics(admin: &str) -> String {
+    let admin = admin.to_string();
+    tokio::task::spawn_blocking(move || http_get(&admin, "/metrics").1)
+        .await
+        .unwrap()
 }

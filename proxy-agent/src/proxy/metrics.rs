@@ -27,6 +27,11 @@ struct ErrorLabels {
     error: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// Decisions and errors. Cheap to clone; clones share series.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyMetrics {
@@ -36,7 +41,7 @@ pub struct ProxyMetrics {
     tcp_deny: Family<TcpAuthz, Counter>,
     http_errors: Family<ErrorLabels, Counter>,
     outbound_tls_errors: Counter,
-    policy_reloads: Family<ErrorLabels, Counter>,
+    policy_reloads: Family<ResultLabels, Counter>,
 }
 
 fn server_name(decision: &Decision) -> String {
@@ -123,9 +128,9 @@ impl ProxyMetrics {
 
     /// Counts a policy reload.
     pub fn policy_reload(&self, loaded: bool) {
-        let error = if loaded { "loaded" } else { "refused" };
+        let result = if loaded { "loaded" } else { "refused" };
         self.policy_reloads
-            .get_or_create(&ErrorLabels { error })
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 }
