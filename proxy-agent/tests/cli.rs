@@ -10,14 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use chrono::TimeDelta;
-use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::metrics::IdentityMetrics;
-use lanyard_issuer::serve::{ServeOptions, serve};
-use lanyard_issuer::token::TokenKey;
-use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, TrustAnchor, verify_chain};
+use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, verify_chain};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lanyard-proxy");
 
@@ -106,41 +102,12 @@ fn mode(path: &Path) -> u32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_only_is_not_ready_until_its_first_certificate_then_writes_files() {
     let dir = tempfile::tempdir().unwrap();
-    let domain = IdentityDomain::linkerd_default();
-    let now = SystemClock.now() - TimeDelta::minutes(1);
-    let anchor =
-        TrustAnchor::generate(&domain, TimeDelta::hours(100), KeyAlgorithm::EcdsaP256, now)
-            .unwrap();
-    let (issuer, _) = anchor
-        .issue_identity_issuer(&domain, TimeDelta::hours(50), KeyAlgorithm::EcdsaP256, now)
-        .unwrap();
-    std::fs::write(dir.path().join("ca.crt"), anchor.certificate().to_pem()).unwrap();
-    let tokens = Arc::new(TokenKey::generate().unwrap());
-    let token = tokens
-        .create("emojivoto", "web", TimeDelta::hours(1), SystemClock.now())
-        .unwrap();
-    std::fs::write(dir.path().join("token"), token).unwrap();
-
     // The service starts with no issuer: every call is UNAVAILABLE.
-    let slot = Arc::new(ArcSwapOption::empty());
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        ServeOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            issuer: slot.clone(),
-            service_identity: Identity::new("linkerd-identity", "linkerd", domain.clone()).unwrap(),
-            metrics: IdentityMetrics::new(),
-            rate_limit: Default::default(),
-            insecure_plaintext: false,
-        },
-        tokens,
-        SystemClock,
-        move |addr| {
-            let _ = ready_tx.send(addr);
-        },
-        std::future::pending(),
-    ));
-    let service = ready_rx.await.unwrap();
+    let mut started = common::Service::start(dir.path(), false).await;
+    started.token_file("emojivoto", "web", &dir.path().join("token"));
+    let service = started.addr;
+    let slot = started.slot.clone();
+    let issuer = started.issuer.take().unwrap();
 
     let out = dir.path().join("out");
     let mut args: Vec<String> = vec![
@@ -285,70 +252,18 @@ fn bad_flags_are_refused_with_a_reason() {
 }
 
 fn policy(allowed: &str, app_port: u16) -> String {
-    format!(
-        r#"apiVersion: policy.linkerd.io/v1beta1
-kind: Server
-metadata: {{name: api-http, namespace: shop}}
-spec:
-  podSelector: {{matchLabels: {{app: api}}}}
-  port: {app_port}
-  proxyProtocol: HTTP/1
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: MeshTLSAuthentication
-metadata: {{name: clients, namespace: shop}}
-spec:
-  identities: ["{allowed}"]
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: api-clients, namespace: shop}}
-spec:
-  targetRef: {{group: policy.linkerd.io, kind: Server, name: api-http}}
-  requiredAuthenticationRefs:
-    - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: clients}}
-"#
-    )
+    common::policy_yaml(allowed, &app_port.to_string(), "HTTP/1")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_proxy_processes_carry_traffic_and_follow_policy_file_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let domain = IdentityDomain::linkerd_default();
-    let now = SystemClock.now() - TimeDelta::minutes(1);
-    let anchor =
-        TrustAnchor::generate(&domain, TimeDelta::hours(100), KeyAlgorithm::EcdsaP256, now)
-            .unwrap();
-    let (issuer, _) = anchor
-        .issue_identity_issuer(&domain, TimeDelta::hours(50), KeyAlgorithm::EcdsaP256, now)
-        .unwrap();
-    let ca = dir.path().join("ca.crt");
-    std::fs::write(&ca, anchor.certificate().to_pem()).unwrap();
-    let tokens = Arc::new(TokenKey::generate().unwrap());
+    let started = common::Service::start(dir.path(), true).await;
     for (ns, sa) in [("shop", "api"), ("front", "web")] {
-        let token = tokens
-            .create(ns, sa, TimeDelta::hours(1), SystemClock.now())
-            .unwrap();
-        std::fs::write(dir.path().join(format!("{sa}.token")), token).unwrap();
+        started.token_file(ns, sa, &dir.path().join(format!("{sa}.token")));
     }
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve(
-        ServeOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            issuer: Arc::new(ArcSwapOption::from(Some(Arc::new(issuer)))),
-            service_identity: Identity::new("linkerd-identity", "linkerd", domain.clone()).unwrap(),
-            metrics: IdentityMetrics::new(),
-            rate_limit: Default::default(),
-            insecure_plaintext: false,
-        },
-        tokens,
-        SystemClock,
-        move |addr| {
-            let _ = ready_tx.send(addr);
-        },
-        std::future::pending(),
-    ));
-    let service = ready_rx.await.unwrap().to_string();
+    let service = started.addr.to_string();
+    let ca = started.ca.clone();
 
     // The application: says who called.
     let app = axum::Router::new().route(

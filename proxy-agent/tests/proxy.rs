@@ -4,17 +4,17 @@
 //! a closed connection (opaque TCP); certificate refreshes, trust bundle
 //! changes and policy reloads happen with no restart and no failed request.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::metrics::IdentityMetrics;
-use lanyard_issuer::serve::{ServeOptions, serve};
 use lanyard_issuer::token::TokenKey;
 use lanyard_issuer::{KeyAlgorithm, TrustAnchor};
 use lanyard_proxy::identity::{Agent, AgentConfig, Credentials};
@@ -32,31 +32,7 @@ const WEB: &str = "web.front.serviceaccount.identity.linkerd.cluster.local";
 const EVIL: &str = "evil.front.serviceaccount.identity.linkerd.cluster.local";
 
 fn policy_yaml(allowed: &str) -> String {
-    format!(
-        r#"
-apiVersion: policy.linkerd.io/v1beta1
-kind: Server
-metadata: {{name: api-http, namespace: shop}}
-spec:
-  podSelector: {{matchLabels: {{app: api}}}}
-  port: http
-  proxyProtocol: HTTP/1
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: MeshTLSAuthentication
-metadata: {{name: clients, namespace: shop}}
-spec:
-  identities: ["{allowed}"]
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: api-clients, namespace: shop}}
-spec:
-  targetRef: {{group: policy.linkerd.io, kind: Server, name: api-http}}
-  requiredAuthenticationRefs:
-    - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: clients}}
-"#
-    )
+    common::policy_yaml(allowed, "http", "HTTP/1")
 }
 
 fn build(yaml: &str) -> Policy {
@@ -75,38 +51,12 @@ struct Mesh {
 impl Mesh {
     async fn start() -> Mesh {
         let dir = tempfile::tempdir().unwrap();
-        let domain = IdentityDomain::linkerd_default();
-        let now = SystemClock.now() - TimeDelta::minutes(1);
-        let anchor =
-            TrustAnchor::generate(&domain, TimeDelta::hours(100), KeyAlgorithm::EcdsaP256, now)
-                .unwrap();
-        let (issuer, _) = anchor
-            .issue_identity_issuer(&domain, TimeDelta::hours(50), KeyAlgorithm::EcdsaP256, now)
-            .unwrap();
-        std::fs::write(dir.path().join("ca.crt"), anchor.certificate().to_pem()).unwrap();
-        let tokens = Arc::new(TokenKey::generate().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(serve(
-            ServeOptions {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                issuer: Arc::new(ArcSwapOption::from(Some(Arc::new(issuer)))),
-                service_identity: Identity::new("linkerd-identity", "linkerd", domain).unwrap(),
-                metrics: IdentityMetrics::new(),
-                rate_limit: Default::default(),
-                insecure_plaintext: false,
-            },
-            tokens.clone(),
-            SystemClock,
-            move |addr| {
-                let _ = tx.send(addr);
-            },
-            std::future::pending(),
-        ));
+        let service = common::Service::start(dir.path(), true).await;
         Mesh {
-            identity_addr: rx.await.unwrap(),
+            identity_addr: service.addr,
             dir,
-            anchor,
-            tokens,
+            anchor: service.anchor,
+            tokens: service.tokens,
         }
     }
 
