@@ -8,6 +8,7 @@
 //! watches the whole cluster, so point them at a cluster without another
 //! Lanyard controller.
 
+mod live;
 mod support;
 
 use std::future::Future;
@@ -22,7 +23,6 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use lanyard_crds::api::{Certificate, ClusterIssuer, ClusterIssuerSpec};
 use lanyard_crds::time::{Clock, SystemClock};
@@ -30,40 +30,8 @@ use lanyard_issuer::Certificate as X509;
 use lanyard_rotator::kube::{Context, LeaderElection, LeaseDecision, LeaseLock, run};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_rotator::secret::SecretData;
+use live::{live_client, unique};
 use support::{anchor_secret, ca_config, identity_issuer_spec};
-
-const ENV: &str = "LANYARD_TEST_KUBECONFIG";
-
-/// The client for `$LANYARD_TEST_KUBECONFIG`, or `None` (after saying the
-/// test is skipped) when it is not set.
-async fn live_client(test: &str) -> Option<Client> {
-    let Some(path) = std::env::var_os(ENV).filter(|p| !p.is_empty()) else {
-        // Straight to the process's stderr, past the test harness's output
-        // capture, so the skip shows in every `cargo test` log.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {ENV} is not set; {test} needs a real API server (set it to a kubeconfig path)"
-        );
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("reading {ENV}={}: {e}", path.to_string_lossy()));
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("loading {ENV}={}: {e}", path.to_string_lossy()));
-    Some(Client::try_from(config).expect("a client from the kubeconfig"))
-}
-
-/// A name no earlier run used.
-fn unique(prefix: &str) -> String {
-    let now = SystemClock.now();
-    format!(
-        "{prefix}-{}-{}",
-        now.timestamp(),
-        now.timestamp_subsec_micros() ^ std::process::id()
-    )
-}
 
 async fn apply_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());

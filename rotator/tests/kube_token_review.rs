@@ -4,6 +4,8 @@
 //! tests run against a real API server when `LANYARD_TEST_KUBECONFIG`
 //! names a kubeconfig, and say they were skipped when it does not.
 
+mod live;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -20,7 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::client::Body;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::time::{Clock, ManualClock, SystemClock};
 use lanyard_issuer::IdentityIssuer;
@@ -798,38 +799,7 @@ async fn a_secret_that_appears_after_the_watch_started_is_loaded() {
 // Against a real API server
 // ---------------------------------------------------------------------
 
-const ENV: &str = "LANYARD_TEST_KUBECONFIG";
-
-/// The client for `$LANYARD_TEST_KUBECONFIG`, or `None` (after saying the
-/// test is skipped) when it is not set.
-async fn live_client(test: &str) -> Option<Client> {
-    let Some(path) = std::env::var_os(ENV).filter(|p| !p.is_empty()) else {
-        // Straight to the process's stderr, past the test harness's output
-        // capture, so the skip shows in every `cargo test` log.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {ENV} is not set; {test} needs a real API server (set it to a kubeconfig path)"
-        );
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("reading {ENV}={}: {e}", path.to_string_lossy()));
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("loading {ENV}={}: {e}", path.to_string_lossy()));
-    Some(Client::try_from(config).expect("a client from the kubeconfig"))
-}
-
-/// A name no earlier run used.
-fn unique(prefix: &str) -> String {
-    let now = SystemClock.now();
-    format!(
-        "{prefix}-{}-{}",
-        now.timestamp(),
-        now.timestamp_subsec_micros() ^ std::process::id()
-    )
-}
+use live::{live_client, unique};
 
 /// Runs `body` in a fresh namespace, deleted afterwards whether or not
 /// `body` panicked.
