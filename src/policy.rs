@@ -25,8 +25,9 @@ pub enum PolicyCommand {
 /// Where the manifests are.
 #[derive(Debug, Args)]
 pub struct Files {
-    /// Manifest files (YAML, several documents each); `-` reads stdin.
-    /// Kinds other than Linkerd's policy kinds are skipped.
+    /// Manifest files (YAML, several documents each) or directories of
+    /// them; `-` reads stdin. Kinds other than Linkerd's policy kinds are
+    /// skipped.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     /// The identity domain ServiceAccount and Namespace references name.
@@ -108,6 +109,13 @@ fn load(files: &Files) -> Result<Policy, CliError> {
     };
     let mut manifests = Manifests::new();
     for file in &files.files {
+        if file.is_dir() {
+            manifests.add_dir(file).map_err(|source| CliError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            continue;
+        }
         let text = if file.as_os_str() == "-" {
             std::io::read_to_string(std::io::stdin())
         } else {

@@ -26,6 +26,11 @@ fn validate_accepts_good_manifests_and_names_the_field_of_a_bad_one() {
         ])
         .success();
     assert!(ran.stdout.contains("valid"), "{}", ran.stdout);
+    // A directory is read whole: the guide's multi-tenant file in it
+    // references a Server that does not exist.
+    scratch
+        .lanyard(&["policy", "validate", "-f", &guide("")])
+        .failure_saying("Server `tenant-a/tenant-a-api` does not exist");
     scratch
         .lanyard(&["policy", "validate", "-f", &guide("basic-group-core.yaml")])
         .failure_saying("document 2 (AuthorizationPolicy backend/api-server-policy): spec.targetRef.group: `core` is not the group of Server; use `policy.linkerd.io`");
