@@ -597,4 +597,14 @@ fn wrong_kinds_versions_and_fields_are_named() {
             .to_string()
             .contains("not valid YAML")
     );
+    // A route match Lanyard cannot evaluate is refused, not ignored.
+    let route = format!(
+        "{SERVER}\n---\napiVersion: policy.linkerd.io/v1beta3\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api}}]\n  rules:\n    - matches: [{{headers: [{{name: x-admin, value: \"1\"}}]}}]\n"
+    );
+    let errors = build(&route).unwrap_err();
+    assert_eq!(
+        errors.0[0].field.as_deref(),
+        Some("spec.rules[0].matches[0].headers"),
+        "{errors}"
+    );
 }

@@ -169,6 +169,13 @@ pub struct HttpRouteMatch {
     /// The method, e.g. `GET`.
     #[serde(default)]
     pub method: Option<String>,
+    /// Header matches: not supported; refused rather than ignored, since
+    /// ignoring one would widen the route.
+    #[serde(default)]
+    pub headers: Option<serde_json::Value>,
+    /// Query parameter matches: refused, as headers are.
+    #[serde(default)]
+    pub query_params: Option<serde_json::Value>,
 }
 
 /// A path match: `Exact`, `PathPrefix` (the default) or `RegularExpression`.

@@ -712,6 +712,17 @@ fn compile_route(r: &Parsed<HttpRouteSpec>) -> Result<RoutePolicy, PolicyError> 
     for (i, rule) in r.spec.rules.iter().enumerate() {
         let mut matches = Vec::new();
         for (j, m) in rule.matches.iter().enumerate() {
+            for (present, what) in [
+                (m.headers.is_some(), "headers"),
+                (m.query_params.is_some(), "queryParams"),
+            ] {
+                if present {
+                    return Err(r.origin.error(
+                        &format!("spec.rules[{i}].matches[{j}].{what}"),
+                        format!("Lanyard matches routes by path and method only; a {what} match would be ignored and widen the route, so it is refused"),
+                    ));
+                }
+            }
             let field = format!("spec.rules[{i}].matches[{j}].path");
             let path = match &m.path {
                 None => None,
