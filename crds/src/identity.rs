@@ -204,16 +204,9 @@ impl Identity {
             .and_then(|w| w.strip_suffix(".serviceaccount."))
             .ok_or_else(not_in_domain)?;
         // The namespace is one label; the service account may hold dots.
-        let (service_account, namespace) =
-            workload
-                .rsplit_once('.')
-                .ok_or_else(|| IdentityError::Malformed {
-                    what: "identity",
-                    name: name.to_string(),
-                    reason:
-                        "expected <serviceaccount>.<namespace>.serviceaccount.<identity-domain>"
-                            .into(),
-                })?;
+        let (service_account, namespace) = workload
+            .rsplit_once('.')
+            .ok_or_else(|| not_an_identity(name))?;
         Identity::new(service_account, namespace, domain.clone())
     }
 
@@ -246,6 +239,15 @@ impl Identity {
     }
 }
 
+/// The error for a name without the identity's shape.
+fn not_an_identity(name: &str) -> IdentityError {
+    IdentityError::Malformed {
+        what: "identity",
+        name: name.to_string(),
+        reason: "expected <serviceaccount>.<namespace>.serviceaccount.<identity-domain>".into(),
+    }
+}
+
 impl FromStr for Identity {
     type Err = IdentityError;
 
@@ -255,15 +257,9 @@ impl FromStr for Identity {
         if name.is_empty() {
             return Err(IdentityError::Empty { what: "identity" });
         }
-        let (_, domain) =
-            name.rsplit_once(".serviceaccount.")
-                .ok_or_else(|| IdentityError::Malformed {
-                    what: "identity",
-                    name: name.to_string(),
-                    reason:
-                        "expected <serviceaccount>.<namespace>.serviceaccount.<identity-domain>"
-                            .into(),
-                })?;
+        let (_, domain) = name
+            .rsplit_once(".serviceaccount.")
+            .ok_or_else(|| not_an_identity(name))?;
         Identity::parse(name, &domain.parse()?)
     }
 }
