@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::Scratch;
+use support::{Scratch, http_get};
 
 /// A running `lanyard up`, stopped on drop.
 struct Up {
@@ -74,21 +73,6 @@ fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
         metrics,
         identity,
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect to metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// Polls `check` until it holds or ten seconds pass.
