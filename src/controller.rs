@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use lanyard_crds::time::SystemClock;
 use lanyard_rotator::kube::lease::default_identity;
-use lanyard_rotator::kube::{Context, LeaderElection, infer_client, run, shutdown_signal};
+use lanyard_rotator::kube::{Context, LeaderElection, infer_client, run};
 use lanyard_rotator::metrics::{self, Metrics};
 
 use crate::ca::CliError;
@@ -35,6 +35,11 @@ pub struct ControllerArgs {
 pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
+        let shutdown =
+            lanyard_runtime::Shutdown::on_signals().map_err(|source| CliError::Read {
+                path: "signal handlers".into(),
+                source,
+            })?;
         let client = infer_client()
             .await
             .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -56,7 +61,7 @@ pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
         );
         let election = (!args.no_leader_elect)
             .then(|| LeaderElection::new(&args.namespace, default_identity()));
-        let result = run(Arc::new(ctx), election, shutdown_signal()).await;
+        let result = run(Arc::new(ctx), election, shutdown.wait_owned()).await;
         server.abort();
         result.map_err(|e| CliError::Usage(e.to_string()))
     })?;

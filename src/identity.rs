@@ -17,9 +17,9 @@ use lanyard_issuer::metrics::IdentityMetrics;
 use lanyard_issuer::reload::IssuerReloader;
 use lanyard_issuer::serve::{ServeOptions, serve, watch_files};
 use lanyard_issuer::service::RateLimit;
+use lanyard_rotator::kube::infer_client;
 use lanyard_rotator::kube::issuer_secret::{self, IssuerSecret, watch_issuer_secret};
 use lanyard_rotator::kube::token_review::{self, TokenReviewAuthenticator};
-use lanyard_rotator::kube::{infer_client, shutdown_signal};
 use lanyard_rotator::metrics;
 
 use crate::ca::CliError;
@@ -59,6 +59,8 @@ pub struct IdentityArgs {
     /// debugging.
     #[arg(long)]
     insecure_plaintext: bool,
+    #[command(flatten)]
+    limits: crate::limits::LimitsArgs,
 }
 
 /// Runs the identity service until SIGTERM or Ctrl-C.
@@ -66,8 +68,16 @@ pub fn identity(args: IdentityArgs) -> Result<ExitCode, CliError> {
     let trust_domain: TrustDomain = args.trust_domain.parse()?;
     let domain = IdentityDomain::new(&args.namespace, trust_domain)?;
     let service_identity = Identity::new(SERVICE_ACCOUNT, &args.namespace, domain)?;
+    if let Err(error) = lanyard_runtime::raise_fd_limit() {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
+        let shutdown =
+            lanyard_runtime::Shutdown::on_signals().map_err(|source| CliError::Read {
+                path: "signal handlers".into(),
+                source,
+            })?;
         let client = infer_client()
             .await
             .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -118,6 +128,7 @@ pub fn identity(args: IdentityArgs) -> Result<ExitCode, CliError> {
                 metrics: identity_metrics,
                 rate_limit: RateLimit::default(),
                 insecure_plaintext: args.insecure_plaintext,
+                limits: args.limits.limits(),
             },
             authenticator,
             SystemClock,
@@ -126,7 +137,7 @@ pub fn identity(args: IdentityArgs) -> Result<ExitCode, CliError> {
                     "lanyard: identity service on {scheme}://{addr} as {name}; issuer from {source}; tokens for `{audience}` checked with TokenReview; metrics on http://{bound}/metrics"
                 );
             },
-            shutdown_signal(),
+            shutdown,
         )
         .await;
         watch.abort();

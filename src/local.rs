@@ -44,6 +44,8 @@ pub struct UpArgs {
     /// the clear. Only for debugging on loopback.
     #[arg(long)]
     insecure_identity_plaintext: bool,
+    #[command(flatten)]
+    limits: crate::limits::LimitsArgs,
 }
 
 /// `lanyard apply`.
@@ -93,22 +95,58 @@ fn options(args: &UpArgs) -> Result<LocalOptions, CliError> {
 }
 
 /// Runs the local controller until Ctrl-C or SIGTERM.
+///
+/// One `up` owns a state directory (a lock on `DIR/.lock`); it removes
+/// what an interrupted run left, then serves what it can: a write error
+/// (a full disk, a read-only directory) fails only the Certificates it
+/// touches, and the identity service keeps signing with the issuer it has.
 pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
     let options = options(&args)?;
+    std::fs::create_dir_all(&options.state_dir).map_err(|source| CliError::Read {
+        path: options.state_dir.clone(),
+        source,
+    })?;
+    let _lock = lanyard_runtime::lock::DirLock::acquire(&options.state_dir)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Err(error) = lanyard_runtime::raise_fd_limit() {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
+    let swept = lanyard_rotator::local::sweep::sweep(&options.state_dir);
+    if !swept.is_empty() {
+        eprintln!(
+            "lanyard: removed {} staged file(s) left by an interrupted run",
+            swept.len()
+        );
+        for path in &swept {
+            tracing::info!(path = %path.display(), "removed a staged file left by an interrupted run");
+        }
+    }
+    let runtime = crate::runtime()?;
+    let shutdown = {
+        let _entered = runtime.enter();
+        lanyard_runtime::Shutdown::on_signals().map_err(|source| CliError::Read {
+            path: "signal handlers".into(),
+            source,
+        })?
+    };
     let identity_metrics = lanyard_issuer::metrics::IdentityMetrics::new();
     let mut metrics = Metrics::new();
     metrics.register_more(|registry| identity_metrics.register(registry));
-    let controller =
+    let mut controller =
         LocalController::open(options.clone(), SystemClock, Arc::new(metrics)).map_err(local)?;
-    if controller.bootstrap().map_err(local)? {
-        eprintln!(
+    match controller.bootstrap() {
+        Ok(true) => eprintln!(
             "lanyard: new trust anchor `{}` in {}; manifests in {}",
             options.domain.anchor_common_name(),
             options.state_dir.join("secrets").display(),
             options.manifests_dir().display()
-        );
+        ),
+        Ok(false) => {}
+        Err(error) => {
+            eprintln!("lanyard: cannot set up the trust anchor yet ({error}); trying again");
+            controller = controller.retry_bootstrap();
+        }
     }
-    let runtime = crate::runtime()?;
     let token_key = lanyard_issuer::token::TokenKey::load_or_create(
         &crate::token::token_key_path(&options.state_dir),
     )?;
@@ -123,10 +161,10 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
         issuer.clone(),
     )
     .with_metrics(identity_metrics.clone());
-    runtime.spawn(lanyard_issuer::serve::watch_files(reloader, SystemClock));
+    let reload = runtime.spawn(lanyard_issuer::serve::watch_files(reloader, SystemClock));
     let identity = lanyard_issuer::serve::ServeOptions {
         addr: args.identity_addr,
-        issuer,
+        issuer: issuer.clone(),
         metrics: identity_metrics,
         rate_limit: Default::default(),
         service_identity: lanyard_crds::identity::Identity::new(
@@ -135,6 +173,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
             options.domain.clone(),
         )?,
         insecure_plaintext: args.insecure_identity_plaintext,
+        limits: args.limits.limits(),
     };
     let scheme = if args.insecure_identity_plaintext {
         "http"
@@ -142,36 +181,44 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
         "https"
     };
     let identity_name = identity.service_identity.to_string();
-    runtime.spawn(async move {
-        let result = lanyard_issuer::serve::serve(
-            identity,
-            std::sync::Arc::new(token_key),
-            SystemClock,
-            move |addr| {
-                eprintln!("lanyard: identity service on {scheme}://{addr} as {identity_name}");
-            },
-            lanyard_rotator::kube::shutdown_signal(),
-        )
-        .await;
-        if let Err(error) = result {
-            eprintln!("error: {error}");
-            std::process::exit(1);
+    let identity_task = runtime.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let result = lanyard_issuer::serve::serve(
+                identity,
+                std::sync::Arc::new(token_key),
+                SystemClock,
+                move |addr| {
+                    eprintln!("lanyard: identity service on {scheme}://{addr} as {identity_name}");
+                },
+                shutdown,
+            )
+            .await;
+            if let Err(error) = result {
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            }
         }
     });
     let state_dir = options.state_dir.clone();
-    runtime
-        .block_on(lanyard_rotator::local::run::run(
-            controller,
-            args.metrics_addr,
-            move |addr| {
-                eprintln!(
-                    "lanyard: watching {} ; metrics on http://{addr}/metrics ; Ctrl-C to stop",
-                    state_dir.join("manifests").display()
-                );
-            },
-            lanyard_rotator::kube::shutdown_signal(),
-        ))
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let result = runtime.block_on(lanyard_rotator::local::run::run(
+        controller,
+        args.metrics_addr,
+        move || issuer.load().is_some(),
+        move |addr| {
+            eprintln!(
+                "lanyard: watching {} ; metrics on http://{addr}/metrics ; Ctrl-C to stop",
+                state_dir.join("manifests").display()
+            );
+        },
+        shutdown.clone(),
+    ));
+    // Whatever ended the loop, the identity service stops too.
+    shutdown.trigger();
+    reload.abort();
+    let _ = runtime.block_on(identity_task);
+    result.map_err(|e| CliError::Usage(e.to_string()))?;
+    eprintln!("lanyard: stopped");
     Ok(ExitCode::SUCCESS)
 }
 

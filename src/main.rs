@@ -5,6 +5,7 @@
 mod ca;
 mod controller;
 mod identity;
+mod limits;
 mod local;
 mod policy;
 mod token;

@@ -440,3 +440,54 @@ async fn with_issuer_dir_the_issuer_comes_from_the_mounted_files_and_no_secret_i
         cluster.unexpected
     );
 }
+
+#[test]
+fn sigterm_or_sigint_stops_lanyard_identity_and_lanyard_controller_with_status_0() {
+    let scratch = Scratch::new();
+    let api_server = start_api_server(Arc::new(Mutex::new(Cluster::default())));
+    let mut identity = start_identity(&scratch, &api_server, &[]);
+    support::send_signal(&identity.child, "TERM");
+    let status = support::wait_exit(&mut identity.child, Duration::from_secs(15));
+    let log = identity.stderr.lock().unwrap().clone();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "lanyard identity after SIGTERM: {status:?}\n{log}"
+    );
+
+    // The controller, with the fake API server answering 404 to all it
+    // watches (so its watches fail and back off), stops on SIGINT too.
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args([
+            "controller",
+            "--no-leader-elect",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", scratch.path("kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .current_dir(scratch.dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lanyard controller starts");
+    let mut stderr = controller.stderr.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains("controller starting") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "lanyard controller exited early:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stderr.read_to_end(&mut sink);
+    });
+    support::send_signal(&controller, "INT");
+    let status = support::wait_exit(&mut controller, Duration::from_secs(15));
+    let _ = controller.kill();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "lanyard controller after SIGINT: {status:?}"
+    );
+}

@@ -3,88 +3,9 @@
 
 mod support;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Scratch, http_get};
-
-/// A running `lanyard up`, stopped on drop.
-struct Up {
-    child: Child,
-    metrics: String,
-    identity: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args([
-            "up",
-            "--state-dir",
-            "state",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--identity-addr",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .current_dir(scratch.dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("lanyard up starts");
-    // The metrics address is announced on stderr once serving.
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    // Both addresses are announced on stderr once serving.
-    let find = |seen: &str, prefix: &str| {
-        let start = seen.find(prefix)? + prefix.len();
-        let rest = &seen[start..];
-        let end = rest.find(|c: char| c == '/' || c.is_whitespace())?;
-        Some(rest[..end].to_string())
-    };
-    let (metrics, identity) = loop {
-        let n = stderr.read(&mut buf).expect("read stderr");
-        assert!(n > 0, "lanyard up exited early:\n{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let (Some(m), Some(i)) = (
-            find(&seen, "metrics on http://"),
-            find(&seen, "identity service on https://"),
-        ) && seen[seen.find("identity service on").unwrap()..].contains('\n')
-        {
-            break (m, i);
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = stderr.read_to_end(&mut sink);
-    });
-    Up {
-        child,
-        metrics,
-        identity,
-    }
-}
-
-/// Polls `check` until it holds or ten seconds pass.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
+use support::{Scratch, eventually, http_get, start_up};
 
 const WEB: &str = "apiVersion: lanyard.dev/v1
 kind: Issuer

@@ -466,14 +466,12 @@ impl std::fmt::Debug for ServingIdentity {
 /// A running identity service, stopped when dropped.
 struct LanyardServer {
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: lanyard_runtime::Shutdown,
 }
 
 impl Drop for LanyardServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.trigger();
     }
 }
 
@@ -495,11 +493,13 @@ fn start_lanyard(
         metrics: IdentityMetrics::new(),
         rate_limit: RateLimit::default(),
         insecure_plaintext: !tls,
+        limits: Default::default(),
     };
     let authenticator = fixture.token_key.clone();
     let (ready, bound) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let failed = ready.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = lanyard_runtime::Shutdown::new();
+    let stopped = stop.clone();
     runtime.spawn(async move {
         let result = serve(
             options,
@@ -508,9 +508,7 @@ fn start_lanyard(
             move |addr| {
                 let _ = ready.send(Ok(addr));
             },
-            async move {
-                let _ = stopped.await;
-            },
+            stopped,
         )
         .await;
         if let Err(error) = result {
@@ -522,10 +520,7 @@ fn start_lanyard(
         Ok(Err(error)) => panic!("the identity service did not start: {error}"),
         Err(_) => panic!("the identity service did not bind within 10 s"),
     };
-    let server = LanyardServer {
-        addr,
-        stop: Some(stop),
-    };
+    let server = LanyardServer { addr, stop };
     if tls {
         let waited = stopwatch();
         let name = fixture.service_identity().to_string();

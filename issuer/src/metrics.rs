@@ -2,6 +2,7 @@
 //! latency, and the loaded issuer's expiry and reloads. Registered into
 //! whichever Prometheus registry the process serves.
 
+use lanyard_runtime::listen::ListenerMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,6 +38,7 @@ pub struct IdentityMetrics {
     anchor_expiration: Gauge,
     reloads: Family<ReloadLabels, Counter>,
     refused: Gauge,
+    listener: ListenerMetrics,
 }
 
 impl Default for IdentityMetrics {
@@ -48,6 +50,7 @@ impl Default for IdentityMetrics {
             anchor_expiration: Gauge::default(),
             reloads: Family::default(),
             refused: Gauge::default(),
+            listener: ListenerMetrics::new(),
         }
     }
 }
@@ -90,6 +93,13 @@ impl IdentityMetrics {
             "1 while the newest issuer material seen was refused",
             self.refused.clone(),
         );
+        self.listener.register(registry, "lanyard_identity");
+    }
+
+    /// The listener's connection counters (open, refused over the cap,
+    /// accept errors, handshake timeouts, idle closes).
+    pub fn listener(&self) -> &ListenerMetrics {
+        &self.listener
     }
 
     /// Counts one answered `Certify` call.

@@ -26,6 +26,8 @@ pub enum Reload {
     Loaded,
     /// New material was refused; the previous issuer (if any) keeps serving.
     Refused(Error),
+    /// No issuer has been loaded and its files do not exist yet.
+    Waiting,
 }
 
 /// Keeps `current` holding the latest valid issuer, from the files of its
@@ -39,6 +41,7 @@ pub struct IssuerReloader {
     current: Arc<ArcSwapOption<IdentityIssuer>>,
     seen: Option<ring::digest::Digest>,
     missing_reported: bool,
+    waiting_reported: bool,
     metrics: IdentityMetrics,
 }
 
@@ -52,6 +55,7 @@ impl IssuerReloader {
             current,
             seen: None,
             missing_reported: false,
+            waiting_reported: false,
             metrics: IdentityMetrics::default(),
         }
     }
@@ -69,6 +73,7 @@ impl IssuerReloader {
             current,
             seen: None,
             missing_reported: false,
+            waiting_reported: false,
             metrics: IdentityMetrics::default(),
         }
     }
@@ -96,6 +101,15 @@ impl IssuerReloader {
             Ok([crt, key, ca]) => {
                 self.missing_reported = false;
                 self.offer(&crt, &key, &ca, now)
+            }
+            Err(e) if self.current.load().is_none() && is_not_found(&e) => {
+                // Not issued yet (a first start): a waiting state, not a
+                // refusal, so a healthy start fires no alert.
+                if !self.waiting_reported {
+                    tracing::info!(source = %self.source, "waiting for the identity issuer to be issued");
+                    self.waiting_reported = true;
+                }
+                Reload::Waiting
             }
             Err(e) => {
                 // Unreadable files are reported once, like refused
@@ -168,6 +182,10 @@ impl IssuerReloader {
         );
         self.metrics.issuer_refused();
     }
+}
+
+fn is_not_found(error: &Error) -> bool {
+    matches!(error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 fn read_files(dir: &Path) -> Result<[Vec<u8>; 3], Error> {

@@ -22,6 +22,8 @@ use crate::key::{KeyAlgorithm, SigningKey};
 use crate::metrics::IdentityMetrics;
 use crate::reload::IssuerReloader;
 use crate::service::{Authenticator, IdentityService, RateLimit};
+use lanyard_runtime::Shutdown;
+use lanyard_runtime::listen::{BoundedListener, Limits};
 
 /// Requests served at once on one connection; more wait their turn.
 pub const MAX_CONCURRENT_PER_CONNECTION: usize = 32;
@@ -30,10 +32,21 @@ pub const MAX_CONCURRENT_PER_CONNECTION: usize = 32;
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The service's own certificate, swapped atomically; handshakes read the
-/// current one.
-#[derive(Debug, Default)]
+/// current one. Until the first is signed, handshakes wait
+/// ([`ServingCert::wait_ready`]) instead of failing.
+#[derive(Debug)]
 pub struct ServingCert {
     current: ArcSwapOption<CertifiedKey>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for ServingCert {
+    fn default() -> Self {
+        ServingCert {
+            current: ArcSwapOption::empty(),
+            ready: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl ResolvesServerCert for ServingCert {
@@ -59,7 +72,15 @@ impl ServingCert {
             .collect();
         let certified = key.certified_key(chain)?;
         self.current.store(Some(Arc::new(certified)));
+        self.ready.send_replace(true);
         Ok(leaf.validity.not_after)
+    }
+
+    /// Completes once a certificate is in place (at once after the first).
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = ready.wait_for(|ready| *ready).await;
     }
 }
 
@@ -94,14 +115,25 @@ pub struct ServeOptions {
     /// Serve plaintext gRPC instead of TLS: tokens cross the wire in the
     /// clear. For tests on loopback only.
     pub insecure_plaintext: bool,
+    /// What one client may hold: connections, handshake and idle time.
+    pub limits: Limits,
 }
 
-/// Reloads the issuer from its Secret's files every [`RELOAD_INTERVAL`].
-/// Runs forever.
+/// How often the issuer's files are looked at while none is loaded yet, so
+/// the first callers are held only briefly.
+pub const FIRST_LOAD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Reloads the issuer from its Secret's files every [`RELOAD_INTERVAL`]
+/// ([`FIRST_LOAD_INTERVAL`] until one is loaded). Runs forever.
 pub async fn watch_files<C: Clock>(mut reloader: IssuerReloader, clock: C) {
     loop {
         reloader.poll(clock.now());
-        tokio::time::sleep(RELOAD_INTERVAL).await;
+        let interval = if reloader.current().load().is_some() {
+            RELOAD_INTERVAL
+        } else {
+            FIRST_LOAD_INTERVAL
+        };
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -134,7 +166,12 @@ pub async fn keep_serving_cert<C: Clock>(
                 }
             }
         }
-        tokio::time::sleep(RELOAD_INTERVAL).await;
+        let interval = if signed_by.is_some() {
+            RELOAD_INTERVAL
+        } else {
+            FIRST_LOAD_INTERVAL
+        };
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -142,12 +179,18 @@ pub async fn keep_serving_cert<C: Clock>(
 /// `options.issuer` holds, serves over TLS with a certificate for the
 /// service's own identity (or plaintext, when told so). Calls `on_ready`
 /// with the bound address.
+///
+/// Every connection is bounded by `options.limits`. Until the first issuer
+/// is loaded, new connections are held (within the handshake timeout)
+/// rather than answered UNAVAILABLE, so a caller that starts with the
+/// service is certified on its first call. On `shutdown` the listener
+/// closes and open connections finish their calls.
 pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
     options: ServeOptions,
     authenticator: A,
     clock: C,
     on_ready: impl FnOnce(SocketAddr),
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> Result<(), ServeError> {
     let cert = Arc::new(ServingCert::default());
     let keeper = tokio::spawn(keep_serving_cert(
@@ -156,66 +199,94 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
         options.service_identity.clone(),
         clock.clone(),
     ));
+    let listener_metrics = options.metrics.listener().clone();
     let service = IdentityService::new(options.issuer, authenticator, clock)
         .with_metrics(options.metrics)
         .with_rate_limit(options.rate_limit)
         .into_server();
+    let routes = hyper_util::service::TowerToHyperService::new(
+        tonic::service::Routes::new(service).prepare(),
+    );
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .map_err(|source| ServeError::Bind {
             addr: options.addr,
             source,
         })?;
+    let mut listener = BoundedListener::new(listener, options.limits, listener_metrics, "identity");
     let bound = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: options.addr,
         source,
     })?;
     on_ready(bound);
-    let router = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
-        .add_service(service);
-    let result = if options.insecure_plaintext {
-        router
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown,
-            )
-            .await
-    } else {
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(cert)));
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    continue;
-                };
-                // Without this, Nagle holds each response's last segment
-                // until the client's delayed ACK: ~40 ms a call.
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match acceptor.accept(tcp).await {
-                        Ok(tls) => {
-                            let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+    let acceptor = (!options.insecure_plaintext)
+        .then(|| tokio_rustls::TlsAcceptor::from(Arc::new(server_config(cert.clone()))));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer, slot) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.wait() => break,
+        };
+        let (cert, acceptor, routes, shutdown) = (
+            cert.clone(),
+            acceptor.clone(),
+            routes.clone(),
+            shutdown.clone(),
+        );
+        connections.spawn(async move {
+            let mut builder = slot.http_builder().http2_only();
+            builder
+                .http2()
+                .max_concurrent_streams(MAX_CONCURRENT_PER_CONNECTION as u32);
+            let served = match acceptor {
+                Some(acceptor) => {
+                    let tls = slot
+                        .handshake(async {
+                            cert.wait_ready().await;
+                            acceptor.accept(tcp).await
+                        })
+                        .await;
+                    match tls {
+                        Ok(tls) => slot.serve_http(&builder, tls, routes, &shutdown).await,
+                        Err(error) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
                         }
-                        Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     }
-                });
+                }
+                None => {
+                    if slot
+                        .handshake(async {
+                            cert.wait_ready().await;
+                            Ok(())
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    slot.serve_http(&builder, tcp, routes, &shutdown).await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "connection ended");
             }
         });
-        let incoming = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        let result = router
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
-        accept.abort();
-        result
-    };
+        // Reap finished connections so the set stays as small as the cap.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    // Calls in flight finish; connections were told to close.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
     keeper.abort();
-    result.map_err(ServeError::Serve)
+    Ok(())
 }
+
+/// How long a stopping service waits for calls in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the identity service stopped.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +300,4 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The server failed.
-    #[error("the identity service failed: {0}")]
-    Serve(tonic::transport::Error),
 }

@@ -144,6 +144,41 @@ impl StagedVolume {
     }
 }
 
+/// Removes what an interrupted write (a `kill -9` between stage and
+/// commit) left in the volume `dir`: version directories that `..data`
+/// does not point to, and a half-made `..data_tmp` link. Only the one
+/// writer of the volume may call this, before it writes. Returns what was
+/// removed.
+pub fn sweep(dir: &Path) -> Vec<PathBuf> {
+    let current = fs::read_link(dir.join(DATA)).ok();
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("..") || name == DATA {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let stale = if name == DATA_TMP {
+            true
+        } else {
+            kind.is_dir() && current.as_deref() != Some(Path::new(name))
+        };
+        let gone = if kind.is_dir() {
+            stale && fs::remove_dir_all(&path).is_ok()
+        } else {
+            stale && fs::remove_file(&path).is_ok()
+        };
+        if gone {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Creates `path` (which must not exist) with `mode`; flushed when `flush`.
 fn write_new_file(path: &Path, bytes: &[u8], mode: u32, flush: bool) -> Result<(), VolumeError> {
     let mut file = fs::OpenOptions::new()
@@ -229,6 +264,27 @@ mod tests {
             })
             .count();
         assert_eq!(versions, 1, "the old version is removed");
+    }
+
+    #[test]
+    fn a_sweep_removes_what_an_interrupted_write_left_and_keeps_the_current_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("v");
+        write(&dir, &[("tls.key", b"k1", 0o600)], false).unwrap();
+        // A writer killed between stage and commit leaves its version, key
+        // included, and possibly a half-made `..data_tmp` link.
+        let staged = stage(&dir, &[("tls.key", b"k2", 0o600)], false).unwrap();
+        let leftover = staged.version.path().to_path_buf();
+        std::mem::forget(staged);
+        symlink(Path::new("..nowhere"), dir.join(DATA_TMP)).unwrap();
+        assert!(leftover.join("tls.key").exists());
+
+        let removed = sweep(&dir);
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!leftover.exists());
+        assert!(fs::symlink_metadata(dir.join(DATA_TMP)).is_err());
+        assert_eq!(fs::read(dir.join("tls.key")).unwrap(), b"k1");
+        assert!(sweep(&dir).is_empty(), "a second sweep finds nothing");
     }
 
     #[test]

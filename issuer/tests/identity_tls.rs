@@ -43,13 +43,14 @@ async fn agents_verify_the_service_and_get_a_leaf_over_tls() {
             metrics: IdentityMetrics::new(),
             rate_limit: Default::default(),
             insecure_plaintext: false,
+            limits: Default::default(),
         },
         key.clone(),
         SystemClock,
         move |addr| {
             let _ = ready_tx.send(addr);
         },
-        std::future::pending(),
+        lanyard_runtime::Shutdown::new(),
     ));
     let addr = ready_rx.await.unwrap();
 

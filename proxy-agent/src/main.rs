@@ -20,6 +20,8 @@ use lanyard_proxy::policy::{
 use lanyard_proxy::proxy::metrics::ProxyMetrics;
 use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle};
 use lanyard_proxy::proxy::{Drain, Inbound, OutboundRoute, serve_inbound, serve_outbound};
+use lanyard_runtime::Shutdown;
+use lanyard_runtime::listen::{BoundedListener, Limits};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -118,6 +120,20 @@ struct Args {
     /// How long one request to the identity service may take.
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     identity_timeout: Duration,
+    /// Proxy mode: connections each listener (inbound, every outbound)
+    /// holds at once; more are closed on arrival and counted in
+    /// `lanyard_proxy_{inbound,outbound}_connections_refused_total`.
+    #[arg(long, default_value_t = lanyard_runtime::listen::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Proxy mode: time a new connection has for its first bytes and TLS
+    /// handshake (inbound), or to reach the peer and finish mTLS
+    /// (outbound); also bounds HTTP/1 request headers.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    handshake_timeout: Duration,
+    /// Proxy mode: an HTTP connection that moves no bytes for this long is
+    /// closed gracefully.
+    #[arg(long, default_value = "2m", value_parser = positive_duration)]
+    idle_timeout: Duration,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -195,6 +211,11 @@ async fn run(args: Args) -> Result<(), String> {
     if args.agent_only && args.out_dir.is_none() {
         return Err("--agent-only needs --out-dir DIR".into());
     }
+    // Signals are caught from here on, whatever is running.
+    let shutdown = Shutdown::on_signals().map_err(|e| format!("cannot catch signals: {e}"))?;
+    if let Err(error) = lanyard_runtime::raise_fd_limit() {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
     let service_identity = args.identity_service_name.clone().unwrap_or_else(|| {
         let domain = args.identity.domain();
         format!(
@@ -240,12 +261,16 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(agent.run(tx));
     match args.out_dir.clone().filter(|_| args.agent_only) {
         Some(out_dir) => {
+            // What a killed agent left half-written goes before the first write.
+            for path in lanyard_issuer::volume::sweep(&out_dir) {
+                tracing::info!(path = %path.display(), "removed a staged version left by an interrupted write");
+            }
             tokio::select! {
                 () = write_files(out_dir, rx, written_tx) => Ok(()),
-                () = shutdown_signal() => Ok(()),
+                () = shutdown.wait() => Ok(()),
             }
         }
-        None => proxy(args, rx, proxy_metrics).await,
+        None => proxy(args, rx, proxy_metrics, shutdown).await,
     }
 }
 
@@ -255,7 +280,13 @@ async fn proxy(
     args: Args,
     credentials: watch::Receiver<Option<Arc<Credentials>>>,
     metrics: ProxyMetrics,
+    shutdown: Shutdown,
 ) -> Result<(), String> {
+    let limits = Limits {
+        max_connections: args.max_connections.max(1),
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+    };
     let mut cluster_networks = Vec::new();
     for n in &args.cluster_networks {
         cluster_networks.push(
@@ -285,7 +316,6 @@ async fn proxy(
             .map_err(|e| e.to_string())?,
     );
     let drain = Arc::new(Drain::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
     let inbound = Arc::new(Inbound {
         app: args.app_addr,
         workload: Workload {
@@ -307,7 +337,13 @@ async fn proxy(
         listener.local_addr().map_err(|e| e.to_string())?,
         args.app_addr
     );
-    tokio::spawn(serve_inbound(listener, inbound, stop_rx.clone()));
+    let listener = BoundedListener::new(
+        listener,
+        limits,
+        metrics.inbound_listener().clone(),
+        "inbound",
+    );
+    tokio::spawn(serve_inbound(listener, inbound, shutdown.clone()));
     for (listen, route) in args.outbound {
         let listener = TcpListener::bind(listen)
             .await
@@ -318,13 +354,19 @@ async fn proxy(
             route.target,
             route.identity
         );
+        let listener = BoundedListener::new(
+            listener,
+            limits,
+            metrics.outbound_listener().clone(),
+            "outbound",
+        );
         tokio::spawn(serve_outbound(
             listener,
             route,
             bundle.clone(),
             metrics.clone(),
             drain.clone(),
-            stop_rx.clone(),
+            shutdown.clone(),
         ));
     }
     let reloads = tokio::spawn(async move {
@@ -353,9 +395,8 @@ async fn proxy(
             }
         }
     });
-    shutdown_signal().await;
+    shutdown.wait().await;
     eprintln!("lanyard-proxy: draining {} connections", drain.active());
-    let _ = stop_tx.send(true);
     reloads.abort();
     drain.wait(Duration::from_secs(30)).await;
     Ok(())
@@ -403,25 +444,4 @@ async fn write_files(
             }
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

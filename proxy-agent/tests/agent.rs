@@ -101,13 +101,14 @@ async fn start(rate_limit: RateLimit) -> Service {
             metrics,
             rate_limit,
             insecure_plaintext: false,
+            limits: Default::default(),
         },
         tokens.clone(),
         SystemClock,
         move |addr| {
             let _ = ready_tx.send(addr);
         },
-        std::future::pending(),
+        lanyard_runtime::Shutdown::new(),
     ));
     Service {
         addr: ready_rx.await.unwrap(),

@@ -23,6 +23,8 @@ use lanyard_proxy::policy::{Manifests, Policy, PolicyOptions, Workload};
 use lanyard_proxy::proxy::metrics::ProxyMetrics;
 use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle};
 use lanyard_proxy::proxy::{Drain, Inbound, OutboundRoute, serve_inbound, serve_outbound};
+use lanyard_runtime::Shutdown;
+use lanyard_runtime::listen::{BoundedListener, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -132,6 +134,16 @@ async fn server_side(
     app: SocketAddr,
     policy: Policy,
 ) -> ServerSide {
+    server_side_with(mesh, creds, app, policy, Limits::default()).await
+}
+
+async fn server_side_with(
+    mesh: &Mesh,
+    creds: watch::Receiver<Option<Arc<Credentials>>>,
+    app: SocketAddr,
+    policy: Policy,
+    limits: Limits,
+) -> ServerSide {
     let bundle = Arc::new(TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds))).unwrap());
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let metrics = ProxyMetrics::default();
@@ -150,9 +162,13 @@ async fn server_side(
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (_stop, stop_rx) = watch::channel(false);
-    std::mem::forget(_stop);
-    tokio::spawn(serve_inbound(listener, inbound, stop_rx));
+    let listener = BoundedListener::new(
+        listener,
+        limits,
+        metrics.inbound_listener().clone(),
+        "inbound",
+    );
+    tokio::spawn(serve_inbound(listener, inbound, Shutdown::new()));
     ServerSide {
         addr,
         policy,
@@ -171,8 +187,12 @@ async fn client_side(
     let bundle = Arc::new(TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds))).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (_stop, stop_rx) = watch::channel(false);
-    std::mem::forget(_stop);
+    let listener = BoundedListener::new(
+        listener,
+        Limits::default(),
+        ProxyMetrics::default().outbound_listener().clone(),
+        "outbound",
+    );
     tokio::spawn(serve_outbound(
         listener,
         OutboundRoute {
@@ -182,7 +202,7 @@ async fn client_side(
         bundle.clone(),
         ProxyMetrics::default(),
         Arc::new(Drain::default()),
-        stop_rx,
+        Shutdown::new(),
     ));
     (addr, bundle)
 }
@@ -541,4 +561,76 @@ async fn a_denied_grpc_client_gets_permission_denied() {
         .unwrap();
     let status = client.certify(CertifyRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
+
+/// Polls `check` every 20 ms, for at most 20 s.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_idle_connections_are_bounded_and_a_real_client_is_still_served() {
+    let mesh = Mesh::start().await;
+    let app = backend().await;
+    let api = mesh.agent(API).await;
+    let limits = Limits {
+        max_connections: 8,
+        handshake_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(500),
+    };
+    let server = server_side_with(&mesh, api, app, build(&policy_yaml(WEB)), limits).await;
+    let (web_out, _) = client_side(&mesh, mesh.agent(WEB).await, server.addr, API).await;
+    let listener = server.metrics.inbound_listener().clone();
+
+    // 30 connections that never say anything: 8 are held until the
+    // handshake timeout, the rest are closed on arrival.
+    let mut silent = Vec::new();
+    for _ in 0..30 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    until("connections over the cap refused", || {
+        listener.refused() >= 20
+    })
+    .await;
+    assert!(listener.open() <= 8);
+    until("the silent ones timed out", || {
+        listener.handshake_timeouts() >= 8
+    })
+    .await;
+    // A real client is served while the flood is still open.
+    assert_eq!(get(web_out, "/whoami", "").await, (200, WEB.to_string()));
+
+    // A kept-alive HTTP connection that goes quiet is closed after the
+    // idle timeout.
+    let mut kept = TcpStream::connect(web_out).await.unwrap();
+    kept.write_all(b"GET /whoami HTTP/1.1\r\nHost: api\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match kept.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was never closed");
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        metrics_text(&server.metrics)
+            .contains("lanyard_proxy_inbound_idle_connections_closed_total 1"),
+        "{}",
+        metrics_text(&server.metrics)
+    );
+    drop(silent);
 }

@@ -46,6 +46,14 @@ pub enum IssuerError {
         /// The missing key.
         key: &'static str,
     },
+    /// The CA Secret could not be read (an I/O error, not its contents).
+    #[error("the CA Secret `{secret}` cannot be read: {reason}")]
+    SecretUnreadable {
+        /// `namespace/name`.
+        secret: String,
+        /// Why.
+        reason: String,
+    },
     /// The CA in the Secret is unusable.
     #[error("the CA Secret `{secret}` is not usable: {source}")]
     BadCa {
@@ -63,6 +71,7 @@ impl IssuerError {
             IssuerError::NotFound { .. } => "IssuerNotFound",
             IssuerError::InvalidSpec { .. } => "IssuerInvalid",
             IssuerError::SecretNotFound { .. } => "CASecretNotFound",
+            IssuerError::SecretUnreadable { .. } => "CASecretUnreadable",
             IssuerError::SecretMissingKey { .. } | IssuerError::BadCa { .. } => "CASecretInvalid",
         }
     }

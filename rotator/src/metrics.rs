@@ -81,7 +81,13 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     issuer_ready: Family<IssuerLabels, Gauge>,
     ca_expiration: Family<CaLabels, Gauge>,
+    passes: Family<PassLabels, Counter>,
     known: Mutex<Known>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    scope: &'static str,
 }
 
 impl Default for Metrics {
@@ -102,6 +108,7 @@ impl Metrics {
             failures: Family::default(),
             issuer_ready: Family::default(),
             ca_expiration: Family::default(),
+            passes: Family::default(),
             known: Mutex::default(),
             registry: Registry::default(),
         };
@@ -140,7 +147,17 @@ impl Metrics {
             "The date after which a signing CA (role=issuer) or the trust anchor it chains to (role=anchor) expires",
             m.ca_expiration.clone(),
         );
+        registry.register(
+            "lanyard_controller_passes",
+            "Passes of the local controller: scope=full (every Certificate) or due (only those whose time has come)",
+            m.passes.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one pass of the local controller (`full` or `due`).
+    pub fn pass(&self, scope: &'static str) {
+        self.passes.get_or_create(&PassLabels { scope }).inc();
     }
 
     /// Lets another component (the identity service) add its series to
@@ -415,6 +432,15 @@ pub async fn serve(
     addr: SocketAddr,
     exposition: impl Fn() -> String + Clone + Send + Sync + 'static,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    serve_with_readiness(addr, exposition, || true).await
+}
+
+/// [`serve`], plus `/ready`: 200 while `ready()` says so, 503 before.
+pub async fn serve_with_readiness(
+    addr: SocketAddr,
+    exposition: impl Fn() -> String + Clone + Send + Sync + 'static,
+    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -434,7 +460,20 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/ready",
+            get(move || {
+                let ready = ready();
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        );
     Ok((bound, async move { axum::serve(listener, app).await }))
 }
 

@@ -200,13 +200,6 @@ fn failures_for(status: &CertificateStatus, generation: Option<i64>) -> Failures
     }
 }
 
-fn secret_is_unexpired(secret: Option<&SecretData>, now: DateTime<Utc>) -> bool {
-    secret
-        .and_then(|s| s.get(crate::secret::TLS_CRT))
-        .and_then(|pem| lanyard_issuer::Certificate::parse_pem_bundle(pem, "tls.crt").ok())
-        .is_some_and(|chain| chain[0].is_valid_at(now))
-}
-
 fn condition(
     type_: &str,
     status: bool,
@@ -302,6 +295,42 @@ fn failed(
         requeue_at: now + backoff(count),
         event: Event::Failed { reason, message },
     }
+}
+
+/// The outcome when the shell could not read or write what a reconcile
+/// needed (a full disk, a read-only directory): the failure counts and
+/// backs off like any other, and Ready says why, staying `True` only while
+/// the certificate already in the Secret is unexpired. `certificate`
+/// carries the status the reconcile started from; `reason` is
+/// `ReadFailed` or `WriteFailed`.
+pub fn storage_failed(
+    certificate: &Certificate,
+    current_usable: bool,
+    now: DateTime<Utc>,
+    reason: &'static str,
+    message: String,
+) -> Outcome {
+    let now = now.trunc_subsecs(0);
+    let generation = certificate.metadata.generation;
+    let status = certificate.status.clone().unwrap_or_default();
+    let failures = failures_for(&status, generation);
+    failed(
+        status,
+        generation,
+        failures,
+        now,
+        reason,
+        message,
+        current_usable,
+    )
+}
+
+/// Whether the Secret holds a certificate that has not expired at `now`.
+pub fn secret_is_unexpired(secret: Option<&SecretData>, now: DateTime<Utc>) -> bool {
+    secret
+        .and_then(|s| s.get(crate::secret::TLS_CRT))
+        .and_then(|pem| lanyard_issuer::Certificate::parse_pem_bundle(pem, "tls.crt").ok())
+        .is_some_and(|chain| chain[0].is_valid_at(now))
 }
 
 /// The reason of a `Ready=True` issuer condition.

@@ -3,8 +3,11 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub const WEB: &str = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local";
 pub const WEB_SPIFFE: &str = "spiffe://cluster.local/ns/emojivoto/sa/web";
@@ -151,4 +154,164 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// A running `lanyard up`, killed on drop.
+pub struct Up {
+    pub child: Child,
+    pub metrics: String,
+    pub identity: String,
+    /// Everything it has written to stderr so far.
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `signal` (`INT`, `TERM`, `KILL`) to `child` with the shell's
+/// `kill`.
+pub fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {}", child.id())])
+        .status()
+        .expect("sh runs");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// Waits for `child` to exit, at most `bound`.
+pub fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    for _ in 0..(bound.as_millis() / 50).max(1) {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+impl Up {
+    /// Sends `signal` (`INT`, `TERM`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        send_signal(&self.child, signal);
+    }
+
+    /// Waits for the process to exit, at most `bound`.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.child, bound)
+    }
+
+    /// The metrics page.
+    pub fn metrics_text(&self) -> String {
+        http_get(&self.metrics, "/metrics")
+    }
+
+    /// The value of the first series whose name and labels start with
+    /// `series`, 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics_text(), series)
+    }
+
+    /// Whether `/ready` answers 200.
+    pub fn ready(&self) -> bool {
+        http_get(&self.metrics, "/ready").starts_with("HTTP/1.1 200")
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+/// The sum of the series in `text` whose name and labels start with
+/// `series` (so `name{` sums a family), 0 when there is none.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Starts `lanyard up --state-dir state` on free loopback ports, with
+/// `extra` flags, and waits until both addresses are announced.
+pub fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lanyard"));
+    command
+        .args([
+            "up",
+            "--state-dir",
+            "state",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--identity-addr",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .current_dir(scratch.dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("lanyard up starts");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut buf = [0u8; 4096];
+    // Both addresses are announced on stderr once serving.
+    let find = |seen: &str, prefix: &str| {
+        let start = seen.find(prefix)? + prefix.len();
+        let rest = &seen[start..];
+        let end = rest.find(|c: char| c == '/' || c.is_whitespace())?;
+        Some(rest[..end].to_string())
+    };
+    let (metrics, identity) = loop {
+        let n = stderr.read(&mut buf).expect("read stderr");
+        let mut text = seen.lock().unwrap();
+        assert!(n > 0, "lanyard up exited early:\n{text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if let (Some(m), Some(i)) = (
+            find(&text, "metrics on http://"),
+            find(&text, "identity service on https://")
+                .or_else(|| find(&text, "identity service on http://")),
+        ) && text[text.find("identity service on").unwrap()..].contains('\n')
+        {
+            break (m, i);
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            log.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    Up {
+        child,
+        metrics,
+        identity,
+        stderr: seen,
+    }
+}
+
+/// Polls `check` until it holds or ten seconds pass.
+pub fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(10), check);
+}
+
+/// Polls `check` every 100 ms until it holds or `bound` passes.
+pub fn eventually_within(what: &str, bound: Duration, mut check: impl FnMut() -> bool) {
+    for _ in 0..(bound.as_millis() / 100).max(1) {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
 }

@@ -2,6 +2,7 @@
 //! alerts written for Linkerd (`inbound_http_errors_total{error="tls"}`)
 //! work unchanged.
 
+use lanyard_runtime::listen::ListenerMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,6 +43,8 @@ pub struct ProxyMetrics {
     http_errors: Family<ErrorLabels, Counter>,
     outbound_tls_errors: Counter,
     policy_reloads: Family<ResultLabels, Counter>,
+    inbound_listener: ListenerMetrics,
+    outbound_listener: ListenerMetrics,
 }
 
 fn server_name(decision: &Decision) -> String {
@@ -89,6 +92,20 @@ impl ProxyMetrics {
             "Policy reloads: result=loaded, or refused (the last good policy stays)",
             self.policy_reloads.clone(),
         );
+        self.inbound_listener
+            .register(registry, "lanyard_proxy_inbound");
+        self.outbound_listener
+            .register(registry, "lanyard_proxy_outbound");
+    }
+
+    /// The inbound listener's connection counters.
+    pub fn inbound_listener(&self) -> &ListenerMetrics {
+        &self.inbound_listener
+    }
+
+    /// The outbound listeners' connection counters.
+    pub fn outbound_listener(&self) -> &ListenerMetrics {
+        &self.outbound_listener
     }
 
     pub(crate) fn http_decision(&self, decision: &Decision) {

@@ -26,10 +26,11 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
+use lanyard_runtime::Shutdown;
+use lanyard_runtime::listen::{BoundedListener, Slot};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
 use crate::policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
 use metrics::ProxyMetrics;
@@ -111,11 +112,12 @@ fn full(text: &'static str) -> Body {
         .boxed()
 }
 
-/// Accepts inbound connections until `shutdown` turns true.
+/// Accepts inbound connections until `shutdown`; HTTP connections are
+/// then closed gracefully (requests in flight finish).
 pub async fn serve_inbound(
-    listener: TcpListener,
+    mut listener: BoundedListener,
     inbound: Arc<Inbound>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     // Nagle would hold a request body written in pieces until the app's
     // delayed ACK.
@@ -126,18 +128,19 @@ pub async fn serve_inbound(
         .http2_only(true)
         .build(connector);
     loop {
-        let accepted = tokio::select! {
+        let (tcp, peer, slot) = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
+            () = shutdown.wait() => return,
         };
-        let Ok((tcp, peer)) = accepted else { continue };
-        let _ = tcp.set_nodelay(true);
         let inbound = inbound.clone();
-        let (http1, http2) = (http1.clone(), http2.clone());
+        let clients = (http1.clone(), http2.clone());
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let drain = inbound.drain.clone();
             let _active = drain.enter();
-            if let Err(error) = inbound_connection(tcp, peer, &inbound, http1, http2).await {
+            if let Err(error) =
+                inbound_connection(tcp, peer, &slot, &inbound, clients, &shutdown).await
+            {
                 tracing::debug!(%peer, %error, "inbound connection ended");
             }
         });
@@ -152,19 +155,22 @@ type Clients = (
 async fn inbound_connection(
     tcp: TcpStream,
     peer: SocketAddr,
+    slot: &Slot,
     inbound: &Inbound,
-    http1: HttpClient<HttpConnector, Incoming>,
-    http2: HttpClient<HttpConnector, Incoming>,
+    clients: Clients,
+    shutdown: &Shutdown,
 ) -> std::io::Result<()> {
+    // The first byte and the TLS handshake must come within the handshake
+    // timeout: an idle or slow client holds nothing for long.
     let mut first = [0u8; 1];
-    let n = tcp.peek(&mut first).await?;
+    let n = slot.handshake(tcp.peek(&mut first)).await?;
     if n == 0 {
         return Ok(());
     }
     let port = inbound.app.port();
     if first[0] == 0x16 {
         let acceptor = tokio_rustls::TlsAcceptor::from(inbound.bundle.current().server.clone());
-        let tls = match acceptor.accept(tcp).await {
+        let tls = match slot.handshake(acceptor.accept(tcp)).await {
             Ok(tls) => tls,
             Err(error) => {
                 inbound.metrics.http_error("tls");
@@ -177,14 +183,14 @@ async fn inbound_connection(
             identity,
             ip: peer.ip(),
         };
-        serve_stream(tls, client, port, inbound, (http1, http2)).await
+        serve_stream(tls, client, port, inbound, clients, slot, shutdown).await
     } else {
         // Plaintext: never trusted, always unauthenticated.
         let client = Client {
             identity: None,
             ip: peer.ip(),
         };
-        serve_stream(tcp, client, port, inbound, (http1, http2)).await
+        serve_stream(tcp, client, port, inbound, clients, slot, shutdown).await
     }
 }
 
@@ -221,6 +227,8 @@ async fn serve_stream<S>(
     port: u16,
     inbound: &Inbound,
     clients: Clients,
+    slot: &Slot,
+    shutdown: &Shutdown,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -279,16 +287,18 @@ where
                 metrics: inbound.metrics.clone(),
                 clients: Arc::new(clients),
             };
-            let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(
-                    TokioIo::new(stream),
-                    hyper::service::service_fn(move |req| {
-                        let service = service.clone();
-                        async move { Ok::<_, Infallible>(service.handle(req).await) }
-                    }),
-                )
-                .await;
-            result.map_err(std::io::Error::other)
+            let builder = slot.http_builder();
+            slot.serve_http(
+                &builder,
+                stream,
+                hyper::service::service_fn(move |req| {
+                    let service = service.clone();
+                    async move { Ok::<_, Infallible>(service.handle(req).await) }
+                }),
+                shutdown,
+            )
+            .await
+            .map_err(std::io::Error::other)
         }
     }
 }
@@ -476,14 +486,15 @@ pub struct OutboundRoute {
 }
 
 /// Accepts the application's plaintext connections and carries each over
-/// mTLS to `route.target`, until `shutdown` turns true.
+/// mTLS to `route.target`, until `shutdown`. Reaching the peer and the
+/// mTLS handshake must finish within the listener's handshake timeout.
 pub async fn serve_outbound(
-    listener: TcpListener,
+    mut listener: BoundedListener,
     route: OutboundRoute,
     bundle: Arc<TrustBundle>,
     metrics: ProxyMetrics,
     drain: Arc<Drain>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let Ok(name) = rustls::pki_types::ServerName::try_from(route.identity.clone()) else {
         tracing::error!(
@@ -493,12 +504,10 @@ pub async fn serve_outbound(
         return;
     };
     loop {
-        let accepted = tokio::select! {
+        let (mut app, _, slot) = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
+            () = shutdown.wait() => return,
         };
-        let Ok((mut app, _)) = accepted else { continue };
-        let _ = app.set_nodelay(true);
         let (bundle, metrics, drain, name, target) = (
             bundle.clone(),
             metrics.clone(),
@@ -509,7 +518,7 @@ pub async fn serve_outbound(
         tokio::spawn(async move {
             let _active = drain.enter();
             let connector = tokio_rustls::TlsConnector::from(bundle.current().client.clone());
-            let tcp = match TcpStream::connect(target).await {
+            let tcp = match slot.handshake(TcpStream::connect(target)).await {
                 Ok(tcp) => tcp,
                 Err(error) => {
                     tracing::warn!(%target, %error, "cannot reach the peer proxy");
@@ -517,7 +526,7 @@ pub async fn serve_outbound(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let mut tls = match connector.connect(name, tcp).await {
+            let mut tls = match slot.handshake(connector.connect(name, tcp)).await {
                 Ok(tls) => tls,
                 Err(error) => {
                     metrics.outbound_tls_error();

@@ -60,13 +60,14 @@ impl Service {
                 metrics: IdentityMetrics::new(),
                 rate_limit: Default::default(),
                 insecure_plaintext: false,
+                limits: Default::default(),
             },
             tokens.clone(),
             SystemClock,
             move |addr| {
                 let _ = tx.send(addr);
             },
-            std::future::pending(),
+            lanyard_runtime::Shutdown::new(),
         ));
         Service {
             addr: rx.await.unwrap(),

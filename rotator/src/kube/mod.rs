@@ -759,30 +759,6 @@ async fn hold_lease<C: Clock>(lock: &LeaseLock, clock: &C) {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C: the `shutdown` for [`run`] in a pod.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-}
-
 /// The controllers, until each has shut down gracefully on a `stopped()`:
 /// Certificates, plus the Secrets, Issuers and ClusterIssuers they depend
 /// on, each mapped back to its dependents; and one per issuer kind, whose

@@ -6,6 +6,7 @@
 pub mod manifests;
 pub mod run;
 pub mod secrets;
+pub mod sweep;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,10 @@ pub enum LocalError {
     /// The first-start setup failed.
     #[error("setting up the trust anchor: {0}")]
     Bootstrap(#[from] lanyard_issuer::Error),
+    /// A stop was asked for in the middle of a pass; what it had staged
+    /// was discarded.
+    #[error("the pass was stopped")]
+    Cancelled,
     /// A state file is corrupt.
     #[error("{}: corrupt state file: {reason}", path.display())]
     CorruptState {
@@ -178,10 +183,47 @@ fn stamps(materials: &Materials) -> BTreeMap<IssuerKey, String> {
 /// A reconciled Certificate whose writes are staged, not yet visible.
 struct Prepared {
     key: ObjectKey,
-    spec: CertificateSpec,
+    /// The Certificate as the reconcile saw it (generation, prior status),
+    /// for a storage failure's outcome.
+    certificate: Certificate,
+    spec_value: serde_json::Value,
+    /// Whether the Secret's current certificate is unexpired; looked at
+    /// only when a new Secret is staged (only then can a write fail).
+    current_usable: bool,
     outcome: crate::reconcile::Outcome,
     staged_secret: Option<secrets::StagedSecret>,
-    staged_record: Option<(secrets::StagedFile, Record)>,
+    /// The status record, when it changed, and its staged file (`None`
+    /// when staging failed: the record is kept in memory and written
+    /// again at commit).
+    record: Option<(Record, Option<secrets::StagedFile>)>,
+}
+
+impl Prepared {
+    /// Turns a read or write error into this Certificate's failure:
+    /// anything staged is discarded (removed), the status says why and the
+    /// next attempt backs off.
+    fn storage_failed(
+        mut self,
+        reason: &'static str,
+        error: &SecretStoreError,
+        now: DateTime<Utc>,
+    ) -> Prepared {
+        self.staged_secret = None;
+        self.outcome = crate::reconcile::storage_failed(
+            &self.certificate,
+            self.current_usable,
+            now,
+            reason,
+            error.to_string(),
+        );
+        let record = Record {
+            generation: self.certificate.metadata.generation.unwrap_or(1),
+            spec: self.spec_value.clone(),
+            status: self.outcome.status.clone(),
+        };
+        self.record = Some((record, None));
+        self
+    }
 }
 
 /// One Certificate's reconcile, for the pass to fold in.
@@ -205,6 +247,10 @@ pub struct LocalController<C> {
     requeue: BTreeMap<(String, String), DateTime<Utc>>,
     issuer_stamps: BTreeMap<IssuerKey, String>,
     records: BTreeMap<(String, String), Record>,
+    stop: lanyard_runtime::Shutdown,
+    /// Whether the first-start setup still has to be done (it failed to
+    /// write, e.g. on a full disk, and is tried again each pass).
+    bootstrap_pending: bool,
 }
 
 impl<C: Clock> LocalController<C> {
@@ -258,7 +304,33 @@ impl<C: Clock> LocalController<C> {
             requeue: BTreeMap::new(),
             issuer_stamps: BTreeMap::new(),
             records,
+            stop: lanyard_runtime::Shutdown::new(),
+            bootstrap_pending: false,
         })
+    }
+
+    /// Stops passes between Certificates once `stop` is triggered; the
+    /// interrupted pass returns [`LocalError::Cancelled`] and discards what
+    /// it had staged.
+    pub fn with_shutdown(mut self, stop: lanyard_runtime::Shutdown) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Has every pass try the first-start setup again until it succeeds,
+    /// after [`bootstrap`](Self::bootstrap) failed to write (a full disk, a
+    /// read-only directory).
+    pub fn retry_bootstrap(mut self) -> Self {
+        self.bootstrap_pending = true;
+        self
+    }
+
+    fn check_stop(&self) -> Result<(), LocalError> {
+        if self.stop.is_triggered() {
+            Err(LocalError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 
     /// The metrics this controller updates.
@@ -321,12 +393,33 @@ impl<C: Clock> LocalController<C> {
         })?;
         let header = "# Made by `lanyard up` on first start: the trust anchor's CA ClusterIssuer\n\
                       # and the identity issuer Certificate, as Linkerd's cert-manager guide sets them up.\n";
+        // The manifests directory appears in one rename, with its file:
+        // an interrupted first start is tried again from scratch.
+        let staging = tempfile::Builder::new()
+            .prefix(".tmp-manifests-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .tempdir_in(&self.options.state_dir)
+            .map_err(|source| SecretStoreError {
+                path: self.options.state_dir.clone(),
+                source,
+            })?;
         secrets::write_file_atomic(
-            &manifests_dir.join("linkerd-identity.yaml"),
+            &staging.path().join("linkerd-identity.yaml"),
             format!("{header}{stream}").as_bytes(),
             0o644,
             self.options.durability,
         )?;
+        let staged = staging.keep();
+        std::fs::rename(&staged, &manifests_dir).map_err(|source| {
+            let _ = std::fs::remove_dir_all(&staged);
+            SecretStoreError {
+                path: manifests_dir.clone(),
+                source,
+            }
+        })?;
+        if self.options.durability == Durability::Fsync {
+            lanyard_issuer::volume::sync_dir(&self.options.state_dir)?;
+        }
         Ok(true)
     }
 
@@ -385,7 +478,23 @@ impl<C: Clock> LocalController<C> {
     }
 
     fn pass(&mut self, scope: Scope) -> Result<PassReport, LocalError> {
+        self.check_stop()?;
+        self.metrics.pass(match scope {
+            Scope::Everything => "full",
+            Scope::Due => "due",
+        });
         let mut report = PassReport::default();
+        if self.bootstrap_pending {
+            match self.bootstrap() {
+                Ok(_) => {
+                    self.bootstrap_pending = false;
+                    tracing::info!("trust anchor and identity issuer set up");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot set up the trust anchor yet; trying again");
+                }
+            }
+        }
         let objects = self.load_objects(&mut report);
         let now = self.clock.now();
         let mut certificates = Vec::new();
@@ -466,7 +575,7 @@ impl<C: Clock> LocalController<C> {
             .map(|(i, c)| (usize::MAX - depth(c), i))
             .collect();
         order.sort();
-        let mut materials = self.load_issuers(&issuers, now)?;
+        let mut materials = self.load_issuers(&issuers, now);
         // Certificates that back a CA go one at a time, reloading the CA
         // after each rewrite; the rest are independent and spread over the
         // cores.
@@ -480,7 +589,8 @@ impl<C: Clock> LocalController<C> {
             })
             .collect();
         for (_, index) in chained {
-            let one = self.reconcile_one(&certificates[index], &materials, now)?;
+            self.check_stop()?;
+            let one = self.reconcile_one(&certificates[index], &materials, now);
             let rewrote_ca = one.wrote_secret
                 && ca_secrets.contains(&(
                     one.key.namespace.clone(),
@@ -490,7 +600,7 @@ impl<C: Clock> LocalController<C> {
             if rewrote_ca {
                 // What this CA signs is reconciled later in this pass,
                 // against the new CA.
-                materials = self.load_issuers(&issuers, now)?;
+                materials = self.load_issuers(&issuers, now);
             }
         }
         // Issuers may have changed under the chained Certificates above.
@@ -504,33 +614,55 @@ impl<C: Clock> LocalController<C> {
         self.issuer_stamps = stamps(&materials);
         // Independent Certificates: stage everything on every core, make it
         // durable with one filesystem flush instead of an fsync per file,
-        // then commit (renames) and flush the renames once more.
+        // then commit (renames) and flush the renames once more. A stop
+        // asked for meanwhile discards what was staged.
         let fsync = self.secrets.durability() == Durability::Fsync;
         let prepared = {
             let this = &*self;
             let materials = &materials;
             let certificates = &certificates;
             parallel_map(independent, |(_, index)| {
-                this.prepare_one(&certificates[index], materials, now, false)
+                (!this.stop.is_triggered())
+                    .then(|| this.prepare_one(&certificates[index], materials, now, false))
             })
         };
-        let prepared: Vec<Prepared> = prepared.into_iter().collect::<Result<_, _>>()?;
+        let mut prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
+        self.check_stop()?;
         let wrote = prepared
             .iter()
-            .any(|p| p.staged_secret.is_some() || p.staged_record.is_some());
-        if fsync && wrote {
-            secrets::flush_filesystem(&self.options.state_dir)?;
+            .any(|p| p.staged_secret.is_some() || p.record.is_some());
+        if fsync
+            && wrote
+            && let Err(error) = secrets::flush_filesystem(&self.options.state_dir)
+        {
+            // Nothing staged is known to be on disk: commit none of it.
+            prepared = prepared
+                .into_iter()
+                .map(|p| {
+                    if p.staged_secret.is_some() {
+                        p.storage_failed("WriteFailed", &error, now)
+                    } else {
+                        p
+                    }
+                })
+                .collect();
         }
         let results = {
             let this = &*self;
-            parallel_map(prepared, |p| this.finish_one(p, false))
+            parallel_map(prepared, |p| {
+                (!this.stop.is_triggered()).then(|| this.finish_one(p, false))
+            })
         };
-        if fsync && wrote {
-            secrets::flush_filesystem(&self.options.state_dir)?;
+        if fsync
+            && wrote
+            && let Err(error) = secrets::flush_filesystem(&self.options.state_dir)
+        {
+            tracing::warn!(%error, "cannot flush the state directory");
         }
-        for one in results {
-            self.absorb(one?, &mut report);
+        for one in results.into_iter().flatten() {
+            self.absorb(one, &mut report);
         }
+        self.check_stop()?;
         // Certificates skipped in this pass still have their own times.
         report.next_wake = certificates
             .iter()
@@ -542,6 +674,10 @@ impl<C: Clock> LocalController<C> {
             })
             .min()
             .copied();
+        if self.bootstrap_pending {
+            let retry = now + chrono::TimeDelta::seconds(10);
+            report.next_wake = Some(report.next_wake.map_or(retry, |at| at.min(retry)));
+        }
 
         // Certificates that are gone lose their status and series; their
         // Secrets stay, as cert-manager leaves them by default.
@@ -581,22 +717,23 @@ impl<C: Clock> LocalController<C> {
         certificate: &Certificate,
         materials: &Materials,
         now: DateTime<Utc>,
-    ) -> Result<One, LocalError> {
+    ) -> One {
         let flush = self.secrets.durability() == Durability::Fsync;
-        let prepared = self.prepare_one(certificate, materials, now, flush)?;
+        let prepared = self.prepare_one(certificate, materials, now, flush);
         self.finish_one(prepared, flush)
     }
 
     /// The first half of a reconcile: read the Secret, decide, and stage
     /// the new Secret and status file if anything changed. Touches nothing
-    /// shared but files of its own, so passes run it in parallel.
+    /// shared but files of its own, so passes run it in parallel. A read or
+    /// write error fails this Certificate only.
     fn prepare_one(
         &self,
         certificate: &Certificate,
         materials: &Materials,
         now: DateTime<Utc>,
         flush: bool,
-    ) -> Result<Prepared, LocalError> {
+    ) -> Prepared {
         let mut certificate = certificate.clone();
         let ns = certificate.metadata.namespace.clone().unwrap_or_default();
         let name = certificate.metadata.name.clone().unwrap_or_default();
@@ -639,69 +776,112 @@ impl<C: Clock> LocalController<C> {
             Some(Err(e)) => Err(e),
             None => Err(&not_found),
         };
-        let secret = self.secrets.read(&ns, &certificate.spec.secret_name)?;
-        let outcome = reconcile(
-            &certificate,
+        let secret = self.secrets.read(&ns, &certificate.spec.secret_name);
+        let mut prepared = Prepared {
+            key,
+            certificate,
+            spec_value,
+            current_usable: false,
+            outcome: crate::reconcile::Outcome {
+                status: CertificateStatus::default(),
+                secret: None,
+                requeue_at: now,
+                event: Event::UpToDate,
+            },
+            staged_secret: None,
+            record: None,
+        };
+        let secret = match secret {
+            Ok(secret) => secret,
+            Err(error) => {
+                return self
+                    .stage_record(prepared.storage_failed("ReadFailed", &error, now), flush);
+            }
+        };
+        prepared.outcome = reconcile(
+            &prepared.certificate,
             secret.as_ref(),
             ResolvedIssuer {
                 kind,
-                name: &issuer_ref.name,
+                name: &prepared.certificate.spec.issuer_ref.name,
                 material,
             },
             now,
         );
         // Stage first: nothing is visible until `finish_one` commits.
-        let staged_secret = match &outcome.secret {
-            Some(new_secret) => {
-                Some(
-                    self.secrets
-                        .stage(&ns, &certificate.spec.secret_name, new_secret, flush)?,
-                )
+        if let Some(new_secret) = &prepared.outcome.secret {
+            prepared.current_usable = crate::reconcile::secret_is_unexpired(secret.as_ref(), now);
+            match self.secrets.stage(
+                &ns,
+                &prepared.certificate.spec.secret_name,
+                new_secret,
+                flush,
+            ) {
+                Ok(staged) => prepared.staged_secret = Some(staged),
+                Err(error) => prepared = prepared.storage_failed("WriteFailed", &error, now),
             }
-            None => None,
-        };
+        }
         let new_record = Record {
             generation,
-            spec: spec_value,
-            status: outcome.status.clone(),
+            spec: prepared.spec_value.clone(),
+            status: prepared.outcome.status.clone(),
         };
-        let staged_record = if record != Some(&new_record) {
-            let bytes = serde_json::to_vec_pretty(&new_record).expect("records serialise");
-            let staged = secrets::stage_file(&self.record_path(&ns, &name), &bytes, 0o644, flush)?;
-            Some((staged, new_record))
-        } else {
-            None
-        };
-        Ok(Prepared {
-            key,
-            spec: certificate.spec,
-            outcome,
-            staged_secret,
-            staged_record,
-        })
+        if record != Some(&new_record) {
+            prepared.record = Some((new_record, None));
+        }
+        self.stage_record(prepared, flush)
+    }
+
+    /// Stages the status record of `prepared`, if it changed. A record that
+    /// cannot be staged stays in memory and is written again at commit.
+    fn stage_record(&self, mut prepared: Prepared, flush: bool) -> Prepared {
+        if let Some((record, staged)) = &mut prepared.record {
+            let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
+            let path = self.record_path(&prepared.key.namespace, &prepared.key.name);
+            *staged = secrets::stage_file(&path, &bytes, 0o644, flush).ok();
+        }
+        prepared
     }
 
     /// The second half: makes the staged Secret and status visible (Secret
-    /// first), then counts and logs what happened.
-    fn finish_one(&self, prepared: Prepared, flush: bool) -> Result<One, LocalError> {
+    /// first), then counts and logs what happened. A failed commit fails
+    /// this Certificate only.
+    fn finish_one(&self, prepared: Prepared, flush: bool) -> One {
+        let now = self.clock.now();
+        let mut prepared = prepared;
+        let mut wrote_secret = false;
+        if let Some(staged) = prepared.staged_secret.take() {
+            match self.secrets.commit(staged, flush) {
+                Ok(()) => wrote_secret = true,
+                Err(error) => prepared = prepared.storage_failed("WriteFailed", &error, now),
+            }
+        }
         let Prepared {
             key,
-            spec,
+            certificate,
             outcome,
-            staged_secret,
-            staged_record,
+            record,
+            ..
         } = prepared;
-        let wrote_secret = staged_secret.is_some();
-        if let Some(staged) = staged_secret {
-            self.secrets.commit(staged, flush)?;
-        }
-        let record = match staged_record {
-            Some((staged, record)) => {
-                staged.commit(flush)?;
-                Some(record)
+        let record = record.map(|(record, staged)| {
+            let written = match staged {
+                Some(staged) => staged.commit(flush),
+                None => {
+                    let bytes = serde_json::to_vec_pretty(&record).expect("records serialise");
+                    secrets::write_file_atomic(
+                        &self.record_path(&key.namespace, &key.name),
+                        &bytes,
+                        0o644,
+                        self.secrets.durability(),
+                    )
+                }
+            };
+            if let Err(error) = written {
+                tracing::warn!(certificate = %key, %error, "cannot record status; it is kept in memory");
             }
-            None => None,
-        };
+            record
+        });
+        let spec = certificate.spec;
         let (ns, name) = (&key.namespace, &key.name);
         match &outcome.event {
             Event::Issued(reason) => {
@@ -716,13 +896,13 @@ impl<C: Clock> LocalController<C> {
         }
         self.metrics
             .observe_certificate(ns, name, &spec, &outcome.status);
-        Ok(One {
+        One {
             key,
             wrote_secret,
             event: outcome.event,
             requeue_at: outcome.requeue_at,
             record,
-        })
+        }
     }
 
     /// Folds one result into the pass report and the in-memory records.
@@ -804,24 +984,33 @@ impl<C: Clock> LocalController<C> {
         &self,
         issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
         now: DateTime<Utc>,
-    ) -> Result<Materials, LocalError> {
+    ) -> Materials {
         let mut materials = BTreeMap::new();
         for ((kind, ns, name), config) in issuers {
             let secret_ns = self.ca_namespace(*kind, ns);
-            let (secret, secret_ref) = match &config.ca {
-                Some(ca) => (
-                    self.secrets.read(&secret_ns, &ca.secret_name)?,
-                    format!("{secret_ns}/{}", ca.secret_name),
-                ),
-                None => (None, String::new()),
+            let material = match &config.ca {
+                Some(ca) => {
+                    let secret_ref = format!("{secret_ns}/{}", ca.secret_name);
+                    match self.secrets.read(&secret_ns, &ca.secret_name) {
+                        Ok(secret) => {
+                            load_issuer(*kind, name, config, secret.as_ref(), &secret_ref, now)
+                        }
+                        Err(error) => Err(IssuerError::SecretUnreadable {
+                            secret: secret_ref,
+                            reason: error.to_string(),
+                        }),
+                    }
+                }
+                None => load_issuer(*kind, name, config, None, "", now),
             };
-            let material = load_issuer(*kind, name, config, secret.as_ref(), &secret_ref, now);
             self.metrics
                 .observe_issuer(*kind, ns, name, material.as_ref().ok());
-            self.write_issuer_status(*kind, ns, name, material.as_ref(), now)?;
+            if let Err(error) = self.write_issuer_status(*kind, ns, name, material.as_ref(), now) {
+                tracing::warn!(issuer = %name, %error, "cannot record issuer status");
+            }
             materials.insert((*kind, ns.clone(), name.clone()), material);
         }
-        Ok(materials)
+        materials
     }
 
     fn record_path(&self, namespace: &str, name: &str) -> PathBuf {
