@@ -54,6 +54,24 @@ impl Proxy {
         }
     }
 
+    /// Sends `signal` (`INT`, `TERM`) and waits, at most 30 s, for the
+    /// exit status.
+    fn stop(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
+        let child = &mut self._child.0;
+        let sent = Command::new("sh")
+            .args(["-c", &format!("kill -{signal} {}", child.id())])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        for _ in 0..600 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// The first word after `marker` on the first stderr line holding it.
     fn wait_for(&self, marker: &str) -> String {
         loop {
@@ -386,6 +404,15 @@ async fn two_proxy_processes_carry_traffic_and_follow_policy_file_changes() {
     assert!(
         metrics.contains("identity_cert_expiration_timestamp_seconds"),
         "{metrics}"
+    );
+    // Both stop on a signal, with status 0, their connections drained.
+    let (mut client, mut server) = (client, server);
+    let stopped = tokio::task::spawn_blocking(move || (client.stop("TERM"), server.stop("INT")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(stopped, (Some(a), Some(b)) if a.success() && b.success()),
+        "exit statuses after SIGTERM / SIGINT: {stopped:?}"
     );
 }
 

@@ -671,8 +671,11 @@ pub fn error_backoff(attempts: u32) -> Duration {
     FIRST.saturating_mul(1 << doublings).min(MAX)
 }
 
+/// How long reconciles in flight may take to finish once a stop is asked.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the controller (Certificates, and the issuer controllers beside
-/// it) until `shutdown` completes.
+/// it) until `shutdown` completes, and at most [`STOP_GRACE`] after.
 ///
 /// With `election`, the controller runs only while this replica holds the
 /// Lease: it waits for the Lease, runs while renewing it, stops as soon as
@@ -695,8 +698,23 @@ pub async fn run<C: Clock + 'static>(
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    // Reconciles in flight get a grace period to finish; the controllers
+    // are then abandoned, as a kill would, so a stop is never held up (a
+    // watch backing off from API errors kept one running for minutes).
+    let bounded = |controllers| {
+        let stopped = stopped();
+        async move {
+            tokio::pin!(controllers);
+            tokio::select! {
+                () = &mut controllers => {}
+                () = async { stopped.await; tokio::time::sleep(STOP_GRACE).await } => {
+                    warn!("the controllers did not stop within {STOP_GRACE:?}; leaving them");
+                }
+            }
+        }
+    };
     let Some(election) = election else {
-        run_controller(ctx, &stopped).await;
+        bounded(run_controller(ctx, &stopped)).await;
         shutdown_task.abort();
         return Ok(());
     };
@@ -719,7 +737,7 @@ pub async fn run<C: Clock + 'static>(
         }
         info!(identity = %lock.election().identity, "acquired the Lease; starting the controller");
         tokio::select! {
-            () = run_controller(ctx.clone(), &stopped) => {
+            () = bounded(run_controller(ctx.clone(), &stopped)) => {
                 if let Err(error) = lock.release().await {
                     warn!("releasing the Lease: {error}");
                 }
