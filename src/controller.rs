@@ -33,6 +33,9 @@ pub struct ControllerArgs {
 
 /// Runs the Kubernetes controller until SIGTERM or Ctrl-C.
 pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
+    if let Err(error) = lanyard_runtime::raise_fd_limit() {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let shutdown =

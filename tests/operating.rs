@@ -12,18 +12,31 @@ use std::time::Duration;
 
 use support::{Scratch, Up, eventually, eventually_within, start_up};
 
-/// A self-signed Issuer and `count` Certificates it signs, in namespace
-/// `load`, with `key` as the private key spec.
-fn many_certificates(count: usize, key: &str) -> String {
+/// A self-signed Issuer and `count` Certificates it signs with RSA 3072
+/// keys, in namespace `load`.
+fn many_certificates(count: usize) -> String {
     let mut yaml = String::from(
         "apiVersion: lanyard.dev/v1\nkind: Issuer\nmetadata:\n  name: selfsigned\n  namespace: load\nspec:\n  selfSigned: {}\n",
     );
     for i in 0..count {
         yaml.push_str(&format!(
-            "---\napiVersion: lanyard.dev/v1\nkind: Certificate\nmetadata:\n  name: c{i}\n  namespace: load\nspec:\n  secretName: c{i}-tls\n  dnsNames: [c{i}.load.svc.cluster.local]\n  duration: 24h\n  privateKey: {key}\n  issuerRef:\n    name: selfsigned\n"
+            "---\napiVersion: lanyard.dev/v1\nkind: Certificate\nmetadata:\n  name: c{i}\n  namespace: load\nspec:\n  secretName: c{i}-tls\n  dnsNames: [c{i}.load.svc.cluster.local]\n  duration: 24h\n  privateKey: {{algorithm: RSA, size: 3072}}\n  issuerRef:\n    name: selfsigned\n"
         ));
     }
     yaml
+}
+
+/// Starts `up` on `count` Certificates with RSA 3072 keys, which take a
+/// while each, and returns once its first pass is under way: long enough
+/// for a signal to land in the middle of it.
+fn start_mid_pass(scratch: &Scratch, count: usize) -> Up {
+    std::fs::create_dir_all(scratch.path("state/manifests")).unwrap();
+    scratch.write("state/manifests/load.yaml", many_certificates(count));
+    let up = start_up(scratch, &[]);
+    eventually("the first Secrets of the pass", || {
+        scratch.exists("state/secrets/load")
+    });
+    up
 }
 
 /// Certificates signed by the guide's trust-anchor ClusterIssuer, which
@@ -66,17 +79,7 @@ fn debris(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn sigint_during_a_long_first_pass_stops_every_part_with_status_0_and_leaves_nothing_staged() {
     let scratch = Scratch::new();
-    std::fs::create_dir_all(scratch.path("state/manifests")).unwrap();
-    // RSA 3072 keys take a while each: the first pass lasts long enough
-    // for the signal to land in the middle of it.
-    scratch.write(
-        "state/manifests/load.yaml",
-        many_certificates(120, "{algorithm: RSA, size: 3072}"),
-    );
-    let mut up = start_up(&scratch, &[]);
-    eventually("the first Secrets of the pass", || {
-        scratch.exists("state/secrets/load")
-    });
+    let mut up = start_mid_pass(&scratch, 120);
     up.signal("INT");
     let status = up.wait_exit(Duration::from_secs(30));
     let log = up.log();
@@ -108,15 +111,7 @@ fn sigint_during_a_long_first_pass_stops_every_part_with_status_0_and_leaves_not
 fn a_second_up_on_the_same_directory_is_refused_naming_the_holder_while_apply_and_token_work() {
     let scratch = Scratch::new();
     let up = start_up(&scratch, &[]);
-    let second = scratch.lanyard(&[
-        "up",
-        "--state-dir",
-        "state",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--identity-addr",
-        "127.0.0.1:0",
-    ]);
+    let second = scratch.lanyard(&support::UP_ARGS);
     second.failure_saying(&format!(
         "in use by another process (pid {})",
         up.child.id()
@@ -132,18 +127,7 @@ fn a_second_up_on_the_same_directory_is_refused_naming_the_holder_while_apply_an
     scratch
         .lanyard(&["apply", "--state-dir", "state", "-f", "work.yaml"])
         .success();
-    scratch
-        .lanyard(&[
-            "token",
-            "create",
-            "--state-dir",
-            "state",
-            "--namespace",
-            "work",
-            "--service-account",
-            "w0",
-        ])
-        .success();
+    scratch.token("work", "w0");
     eventually("the applied Certificate", || {
         scratch.exists("state/secrets/work/w0-tls/tls.crt")
     });
@@ -265,16 +249,8 @@ fn up_starts_on_a_directory_whose_status_cannot_be_written_and_serves_what_it_ca
 #[test]
 fn a_killed_up_leaves_nothing_a_restart_does_not_clean() {
     let scratch = Scratch::new();
-    std::fs::create_dir_all(scratch.path("state/manifests")).unwrap();
-    scratch.write(
-        "state/manifests/load.yaml",
-        many_certificates(60, "{algorithm: RSA, size: 3072}"),
-    );
     {
-        let mut up = start_up(&scratch, &[]);
-        eventually("the pass under way", || {
-            scratch.exists("state/secrets/load")
-        });
+        let mut up = start_mid_pass(&scratch, 60);
         up.signal("KILL");
         up.wait_exit(Duration::from_secs(10)).expect("killed");
     }
@@ -308,19 +284,7 @@ fn a_killed_up_leaves_nothing_a_restart_does_not_clean() {
 #[test]
 fn the_first_caller_of_a_fresh_up_is_certified_and_no_refusal_is_counted() {
     let scratch = Scratch::new();
-    let token = scratch
-        .lanyard(&[
-            "token",
-            "create",
-            "--state-dir",
-            "state",
-            "--namespace",
-            "emojivoto",
-            "--service-account",
-            "web",
-        ])
-        .success()
-        .stdout;
+    let token = scratch.token("emojivoto", "web");
     let up = start_up(&scratch, &[]);
     // The anchor exists before the service listens; the issuer may not.
     let anchor = scratch.read("state/secrets/lanyard/linkerd-trust-anchor/ca.crt");
@@ -351,7 +315,7 @@ fn the_first_caller_of_a_fresh_up_is_certified_and_no_refusal_is_counted() {
         client
             .certify(lanyard_issuer::service::proto::CertifyRequest {
                 identity: web.to_string(),
-                token: token.trim().as_bytes().to_vec(),
+                token: token.as_bytes().to_vec(),
                 certificate_signing_request: key.certificate_signing_request(&web).unwrap(),
             })
             .await

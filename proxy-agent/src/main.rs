@@ -127,11 +127,12 @@ struct Args {
     max_connections: usize,
     /// Proxy mode: time a new connection has for its first bytes and TLS
     /// handshake (inbound), or to reach the peer and finish mTLS
-    /// (outbound); also bounds HTTP/1 request headers.
+    /// (outbound).
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     handshake_timeout: Duration,
-    /// Proxy mode: an HTTP connection that moves no bytes for this long is
-    /// closed gracefully.
+    /// Proxy mode: an HTTP connection that moves no bytes for this long, or
+    /// an HTTP/1 connection that sends no whole request head for this long,
+    /// is closed gracefully.
     #[arg(long, default_value = "2m", value_parser = positive_duration)]
     idle_timeout: Duration,
 }

@@ -106,6 +106,25 @@ impl Scratch {
         self.path(name).exists()
     }
 
+    /// `lanyard token create` for `namespace/service_account` in `./state`;
+    /// the token.
+    pub fn token(&self, namespace: &str, service_account: &str) -> String {
+        self.lanyard(&[
+            "token",
+            "create",
+            "--state-dir",
+            "state",
+            "--namespace",
+            namespace,
+            "--service-account",
+            service_account,
+        ])
+        .success()
+        .stdout
+        .trim()
+        .to_string()
+    }
+
     /// `lanyard ca init --out <dir>` with extra flags.
     pub fn ca_init(&self, dir: &str, extra: &[&str]) -> Ran {
         let mut args = vec!["ca", "init", "--out", dir];
@@ -236,20 +255,23 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .sum()
 }
 
+/// `lanyard up` on `./state`, serving on free loopback ports.
+pub const UP_ARGS: [&str; 7] = [
+    "up",
+    "--state-dir",
+    "state",
+    "--metrics-addr",
+    "127.0.0.1:0",
+    "--identity-addr",
+    "127.0.0.1:0",
+];
+
 /// Starts `lanyard up --state-dir state` on free loopback ports, with
 /// `extra` flags, and waits until both addresses are announced.
 pub fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lanyard"));
     command
-        .args([
-            "up",
-            "--state-dir",
-            "state",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--identity-addr",
-            "127.0.0.1:0",
-        ])
+        .args(UP_ARGS)
         .args(extra)
         .current_dir(scratch.dir())
         .stdout(Stdio::null())

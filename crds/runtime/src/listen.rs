@@ -7,9 +7,10 @@
 //!   logged, counted and backed off (5 ms doubling to 1 s), never retried
 //!   in a spin;
 //! - a **handshake timeout** bounds everything before the first request
-//!   (TLS, protocol detection), and HTTP/1 request headers;
+//!   (TLS, protocol detection);
 //! - an **idle timeout** closes HTTP connections that moved no bytes for
-//!   that long (gracefully: a request in flight finishes).
+//!   that long (gracefully: a request in flight finishes), and bounds the
+//!   wait for each HTTP/1 request head.
 
 use std::future::Future;
 use std::io;
@@ -37,9 +38,11 @@ pub struct Limits {
     /// Connections open at once; more are closed as they arrive.
     pub max_connections: usize,
     /// From accept to a usable connection (TLS handshake, protocol
-    /// detection), and for HTTP/1 request headers.
+    /// detection).
     pub handshake_timeout: Duration,
-    /// An HTTP connection that moves no bytes for this long is closed.
+    /// An HTTP connection that moves no bytes for this long, or an HTTP/1
+    /// connection that has not sent a whole request head for this long, is
+    /// closed.
     pub idle_timeout: Duration,
 }
 
@@ -242,14 +245,16 @@ impl Slot {
         }
     }
 
-    /// An HTTP/1 and HTTP/2 server builder for this connection: request
-    /// headers must arrive within the handshake timeout.
+    /// An HTTP/1 and HTTP/2 server builder for this connection. HTTP/1
+    /// waits for a request's headers, between requests too, at most the
+    /// idle timeout (hyper's header read timeout also runs while a kept-alive
+    /// connection waits for its next request).
     pub fn http_builder(&self) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.handshake_timeout);
+            .header_read_timeout(self.limits.idle_timeout);
         builder.http2().timer(TokioTimer::new());
         builder
     }
@@ -287,7 +292,12 @@ impl Slot {
         let mut seen = activity.load(Ordering::Relaxed);
         loop {
             tokio::select! {
-                result = connection.as_mut() => return result,
+                result = connection.as_mut() => {
+                    if result.as_ref().is_err_and(|e| is_timeout(e.as_ref())) {
+                        self.metrics.idle_closed.inc();
+                    }
+                    return result;
+                }
                 () = shutdown.wait() => break,
                 () = tokio::time::sleep(idle) => {
                     let now = activity.load(Ordering::Relaxed);
@@ -302,6 +312,14 @@ impl Slot {
         connection.as_mut().graceful_shutdown();
         connection.await
     }
+}
+
+/// Whether a connection ended on hyper's header read timeout: an HTTP/1
+/// connection idle between requests, or one sending headers too slowly.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
 }
 
 /// An I/O stream that counts the reads and writes that moved bytes, so an

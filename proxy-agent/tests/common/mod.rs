@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use chrono::TimeDelta;
@@ -33,7 +34,9 @@ pub struct Service {
 
 impl Service {
     /// Starts the service; with `loaded`, the issuer is in the slot, else
-    /// it is kept in `issuer` for the test to load.
+    /// it is kept in `issuer` for the test to load. Without an issuer the
+    /// service holds new connections for the handshake timeout, here 1 s,
+    /// and then drops them: calls fail quickly until it is loaded.
     pub async fn start(dir: &Path, loaded: bool) -> Service {
         let domain = IdentityDomain::linkerd_default();
         let now = SystemClock.now() - TimeDelta::minutes(1);
@@ -60,7 +63,10 @@ impl Service {
                 metrics: IdentityMetrics::new(),
                 rate_limit: Default::default(),
                 insecure_plaintext: false,
-                limits: Default::default(),
+                limits: lanyard_runtime::listen::Limits {
+                    handshake_timeout: Duration::from_secs(1),
+                    ..Default::default()
+                },
             },
             tokens.clone(),
             SystemClock,
