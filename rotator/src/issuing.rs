@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use lanyard_crds::api::{CertificateSpec, GROUP, IssuerConfig, IssuerKind};
+use lanyard_crds::quote::quoted;
 use lanyard_crds::usage::RotationPolicy;
 use lanyard_issuer::{Certificate, CertificateTemplate, SigningCa, SigningKey, self_signed};
 
@@ -15,7 +16,7 @@ use crate::secret::{CA_CRT, MANAGED_KEYS, SecretData, TLS_CRT, TLS_KEY, annotati
 #[non_exhaustive]
 pub enum IssuerError {
     /// The issuer resource does not exist.
-    #[error("{kind} `{name}` does not exist")]
+    #[error("{kind} {} does not exist", quoted(.name))]
     NotFound {
         /// Issuer or ClusterIssuer.
         kind: IssuerKind,
@@ -23,7 +24,7 @@ pub enum IssuerError {
         name: String,
     },
     /// The issuer's spec is wrong.
-    #[error("{kind} `{name}`: {reason}")]
+    #[error("{kind} {}: {reason}", quoted(.name))]
     InvalidSpec {
         /// Issuer or ClusterIssuer.
         kind: IssuerKind,

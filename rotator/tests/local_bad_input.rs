@@ -361,3 +361,76 @@ fn applying_the_same_object_again_updates_it_and_a_deleted_certificate_loses_its
     );
     let _ = env.clock.now();
 }
+
+#[test]
+fn an_oversized_value_is_quoted_short_with_the_field_still_named() {
+    let env = env();
+    let before = tree(&env.options.state_dir);
+    let huge = "a".repeat(1 << 20);
+    let web = leaf("web", "");
+    let cases = [
+        (
+            "a megabyte-long name",
+            web.replace("  name: web\n", &format!("  name: {huge}\n")),
+            vec!["document 1: metadata.name: `aaaa", "(1048576 bytes)"],
+        ),
+        (
+            "a megabyte-long namespace",
+            web.replace("namespace: default", &format!("namespace: {huge}")),
+            vec![
+                "metadata.namespace: `aaaa",
+                "(1048576 bytes) is not a valid",
+            ],
+        ),
+        (
+            "a megabyte-long duration",
+            leaf("web", &format!("  duration: {huge}\n")),
+            vec!["spec.duration", "`aaaa", "is not a duration"],
+        ),
+        (
+            "a megabyte-long DNS name",
+            web.replace("[web.default.svc]", &format!("[{huge}]")),
+            vec![
+                "spec.dnsNames[0] `aaaa",
+                "(1048576 bytes) is not a DNS name",
+            ],
+        ),
+        (
+            "a megabyte-long kind",
+            web.replace("kind: Certificate", &format!("kind: {huge}")),
+            vec![
+                "kind: `aaaa",
+                "(1048576 bytes) is not a lanyard.dev/v1 kind",
+            ],
+        ),
+        (
+            "a megabyte-long usage, refused by serde",
+            leaf("web", &format!("  usages: [{huge}]\n")),
+            vec!["spec.usages[0]", "unknown variant"],
+        ),
+    ];
+    for (name, yaml, needles) in cases {
+        let Err(ApplyError::Invalid(errors)) = env.apply(&yaml) else {
+            panic!("{name}: apply must refuse")
+        };
+        let text = errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.len() < 1024,
+            "{name}: the error is {} bytes: {}",
+            text.len(),
+            text.chars().take(300).collect::<String>()
+        );
+        for needle in needles {
+            assert!(text.contains(needle), "{name}: `{needle}` not in `{text}`");
+        }
+        assert_eq!(
+            tree(&env.options.state_dir),
+            before,
+            "{name}: the store is unchanged"
+        );
+    }
+}

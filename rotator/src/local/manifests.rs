@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use lanyard_crds::api::{
     API_VERSION, Certificate, ClusterIssuer, Issuer, IssuerConfig, is_valid_object_name,
 };
+use lanyard_crds::quote::{excerpt, quoted};
 use lanyard_issuer::files::{FileMode, write_atomic};
 use serde::de::DeserializeOwned;
 
@@ -141,7 +142,10 @@ pub fn parse(
     };
     let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
         Ok(docs) => docs,
-        Err(e) => return Err(vec![error(0, None, format!("not valid YAML: {e}"))]),
+        Err(e) => {
+            let message = format!("not valid YAML: {}", excerpt(&e.to_string()));
+            return Err(vec![error(0, None, message)]);
+        }
     };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -166,9 +170,11 @@ type DocError = (Option<String>, String);
 
 fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, DocError> {
     serde_path_to_error::deserialize(doc).map_err(|e| {
+        // Both can repeat input: map keys in the path, values in serde's
+        // message (`invalid type: string "..."`, `unknown variant ...`).
         let path = e.path().to_string();
-        let field = (path != ".").then_some(path);
-        (field, e.into_inner().to_string())
+        let field = (path != ".").then(|| excerpt(&path).to_string());
+        (field, excerpt(&e.into_inner().to_string()).to_string())
     })
 }
 
@@ -208,7 +214,8 @@ fn parse_document(
             return Err((
                 Some("apiVersion".into()),
                 format!(
-                    "`cert-manager.io/v1` is cert-manager's API; change it to `{API_VERSION}` and the {kind} applies unchanged"
+                    "`cert-manager.io/v1` is cert-manager's API; change it to `{API_VERSION}` and the {} applies unchanged",
+                    excerpt(&kind)
                 ),
             ));
         }
@@ -216,7 +223,8 @@ fn parse_document(
             return Err((
                 Some("kind".into()),
                 format!(
-                    "`{other}` is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer)"
+                    "{} is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer)",
+                    quoted(other)
                 ),
             ));
         }
@@ -224,7 +232,9 @@ fn parse_document(
             return Err((
                 Some("apiVersion".into()),
                 format!(
-                    "`{other}` `{kind}` is not served here; Lanyard takes {API_VERSION} Certificate, Issuer and ClusterIssuer, and v1 Secret"
+                    "{} {} is not served here; Lanyard takes {API_VERSION} Certificate, Issuer and ClusterIssuer, and v1 Secret",
+                    quoted(other),
+                    quoted(kind)
                 ),
             ));
         }
@@ -248,7 +258,10 @@ fn parse_document(
         Some(name) => {
             return Err((
                 Some("metadata.name".into()),
-                format!("`{name}` is not a valid name (lower-case letters, digits, '-' and '.')"),
+                format!(
+                    "{} is not a valid name (lower-case letters, digits, '-' and '.', at most 253)",
+                    quoted(&name)
+                ),
             ));
         }
         None => return Err((Some("metadata.name".into()), "missing".into())),
@@ -258,7 +271,7 @@ fn parse_document(
         if !is_valid_object_name(ns) {
             return Err((
                 Some("metadata.namespace".into()),
-                format!("`{ns}` is not a valid namespace"),
+                format!("{} is not a valid namespace", quoted(ns)),
             ));
         }
     }
@@ -267,7 +280,7 @@ fn parse_document(
     {
         return Err((
             Some("metadata.namespace".into()),
-            format!("`{namespace}` is not a valid namespace"),
+            format!("{} is not a valid namespace", quoted(namespace)),
         ));
     }
     if checks == Checks::Structure {
