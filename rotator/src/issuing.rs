@@ -151,6 +151,9 @@ pub struct Issued {
     pub secret: SecretData,
     /// The new certificate's times.
     pub certificate: CurrentCertificate,
+    /// `Some(requested end)` when the certificate was cut short to end
+    /// with its issuer ([`lanyard_issuer::Validity::clamped_from`]).
+    pub clamped_from: Option<DateTime<Utc>>,
 }
 
 /// Why issuance failed although the issuer was loaded.
@@ -251,5 +254,6 @@ pub fn issue(
                 spec.renew_before_for(not_after - not_before),
             ),
         },
+        clamped_from: validity.clamped_from,
     })
 }
