@@ -56,3 +56,40 @@ fn apply_quotes_a_megabyte_value_in_a_few_hundred_bytes() {
         );
     }
 }
+
+#[test]
+fn apply_writes_nothing_when_a_later_document_cannot_be_written() {
+    let scratch = Scratch::new();
+    // A regular file where the third document's Secret needs its
+    // namespace directory.
+    std::fs::create_dir_all(scratch.path("state/secrets")).unwrap();
+    scratch.write("state/secrets/blocked", "not a directory");
+    let secret = |namespace: &str, name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\nstringData:\n  token: {name}\n"
+        )
+    };
+    scratch.write(
+        "three.yaml",
+        [
+            secret("default", "first"),
+            CERTIFICATE.to_string(),
+            secret("blocked", "third"),
+        ]
+        .join("---\n"),
+    );
+    let ran = scratch
+        .lanyard(&["apply", "--state-dir", "state", "-f", "three.yaml"])
+        .failure_saying("Secret blocked/third");
+    assert!(
+        ran.stderr.contains("state/secrets/blocked") && ran.stderr.contains("nothing was applied"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stdout.is_empty(), "nothing is reported as applied");
+    assert!(
+        !scratch.exists("state/secrets/default"),
+        "no Secret written"
+    );
+    assert!(!scratch.exists("state/manifests"), "no manifest written");
+}

@@ -77,7 +77,11 @@ impl SecretStore {
         let data_dir = self.dir(namespace, name).join(DATA);
         let entries = match fs::read_dir(&data_dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            // A file where a directory of the path should be: no Secret
+            // is there (a write will say why it cannot put one there).
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                return Ok(None);
+            }
             Err(e) => return Err(at(&data_dir)(e)),
         };
         let mut secret = SecretData::default();
