@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, ValueEnum};
 use lanyard_crds::identity::{IdentityDomain, TrustDomain};
 use lanyard_crds::time::SystemClock;
-use lanyard_rotator::local::manifests::{self, ApplyError};
+use lanyard_rotator::local::manifests;
 use lanyard_rotator::local::{
     DEFAULT_CLUSTER_RESOURCE_NAMESPACE, Durability, LocalController, LocalOptions, certificate_rows,
 };
@@ -266,11 +266,7 @@ pub fn apply(args: ApplyArgs) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ ApplyError::Invalid(_)) => {
-            eprintln!("{e}");
-            eprintln!("nothing was applied");
-            Ok(ExitCode::FAILURE)
-        }
+        // The error says what was applied: nothing, or which objects.
         Err(e) => {
             eprintln!("{e}");
             Ok(ExitCode::FAILURE)

@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::GoDuration;
+use crate::quote::quoted;
 use crate::usage::{KeyUsage, PrivateKeyAlgorithm, RotationPolicy};
 
 /// The API group of Lanyard's own kinds.
@@ -349,7 +350,8 @@ pub fn custom_resource_definitions()
 pub enum SpecError {
     /// `secretName` is empty or not a valid Secret name.
     #[error(
-        "spec.secretName `{0}` is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253)"
+        "spec.secretName {} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253)",
+        quoted(.0)
     )]
     SecretName(String),
     /// None of commonName, dnsNames, uris.
@@ -359,7 +361,7 @@ pub enum SpecError {
     #[error("spec.commonName is {0} characters; X.509 allows at most 64")]
     CommonNameTooLong(usize),
     /// A DNS name that cannot go in a certificate.
-    #[error("spec.dnsNames[{index}] `{name}` is not a DNS name")]
+    #[error("spec.dnsNames[{index}] {} is not a DNS name", quoted(.name))]
     DnsName {
         /// Position in the list.
         index: usize,
@@ -367,7 +369,10 @@ pub enum SpecError {
         name: String,
     },
     /// A URI without a scheme.
-    #[error("spec.uris[{index}] `{uri}` is not a URI (expected scheme:rest, e.g. spiffe://...)")]
+    #[error(
+        "spec.uris[{index}] {} is not a URI (expected scheme:rest, e.g. spiffe://...)",
+        quoted(.uri)
+    )]
     Uri {
         /// Position in the list.
         index: usize,
@@ -408,11 +413,15 @@ pub enum SpecError {
     #[error("spec.issuerRef.name must not be empty")]
     IssuerName,
     /// issuerRef kind not served.
-    #[error("spec.issuerRef.kind `{0}` is not served here; use Issuer or ClusterIssuer")]
+    #[error(
+        "spec.issuerRef.kind {} is not served here; use Issuer or ClusterIssuer",
+        quoted(.0)
+    )]
     IssuerKind(String),
     /// issuerRef group not ours.
     #[error(
-        "spec.issuerRef.group `{0}` is not served here; Lanyard's issuers are in `lanyard.dev` (omit the field or set it)"
+        "spec.issuerRef.group {} is not served here; Lanyard's issuers are in `lanyard.dev` (omit the field or set it)",
+        quoted(.0)
     )]
     IssuerGroup(String),
 }
@@ -660,8 +669,8 @@ impl IssuerConfig {
     pub fn validate(&self) -> Result<(), String> {
         match (&self.ca, &self.self_signed) {
             (Some(ca), None) if !is_valid_object_name(&ca.secret_name) => Err(format!(
-                "spec.ca.secretName `{}` is not a valid Secret name",
-                ca.secret_name
+                "spec.ca.secretName {} is not a valid Secret name",
+                quoted(&ca.secret_name)
             )),
             (Some(_), None) | (None, Some(_)) => Ok(()),
             _ => Err("exactly one of spec.ca or spec.selfSigned must be set".to_string()),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::quote::quoted;
+
 /// Go's limit: a `time.Duration` is an `int64` of nanoseconds.
 const MAX_NANOS: u64 = i64::MAX as u64;
 
@@ -36,19 +38,26 @@ pub enum DurationError {
     #[error("empty duration; write it like `24h`, `8760h` or `1h30m`")]
     Empty,
     /// A negative duration, where only lifetimes and intervals make sense.
-    #[error("duration `{input}` is negative; lifetimes and intervals cannot be")]
+    #[error(
+        "duration {} is negative; lifetimes and intervals cannot be",
+        quoted(.input)
+    )]
     Negative {
         /// The input.
         input: String,
     },
     /// A number without a unit.
-    #[error("duration `{input}` is missing a unit (ns, us, ms, s, m, h)")]
+    #[error("duration {} is missing a unit (ns, us, ms, s, m, h)", quoted(.input))]
     MissingUnit {
         /// The input.
         input: String,
     },
     /// A unit Go does not know.
-    #[error("duration `{input}` has unknown unit `{unit}` (use ns, us, ms, s, m or h)")]
+    #[error(
+        "duration {} has unknown unit {} (use ns, us, ms, s, m or h)",
+        quoted(.input),
+        quoted(.unit)
+    )]
     UnknownUnit {
         /// The input.
         input: String,
@@ -56,13 +65,19 @@ pub enum DurationError {
         unit: String,
     },
     /// Not a duration at all.
-    #[error("`{input}` is not a duration; write it like `24h`, `8760h` or `1h30m`")]
+    #[error(
+        "{} is not a duration; write it like `24h`, `8760h` or `1h30m`",
+        quoted(.input)
+    )]
     Invalid {
         /// The input.
         input: String,
     },
     /// Longer than Go can represent (about 292 years).
-    #[error("duration `{input}` is too long (at most 2562047h47m16.854775807s)")]
+    #[error(
+        "duration {} is too long (at most 2562047h47m16.854775807s)",
+        quoted(.input)
+    )]
     Overflow {
         /// The input.
         input: String,

@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::quote::quoted;
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -21,7 +23,7 @@ pub enum IdentityError {
         what: &'static str,
     },
     /// The name breaks the DNS rules for its kind.
-    #[error("{what} `{name}` is malformed: {reason}")]
+    #[error("{what} {} is malformed: {reason}", quoted(.name))]
     Malformed {
         /// Which kind of name.
         what: &'static str,
@@ -32,14 +34,19 @@ pub enum IdentityError {
     },
     /// The identity domain does not start with `identity.`.
     #[error(
-        "identity domain `{name}` must be `identity.<control-plane-namespace>.<trust-domain>`, e.g. `identity.linkerd.cluster.local`"
+        "identity domain {} must be `identity.<control-plane-namespace>.<trust-domain>`, e.g. `identity.linkerd.cluster.local`",
+        quoted(.name)
     )]
     NotAnIdentityDomain {
         /// The name.
         name: String,
     },
     /// The identity belongs to another identity domain.
-    #[error("identity `{identity}` is not in the identity domain `{domain}`")]
+    #[error(
+        "identity {} is not in the identity domain {}",
+        quoted(.identity),
+        quoted(.domain)
+    )]
     NotInDomain {
         /// The identity.
         identity: String,
@@ -341,7 +348,7 @@ fn check_subdomain(what: &'static str, s: &str) -> Result<(), IdentityError> {
             IdentityError::Malformed { reason, .. } => IdentityError::Malformed {
                 what,
                 name: s.to_string(),
-                reason: format!("label `{label}`: {reason}"),
+                reason: format!("label {}: {reason}", quoted(label)),
             },
             other => other,
         })?;

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use lanyard_crds::api::{CertificateSpec, GROUP, IssuerConfig, IssuerKind};
+use lanyard_crds::quote::quoted;
 use lanyard_crds::usage::RotationPolicy;
 use lanyard_issuer::{Certificate, CertificateTemplate, SigningCa, SigningKey, self_signed};
 
@@ -15,7 +16,7 @@ use crate::secret::{CA_CRT, MANAGED_KEYS, SecretData, TLS_CRT, TLS_KEY, annotati
 #[non_exhaustive]
 pub enum IssuerError {
     /// The issuer resource does not exist.
-    #[error("{kind} `{name}` does not exist")]
+    #[error("{kind} {} does not exist", quoted(.name))]
     NotFound {
         /// Issuer or ClusterIssuer.
         kind: IssuerKind,
@@ -23,7 +24,7 @@ pub enum IssuerError {
         name: String,
     },
     /// The issuer's spec is wrong.
-    #[error("{kind} `{name}`: {reason}")]
+    #[error("{kind} {}: {reason}", quoted(.name))]
     InvalidSpec {
         /// Issuer or ClusterIssuer.
         kind: IssuerKind,
@@ -159,6 +160,9 @@ pub struct Issued {
     pub secret: SecretData,
     /// The new certificate's times.
     pub certificate: CurrentCertificate,
+    /// `Some(requested end)` when the certificate was cut short to end
+    /// with its issuer ([`lanyard_issuer::Validity::clamped_from`]).
+    pub clamped_from: Option<DateTime<Utc>>,
 }
 
 /// Why issuance failed although the issuer was loaded.
@@ -259,5 +263,6 @@ pub fn issue(
                 spec.renew_before_for(not_after - not_before),
             ),
         },
+        clamped_from: validity.clamped_from,
     })
 }

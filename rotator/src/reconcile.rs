@@ -3,10 +3,14 @@
 //! due, and return the new status, the Secret to write (if any) and when to
 //! look again. No I/O; the shells gather inputs and write outputs.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use lanyard_crds::api::{
-    Certificate, CertificateStatus, Condition, IssuerKind, IssuerStatus, set_condition,
+    Certificate, CertificateSpec, CertificateStatus, Condition, IssuerKind, IssuerStatus,
+    set_condition,
 };
+use lanyard_crds::duration::GoDuration;
 
 use crate::issuing::{IssuerError, IssuerMaterial, issue};
 use crate::planner::{
@@ -55,6 +59,65 @@ pub struct Outcome {
     pub requeue_at: DateTime<Utc>,
     /// What happened.
     pub event: Event,
+    /// Set when the certificate in force ends with its issuer, before the
+    /// end its duration asks for. The `Ready` message says so on every
+    /// pass; the shells also log it when the certificate was just issued.
+    pub clamped: Option<Clamped>,
+}
+
+/// A certificate cut short to end with its issuer: valid, so `Ready`, but
+/// not for as long as `spec.duration` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clamped {
+    /// The requested duration.
+    pub duration: GoDuration,
+    /// The end that duration asks for.
+    pub requested: DateTime<Utc>,
+    /// The end the certificate has: its issuer's notAfter.
+    pub not_after: DateTime<Utc>,
+}
+
+impl Clamped {
+    /// The clamp of a certificate already in force, read from its times:
+    /// it ends exactly at the issuer CA's notAfter, before `notBefore +
+    /// duration`. `None` for a self-signed issuer, which has no end to
+    /// clamp to.
+    pub fn of_current(
+        spec: &CertificateSpec,
+        current: CurrentCertificate,
+        issuer_not_after: Option<DateTime<Utc>>,
+    ) -> Option<Clamped> {
+        let duration = spec.duration();
+        let requested = current
+            .not_before
+            .checked_add_signed(duration.to_chrono())?;
+        (Some(current.not_after) == issuer_not_after && current.not_after < requested).then_some(
+            Clamped {
+                duration,
+                requested,
+                not_after: current.not_after,
+            },
+        )
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl fmt::Display for Clamped {
+    /// Worded as `lanyard ca init` and `lanyard ca issue` word their own
+    /// clamps.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the certificate would have lived until {} (duration {}), past its issuer; \
+             clamped to the issuer's notAfter {}",
+            rfc3339(self.requested),
+            self.duration,
+            rfc3339(self.not_after)
+        )
+    }
 }
 
 const READY: &str = "Ready";
@@ -83,6 +146,7 @@ pub fn reconcile(
             secret: None,
             requeue_at: until,
             event: Event::BackingOff,
+            clamped: None,
         };
     }
     if let Err(invalid) = certificate.spec.validate() {
@@ -126,17 +190,23 @@ pub fn reconcile(
         now,
     });
     match decision {
-        Plan::Wait { current } => Outcome {
-            status: ready(status, generation, current, now),
-            secret: None,
-            requeue_at: current.renewal_time,
-            event: Event::UpToDate,
-        },
+        Plan::Wait { current } => {
+            let issuer_end = material.ca().map(lanyard_issuer::Certificate::not_after);
+            let clamped = Clamped::of_current(&certificate.spec, current, issuer_end);
+            Outcome {
+                status: ready(status, generation, current, clamped, now),
+                secret: None,
+                requeue_at: current.renewal_time,
+                event: Event::UpToDate,
+                clamped,
+            }
+        }
         Plan::BackOff { until, .. } => Outcome {
             status,
             secret: None,
             requeue_at: until,
             event: Event::BackingOff,
+            clamped: None,
         },
         Plan::Issue {
             reason, message, ..
@@ -150,7 +220,12 @@ pub fn reconcile(
             now,
         ) {
             Ok(issued) => {
-                let mut status = ready(status, generation, issued.certificate, now);
+                let clamped = issued.clamped_from.map(|requested| Clamped {
+                    duration: certificate.spec.duration(),
+                    requested,
+                    not_after: issued.certificate.not_after,
+                });
+                let mut status = ready(status, generation, issued.certificate, clamped, now);
                 status.revision = Some(status.revision.unwrap_or(0) + 1);
                 set_condition(
                     &mut status.conditions,
@@ -168,6 +243,7 @@ pub fn reconcile(
                     status,
                     secret: Some(issued.secret),
                     event: Event::Issued(reason),
+                    clamped,
                 }
             }
             Err(error) => failed(
@@ -218,22 +294,28 @@ fn condition(
     }
 }
 
+/// `Ready=True`: a clamped certificate is valid, but the message says
+/// that it ends with its issuer rather than when its duration asks.
 fn ready(
     mut status: CertificateStatus,
     generation: Option<i64>,
     current: CurrentCertificate,
+    clamped: Option<Clamped>,
     now: DateTime<Utc>,
 ) -> CertificateStatus {
+    let message = match clamped {
+        None => "Certificate is up to date and has not expired".to_string(),
+        Some(c) => format!(
+            "Certificate is up to date and has not expired, but ends at its issuer's notAfter {} \
+             instead of {} as the requested duration {} asks: the issuer ends first",
+            rfc3339(c.not_after),
+            rfc3339(c.requested),
+            c.duration
+        ),
+    };
     set_condition(
         &mut status.conditions,
-        condition(
-            READY,
-            true,
-            "Ready",
-            "Certificate is up to date and has not expired".to_string(),
-            generation,
-            now,
-        ),
+        condition(READY, true, "Ready", message, generation, now),
     );
     if status
         .conditions
@@ -294,6 +376,7 @@ fn failed(
         secret: None,
         requeue_at: now + backoff(count),
         event: Event::Failed { reason, message },
+        clamped: None,
     }
 }
 

@@ -361,3 +361,170 @@ fn applying_the_same_object_again_updates_it_and_a_deleted_certificate_loses_its
     );
     let _ = env.clock.now();
 }
+
+#[test]
+fn an_oversized_value_is_quoted_short_with_the_field_still_named() {
+    let env = env();
+    let before = tree(&env.options.state_dir);
+    let huge = "a".repeat(1 << 20);
+    let web = leaf("web", "");
+    let cases = [
+        (
+            "a megabyte-long name",
+            web.replace("  name: web\n", &format!("  name: {huge}\n")),
+            vec!["document 1: metadata.name: `aaaa", "(1048576 bytes)"],
+        ),
+        (
+            "a megabyte-long namespace",
+            web.replace("namespace: default", &format!("namespace: {huge}")),
+            vec![
+                "metadata.namespace: `aaaa",
+                "(1048576 bytes) is not a valid",
+            ],
+        ),
+        (
+            "a megabyte-long duration",
+            leaf("web", &format!("  duration: {huge}\n")),
+            vec!["spec.duration", "`aaaa", "is not a duration"],
+        ),
+        (
+            "a megabyte-long DNS name",
+            web.replace("[web.default.svc]", &format!("[{huge}]")),
+            vec![
+                "spec.dnsNames[0] `aaaa",
+                "(1048576 bytes) is not a DNS name",
+            ],
+        ),
+        (
+            "a megabyte-long kind",
+            web.replace("kind: Certificate", &format!("kind: {huge}")),
+            vec![
+                "kind: `aaaa",
+                "(1048576 bytes) is not a lanyard.dev/v1 kind",
+            ],
+        ),
+        (
+            "a megabyte-long usage, refused by serde",
+            leaf("web", &format!("  usages: [{huge}]\n")),
+            vec!["spec.usages[0]", "unknown variant"],
+        ),
+    ];
+    for (name, yaml, needles) in cases {
+        let Err(ApplyError::Invalid(errors)) = env.apply(&yaml) else {
+            panic!("{name}: apply must refuse")
+        };
+        let text = errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.len() < 1024,
+            "{name}: the error is {} bytes: {}",
+            text.len(),
+            text.chars().take(300).collect::<String>()
+        );
+        for needle in needles {
+            assert!(text.contains(needle), "{name}: `{needle}` not in `{text}`");
+        }
+        assert_eq!(
+            tree(&env.options.state_dir),
+            before,
+            "{name}: the store is unchanged"
+        );
+    }
+}
+
+/// Every file's bytes and every directory under `dir`: a write that leaves
+/// only an empty directory behind still shows.
+fn entries(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            out.insert(path.clone(), None);
+            out.extend(entries(&path));
+        } else {
+            out.insert(path.clone(), std::fs::read(&path).ok());
+        }
+    }
+    out
+}
+
+fn secret_doc(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\nstringData:\n  token: {name}\n"
+    )
+}
+
+#[test]
+fn apply_writes_nothing_when_a_later_document_cannot_be_staged() {
+    let mut env = env();
+    env.pass();
+    // A regular file where the Secret `blocked/third` needs its namespace
+    // directory: staging the third document fails (tests run as root, so
+    // permission bits would not).
+    let secrets_root = env.options.state_dir.join("secrets");
+    std::fs::write(secrets_root.join("blocked"), "not a directory").unwrap();
+    let before = entries(&env.options.state_dir);
+    let yaml = [
+        secret_doc("default", "first"),
+        leaf("web", ""),
+        secret_doc("blocked", "third"),
+    ]
+    .join("---\n");
+    let error = env
+        .apply(&yaml)
+        .expect_err("the third Secret cannot be written");
+    let text = error.to_string();
+    for needle in [
+        "Secret blocked/third".to_string(),
+        secrets_root.join("blocked").display().to_string(),
+        "nothing was applied".to_string(),
+    ] {
+        assert!(text.contains(&needle), "`{needle}` not in `{text}`");
+    }
+    assert_eq!(
+        entries(&env.options.state_dir),
+        before,
+        "no earlier document's Secret or manifest was written"
+    );
+}
+
+#[test]
+fn apply_names_what_was_and_was_not_written_when_a_commit_fails() {
+    let mut env = env();
+    env.pass();
+    // A directory where the Certificate's manifest file must be renamed
+    // to: staging succeeds, the rename fails after the Secret is in.
+    let blocked = env
+        .options
+        .manifests_dir()
+        .join("certificate.default.web.yaml");
+    std::fs::create_dir(&blocked).unwrap();
+    let yaml = [secret_doc("default", "first"), leaf("web", "")].join("---\n");
+    let error = env
+        .apply(&yaml)
+        .expect_err("the manifest cannot be renamed");
+    let text = error.to_string();
+    for needle in [
+        format!("Certificate default/web to {}", blocked.display()),
+        "applied: Secret default/first (created)".to_string(),
+        "not applied: Certificate default/web".to_string(),
+    ] {
+        assert!(text.contains(&needle), "`{needle}` not in `{text}`");
+    }
+    assert!(
+        env.secret("default", "first").is_some(),
+        "as the error says"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(env.options.manifests_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "staged files are removed: {leftovers:?}"
+    );
+}

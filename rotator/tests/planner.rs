@@ -408,3 +408,112 @@ fn an_invalid_spec_fails_without_writing_and_says_why() {
         "{message}"
     );
 }
+
+#[test]
+fn a_certificate_cut_short_by_its_issuer_stays_ready_and_says_so() {
+    let f = fixture();
+    // The anchor lives 87600h from t0.
+    let anchor_end = "2035-12-30T00:00:00Z";
+    let by_anchor = |duration_hours: u64| {
+        let mut spec = leaf_spec("web");
+        spec.issuer_ref.name = "linkerd-trust-anchor".into();
+        spec.issuer_ref.kind = Some("ClusterIssuer".into());
+        spec.duration = Some(GoDuration::from_hours(duration_hours));
+        certificate("default", "web", spec)
+    };
+    let resolved = |material| ResolvedIssuer {
+        kind: IssuerKind::ClusterIssuer,
+        name: "linkerd-trust-anchor",
+        material: Ok(material),
+    };
+    // Issues at t0, then reconciles again an hour later with what was
+    // issued, as the next pass would.
+    let two_passes = |cert: &lanyard_crds::api::Certificate, material| {
+        let first = reconcile(cert, None, resolved(material), t0());
+        let mut cert = cert.clone();
+        cert.status = Some(first.status.clone());
+        let second = reconcile(
+            &cert,
+            first.secret.as_ref(),
+            resolved(material),
+            t0() + hours(1),
+        );
+        (first, second)
+    };
+    type Case<'a> = (&'a str, u64, &'a IssuerMaterial, Option<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        (
+            "a 24h leaf from a ten-year anchor is not cut short",
+            24,
+            &f.anchor,
+            None,
+        ),
+        (
+            "a certificate asking to end exactly with its issuer is not reported as cut short",
+            87_600,
+            &f.anchor,
+            None,
+        ),
+        (
+            "a 100000h certificate ends with its ten-year anchor, and both times are named",
+            100_000,
+            &f.anchor,
+            Some(("2037-05-29T16:00:00Z", "100000h0m0s")),
+        ),
+    ];
+    for (name, duration, material, want) in cases {
+        let (first, second) = two_passes(&by_anchor(duration), material);
+        assert_eq!(
+            first.event,
+            Event::Issued(IssueReason::DoesNotExist),
+            "{name}"
+        );
+        assert_eq!(
+            second.event,
+            Event::UpToDate,
+            "{name}: the second pass waits"
+        );
+        for (pass, outcome) in [("issuing", &first), ("waiting", &second)] {
+            let ready = outcome
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .expect("a Ready condition");
+            assert_eq!(
+                ready.status, "True",
+                "{name}, {pass}: the certificate is valid"
+            );
+            let message = ready.message.as_deref().unwrap_or_default();
+            match want {
+                None => {
+                    assert_eq!(
+                        message, "Certificate is up to date and has not expired",
+                        "{name}, {pass}"
+                    );
+                    assert_eq!(outcome.clamped, None, "{name}, {pass}");
+                }
+                Some((requested, duration)) => {
+                    assert_eq!(
+                        outcome.status.not_after,
+                        Some(t0() + hours(87_600)),
+                        "{name}, {pass}"
+                    );
+                    for needle in [
+                        format!("ends at its issuer's notAfter {anchor_end}"),
+                        format!("instead of {requested}"),
+                        format!("requested duration {duration}"),
+                    ] {
+                        assert!(
+                            message.contains(&needle),
+                            "{name}, {pass}: `{needle}` not in `{message}`"
+                        );
+                    }
+                    let clamped = outcome.clamped.expect("the outcome says it was cut short");
+                    assert_eq!(clamped.not_after, t0() + hours(87_600), "{name}, {pass}");
+                    assert_eq!(clamped.requested, t0() + hours(100_000), "{name}, {pass}");
+                }
+            }
+        }
+    }
+}

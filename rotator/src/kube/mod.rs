@@ -377,6 +377,9 @@ pub async fn reconcile_certificate<C: Clock>(
     match &outcome.event {
         Event::Issued(reason) => {
             info!(certificate = %format!("{namespace}/{name}"), secret = %spec.secret_name, reason = reason.as_str(), "issued a certificate");
+            if let Some(clamped) = &outcome.clamped {
+                warn!(certificate = %format!("{namespace}/{name}"), "{clamped}");
+            }
             ctx.metrics.issued(&namespace, &name, spec);
         }
         Event::Failed { reason, message } => {

@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use lanyard_crds::api::{
     API_VERSION, Certificate, ClusterIssuer, Issuer, IssuerConfig, is_valid_object_name,
 };
-use lanyard_issuer::files::{FileMode, write_atomic};
+use lanyard_crds::quote::{excerpt, quoted};
 use serde::de::DeserializeOwned;
 
+use super::secrets::{
+    Durability, SecretStore, SecretStoreError, StagedFile, StagedSecret, stage_file,
+};
 use crate::secret::SecretData;
 
 /// One object from a manifest.
@@ -141,7 +144,10 @@ pub fn parse(
     };
     let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
         Ok(docs) => docs,
-        Err(e) => return Err(vec![error(0, None, format!("not valid YAML: {e}"))]),
+        Err(e) => {
+            let message = format!("not valid YAML: {}", excerpt(&e.to_string()));
+            return Err(vec![error(0, None, message)]);
+        }
     };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -166,9 +172,11 @@ type DocError = (Option<String>, String);
 
 fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, DocError> {
     serde_path_to_error::deserialize(doc).map_err(|e| {
+        // Both can repeat input: map keys in the path, values in serde's
+        // message (`invalid type: string "..."`, `unknown variant ...`).
         let path = e.path().to_string();
-        let field = (path != ".").then_some(path);
-        (field, e.into_inner().to_string())
+        let field = (path != ".").then(|| excerpt(&path).to_string());
+        (field, excerpt(&e.into_inner().to_string()).to_string())
     })
 }
 
@@ -208,7 +216,8 @@ fn parse_document(
             return Err((
                 Some("apiVersion".into()),
                 format!(
-                    "`cert-manager.io/v1` is cert-manager's API; change it to `{API_VERSION}` and the {kind} applies unchanged"
+                    "`cert-manager.io/v1` is cert-manager's API; change it to `{API_VERSION}` and the {} applies unchanged",
+                    excerpt(&kind)
                 ),
             ));
         }
@@ -216,7 +225,8 @@ fn parse_document(
             return Err((
                 Some("kind".into()),
                 format!(
-                    "`{other}` is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer)"
+                    "{} is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer)",
+                    quoted(other)
                 ),
             ));
         }
@@ -224,7 +234,9 @@ fn parse_document(
             return Err((
                 Some("apiVersion".into()),
                 format!(
-                    "`{other}` `{kind}` is not served here; Lanyard takes {API_VERSION} Certificate, Issuer and ClusterIssuer, and v1 Secret"
+                    "{} {} is not served here; Lanyard takes {API_VERSION} Certificate, Issuer and ClusterIssuer, and v1 Secret",
+                    quoted(other),
+                    quoted(kind)
                 ),
             ));
         }
@@ -248,7 +260,10 @@ fn parse_document(
         Some(name) => {
             return Err((
                 Some("metadata.name".into()),
-                format!("`{name}` is not a valid name (lower-case letters, digits, '-' and '.')"),
+                format!(
+                    "{} is not a valid name (lower-case letters, digits, '-' and '.', at most 253)",
+                    quoted(&name)
+                ),
             ));
         }
         None => return Err((Some("metadata.name".into()), "missing".into())),
@@ -258,7 +273,7 @@ fn parse_document(
         if !is_valid_object_name(ns) {
             return Err((
                 Some("metadata.namespace".into()),
-                format!("`{ns}` is not a valid namespace"),
+                format!("{} is not a valid namespace", quoted(ns)),
             ));
         }
     }
@@ -267,7 +282,7 @@ fn parse_document(
     {
         return Err((
             Some("metadata.namespace".into()),
-            format!("`{namespace}` is not a valid namespace"),
+            format!("{} is not a valid namespace", quoted(namespace)),
         ));
     }
     if checks == Checks::Structure {
@@ -442,10 +457,14 @@ pub struct Applied {
 }
 
 /// Adds or updates objects in `manifests_dir`; Secrets go to `secrets`.
-/// Nothing is written unless every document of every input is valid.
+/// All or nothing, as far as a filesystem allows: nothing is written
+/// unless every document of every input is valid, and nothing becomes
+/// visible until every Secret and manifest file is staged beside its
+/// destination. Only then is each renamed into place; if one of those
+/// renames fails, the error lists what was applied and what was not.
 pub fn apply(
     manifests_dir: &Path,
-    secrets: &super::secrets::SecretStore,
+    secrets: &SecretStore,
     inputs: &[(PathBuf, String)],
     default_namespace: &str,
 ) -> Result<Vec<Applied>, ApplyError> {
@@ -460,27 +479,38 @@ pub fn apply(
     if !errors.is_empty() {
         return Err(ApplyError::Invalid(errors));
     }
-    std::fs::create_dir_all(manifests_dir)
-        .map_err(|e| ApplyError::Write(manifests_dir.display().to_string(), e.to_string()))?;
+
+    // What changes, decided in memory.
     let mut index = Index::load(manifests_dir, default_namespace);
     let mut applied = Vec::new();
-    for object in objects {
+    // One write per Secret; a later document for the same Secret replaces
+    // the earlier one's, as writing them in turn would.
+    let mut secret_writes: Vec<(ObjectKey, &SecretData)> = Vec::new();
+    for object in &objects {
         let key = object.key();
-        let action = match &object {
+        let action = match object {
             Object::Secret {
                 namespace,
                 name,
                 data,
             } => {
-                let old = secrets
-                    .read(namespace, name)
-                    .map_err(|e| ApplyError::Write(key.to_string(), e.to_string()))?;
+                let pending = secret_writes.iter().position(|(k, _)| *k == key);
+                let old = match pending {
+                    Some(i) => Some(secret_writes[i].1.clone()),
+                    None => secrets
+                        .read(namespace, name)
+                        .map_err(|source| ApplyError::Read {
+                            object: key.clone(),
+                            source,
+                        })?,
+                };
                 if old.as_ref() == Some(data) {
                     "unchanged"
                 } else {
-                    secrets
-                        .write(namespace, name, data)
-                        .map_err(|e| ApplyError::Write(key.to_string(), e.to_string()))?;
+                    match pending {
+                        Some(i) => secret_writes[i].1 = data,
+                        None => secret_writes.push((key.clone(), data)),
+                    }
                     if old.is_some() {
                         "configured"
                     } else {
@@ -488,42 +518,215 @@ pub fn apply(
                     }
                 }
             }
-            _ => index.upsert(manifests_dir, &object),
+            _ => index.upsert(manifests_dir, object),
         };
         applied.push(Applied { key, action });
     }
-    index.write()?;
+
+    // Stage every write; a failure here leaves everything as it was.
+    let flush = secrets.durability() == Durability::Fsync;
+    let mut targets: Vec<PathBuf> = secret_writes
+        .iter()
+        .map(|(key, _)| secrets.dir(&key.namespace, &key.name))
+        .collect();
+    if !index.changed.is_empty() {
+        targets.push(manifests_dir.to_path_buf());
+    }
+    let created = missing_dirs(&targets);
+    let staged = match stage_all(secrets, &secret_writes, &index, flush) {
+        Ok(staged) => staged,
+        Err(error) => {
+            // The staged files went when `stage_all` returned; the
+            // directories made for them go now.
+            remove_empty_dirs(created);
+            return Err(error);
+        }
+    };
+
+    // Make each staged write visible: Secrets first, then manifests.
+    let mut staged = staged.into_iter();
+    while let Some(unit) = staged.next() {
+        let result = match unit.write {
+            Staged::Secret(secret) => secrets.commit(secret, flush),
+            Staged::File(file) => file.commit(flush),
+        };
+        if let Err(source) = result {
+            let not_applied: Vec<ObjectKey> = unit
+                .objects
+                .iter()
+                .cloned()
+                .chain(staged.flat_map(|later| later.objects))
+                .collect();
+            return Err(ApplyError::Partial {
+                failed: unit.objects,
+                source,
+                applied: applied
+                    .into_iter()
+                    .filter(|a| !not_applied.contains(&a.key))
+                    .collect(),
+                not_applied,
+            });
+        }
+    }
     Ok(applied)
 }
 
-/// Why `apply` wrote nothing (or could not finish writing).
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ApplyError {
-    /// Some documents are invalid; nothing was written.
-    Invalid(Vec<ManifestError>),
-    /// Writing failed.
-    Write(String, String),
+/// One staged write and the objects it carries.
+struct StagedUnit {
+    objects: Vec<ObjectKey>,
+    write: Staged,
 }
 
-impl fmt::Display for ApplyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ApplyError::Invalid(errors) => {
-                for (i, e) in errors.iter().enumerate() {
-                    if i > 0 {
-                        writeln!(f)?;
-                    }
-                    write!(f, "error: {e}")?;
-                }
-                Ok(())
-            }
-            ApplyError::Write(what, why) => write!(f, "error: writing {what}: {why}"),
-        }
+enum Staged {
+    Secret(StagedSecret),
+    File(StagedFile),
+}
+
+/// Stages every Secret and every changed manifest file, in the order they
+/// are to be committed. On error, what was staged is dropped (and so
+/// removed) before this returns.
+fn stage_all(
+    secrets: &SecretStore,
+    secret_writes: &[(ObjectKey, &SecretData)],
+    index: &Index,
+    flush: bool,
+) -> Result<Vec<StagedUnit>, ApplyError> {
+    let mut staged = Vec::new();
+    for (key, data) in secret_writes {
+        let secret = secrets
+            .stage(&key.namespace, &key.name, data, flush)
+            .map_err(|source| ApplyError::Stage {
+                objects: vec![key.clone()],
+                source,
+            })?;
+        staged.push(StagedUnit {
+            objects: vec![key.clone()],
+            write: Staged::Secret(secret),
+        });
+    }
+    for (path, objects) in &index.changed {
+        let stage_error = |source| ApplyError::Stage {
+            objects: objects.clone(),
+            source,
+        };
+        let yaml = to_yaml_stream(&index.files[path]).map_err(|reason| {
+            stage_error(SecretStoreError {
+                path: path.clone(),
+                source: std::io::Error::other(reason),
+            })
+        })?;
+        let file = stage_file(path, yaml.as_bytes(), 0o644, flush).map_err(stage_error)?;
+        staged.push(StagedUnit {
+            objects: objects.clone(),
+            write: Staged::File(file),
+        });
+    }
+    Ok(staged)
+}
+
+/// The directories among `targets` and their ancestors that do not exist
+/// yet, deepest first: what staging will create.
+fn missing_dirs(targets: &[PathBuf]) -> Vec<PathBuf> {
+    let mut missing: Vec<PathBuf> = targets
+        .iter()
+        .flat_map(|target| {
+            target
+                .ancestors()
+                .take_while(|dir| !dir.as_os_str().is_empty() && dir.symlink_metadata().is_err())
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    missing.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+    missing.dedup();
+    missing
+}
+
+/// Removes each of `dirs` (deepest first) that is empty; a directory
+/// something else wrote into meanwhile is left alone.
+fn remove_empty_dirs(dirs: Vec<PathBuf>) {
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 
-impl std::error::Error for ApplyError {}
+/// Why `apply` wrote nothing, or could not finish writing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// Some documents are invalid; nothing was written.
+    #[error("{}\nnothing was applied", invalid_lines(.0))]
+    Invalid(Vec<ManifestError>),
+    /// The Secret already in the store could not be read; nothing was
+    /// written.
+    #[error("error: reading {object}: {source}\nnothing was applied")]
+    Read {
+        /// The Secret.
+        object: ObjectKey,
+        /// Where and why.
+        source: SecretStoreError,
+    },
+    /// A write could not be staged; what was staged before it was removed
+    /// and nothing was written.
+    #[error(
+        "error: writing {} to {}: {}\nnothing was applied",
+        keys(.objects),
+        .source.path.display(),
+        .source.source
+    )]
+    Stage {
+        /// The objects the write was for.
+        objects: Vec<ObjectKey>,
+        /// Where and why.
+        source: SecretStoreError,
+    },
+    /// Every write was staged, but making one visible failed: the objects
+    /// before it were applied, it and those after were not.
+    #[error(
+        "error: writing {} to {}: {}\napplied: {}\nnot applied: {}",
+        keys(.failed),
+        .source.path.display(),
+        .source.source,
+        applied_list(.applied),
+        keys(.not_applied)
+    )]
+    Partial {
+        /// The objects whose write failed.
+        failed: Vec<ObjectKey>,
+        /// Where and why.
+        source: SecretStoreError,
+        /// What was applied (or was already as asked).
+        applied: Vec<Applied>,
+        /// What was not: the failed objects and every one after them.
+        not_applied: Vec<ObjectKey>,
+    },
+}
+
+fn invalid_lines(errors: &[ManifestError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("error: {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn keys(keys: &[ObjectKey]) -> String {
+    keys.iter()
+        .map(ObjectKey::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn applied_list(applied: &[Applied]) -> String {
+    if applied.is_empty() {
+        return "nothing".to_string();
+    }
+    applied
+        .iter()
+        .map(|a| format!("{} ({})", a.key, a.action))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn to_value(object: &Object) -> serde_json::Value {
     let value = match object {
@@ -546,7 +749,8 @@ fn to_value(object: &Object) -> serde_json::Value {
 struct Index {
     files: BTreeMap<PathBuf, Vec<serde_json::Value>>,
     objects: std::collections::HashMap<ObjectKey, (PathBuf, usize)>,
-    dirty: std::collections::BTreeSet<PathBuf>,
+    /// The files to rewrite, with the objects that changed in each.
+    changed: BTreeMap<PathBuf, Vec<ObjectKey>>,
 }
 
 impl Index {
@@ -554,7 +758,7 @@ impl Index {
         let mut index = Index {
             files: BTreeMap::new(),
             objects: std::collections::HashMap::new(),
-            dirty: std::collections::BTreeSet::new(),
+            changed: BTreeMap::new(),
         };
         for path in manifest_files(dir) {
             let Ok(text) = std::fs::read_to_string(&path) else {
@@ -588,7 +792,7 @@ impl Index {
                 return "unchanged";
             }
             docs[*i] = value;
-            self.dirty.insert(path.clone());
+            self.mark_changed(path.clone(), key);
             return "configured";
         }
         let file_name = if key.namespace.is_empty() {
@@ -604,19 +808,17 @@ impl Index {
         let path = dir.join(file_name);
         let docs = self.files.entry(path.clone()).or_default();
         docs.push(value);
-        self.objects.insert(key, (path.clone(), docs.len() - 1));
-        self.dirty.insert(path);
+        self.objects
+            .insert(key.clone(), (path.clone(), docs.len() - 1));
+        self.mark_changed(path, key);
         "created"
     }
 
-    fn write(self) -> Result<(), ApplyError> {
-        for path in &self.dirty {
-            let write_err = |e: String| ApplyError::Write(path.display().to_string(), e);
-            let yaml = to_yaml_stream(&self.files[path]).map_err(write_err)?;
-            write_atomic(path, yaml.as_bytes(), FileMode::Public)
-                .map_err(|e| write_err(e.to_string()))?;
+    fn mark_changed(&mut self, path: PathBuf, key: ObjectKey) {
+        let keys = self.changed.entry(path).or_default();
+        if !keys.contains(&key) {
+            keys.push(key);
         }
-        Ok(())
     }
 }
 

@@ -887,6 +887,9 @@ impl<C: Clock> LocalController<C> {
             Event::Issued(reason) => {
                 self.metrics.issued(ns, name, &spec);
                 tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "issued");
+                if let Some(clamped) = &outcome.clamped {
+                    tracing::warn!(certificate = %key, "{clamped}");
+                }
             }
             Event::Failed { reason, message } => {
                 self.metrics.failed(ns, name, &spec, reason);

@@ -77,8 +77,8 @@ impl SecretStore {
         let data_dir = self.dir(namespace, name).join(DATA);
         let entries = match fs::read_dir(&data_dir) {
             Ok(entries) => entries,
-            // A regular file where a directory of the path should be is no
-            // Secret either; writing there is what fails.
+            // A file where a directory of the path should be: no Secret
+            // is there (a write will say why it cannot put one there).
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
                 return Ok(None);
             }
