@@ -199,6 +199,34 @@ struct Prepared {
 }
 
 impl Prepared {
+    fn new(
+        key: ObjectKey,
+        certificate: Certificate,
+        spec_value: serde_json::Value,
+        outcome: crate::reconcile::Outcome,
+    ) -> Prepared {
+        Prepared {
+            key,
+            certificate,
+            spec_value,
+            current_usable: false,
+            outcome,
+            staged_secret: None,
+            record: None,
+        }
+    }
+
+    /// Records the outcome's status (to be staged).
+    fn with_record(mut self) -> Prepared {
+        let record = Record {
+            generation: self.certificate.metadata.generation.unwrap_or(1),
+            spec: self.spec_value.clone(),
+            status: self.outcome.status.clone(),
+        };
+        self.record = Some((record, None));
+        self
+    }
+
     /// Turns a read or write error into this Certificate's failure:
     /// anything staged is discarded (removed), the status says why and the
     /// next attempt backs off.
@@ -216,13 +244,7 @@ impl Prepared {
             reason,
             error.to_string(),
         );
-        let record = Record {
-            generation: self.certificate.metadata.generation.unwrap_or(1),
-            spec: self.spec_value.clone(),
-            status: self.outcome.status.clone(),
-        };
-        self.record = Some((record, None));
-        self
+        self.with_record()
     }
 }
 
@@ -776,38 +798,31 @@ impl<C: Clock> LocalController<C> {
             Some(Err(e)) => Err(e),
             None => Err(&not_found),
         };
-        let secret = self.secrets.read(&ns, &certificate.spec.secret_name);
-        let mut prepared = Prepared {
-            key,
-            certificate,
-            spec_value,
-            current_usable: false,
-            outcome: crate::reconcile::Outcome {
-                status: CertificateStatus::default(),
-                secret: None,
-                requeue_at: now,
-                event: Event::UpToDate,
-            },
-            staged_secret: None,
-            record: None,
-        };
-        let secret = match secret {
+        let secret = match self.secrets.read(&ns, &certificate.spec.secret_name) {
             Ok(secret) => secret,
             Err(error) => {
-                return self
-                    .stage_record(prepared.storage_failed("ReadFailed", &error, now), flush);
+                let outcome = crate::reconcile::storage_failed(
+                    &certificate,
+                    false,
+                    now,
+                    "ReadFailed",
+                    error.to_string(),
+                );
+                let failed = Prepared::new(key, certificate, spec_value, outcome).with_record();
+                return self.stage_record(failed, flush);
             }
         };
-        prepared.outcome = reconcile(
-            &prepared.certificate,
+        let outcome = reconcile(
+            &certificate,
             secret.as_ref(),
             ResolvedIssuer {
                 kind,
-                name: &prepared.certificate.spec.issuer_ref.name,
+                name: &certificate.spec.issuer_ref.name,
                 material,
             },
             now,
         );
+        let mut prepared = Prepared::new(key, certificate, spec_value, outcome);
         // Stage first: nothing is visible until `finish_one` commits.
         if let Some(new_secret) = &prepared.outcome.secret {
             prepared.current_usable = crate::reconcile::secret_is_unexpired(secret.as_ref(), now);
