@@ -8,12 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::TimeDelta;
-use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::time::{Clock, ManualClock};
 use lanyard_rotator::local::manifests::{ApplyError, apply};
-use lanyard_rotator::local::{
-    Durability, LocalController, LocalOptions, PassReport, certificate_rows,
-};
+use lanyard_rotator::local::{LocalController, LocalOptions, PassReport, certificate_rows};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_rotator::planner::IssueReason;
 use lanyard_rotator::secret::{SecretData, TLS_CRT};
@@ -31,12 +28,7 @@ fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(t0()));
     let metrics = Arc::new(Metrics::new());
-    let options = LocalOptions {
-        state_dir: dir.path().to_path_buf(),
-        domain: IdentityDomain::linkerd_default(),
-        cluster_resource_namespace: "lanyard".into(),
-        durability: Durability::Deferred,
-    };
+    let options = support::local_options(dir.path());
     let controller =
         LocalController::open(options.clone(), clock.clone(), metrics.clone()).unwrap();
     controller.bootstrap().unwrap();

@@ -7,10 +7,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use chrono::TimeDelta;
-use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::time::ManualClock;
 use lanyard_rotator::local::manifests::apply;
-use lanyard_rotator::local::{Durability, LocalController, LocalOptions, certificate_rows};
+use lanyard_rotator::local::{LocalController, certificate_rows};
 use lanyard_rotator::metrics::Metrics;
 use support::{hours, t0};
 
@@ -80,12 +79,7 @@ fn a_certificate_longer_than_its_issuer_is_ready_and_says_it_ends_with_the_issue
 
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(t0()));
-    let options = LocalOptions {
-        state_dir: dir.path().to_path_buf(),
-        domain: IdentityDomain::linkerd_default(),
-        cluster_resource_namespace: "lanyard".into(),
-        durability: Durability::Deferred,
-    };
+    let options = support::local_options(dir.path());
     let mut controller =
         LocalController::open(options.clone(), clock.clone(), Arc::new(Metrics::new())).unwrap();
     controller.bootstrap().unwrap();

@@ -9,11 +9,10 @@ use std::process::Command;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::time::{Clock, ManualClock};
 use lanyard_issuer::{Certificate as X509, verify_chain};
+use lanyard_rotator::local::LocalController;
 use lanyard_rotator::local::manifests::apply;
-use lanyard_rotator::local::{Durability, LocalController, LocalOptions};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_rotator::planner::IssueReason;
 use support::t0;
@@ -97,12 +96,7 @@ fn a_year_passes_the_issuer_renews_and_every_leaf_stays_valid_and_chains() {
     );
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(t0()));
-    let options = LocalOptions {
-        state_dir: dir.path().to_path_buf(),
-        domain: IdentityDomain::linkerd_default(),
-        cluster_resource_namespace: "lanyard".into(),
-        durability: Durability::Deferred,
-    };
+    let options = support::local_options(dir.path());
     let mut controller =
         LocalController::open(options.clone(), clock.clone(), Arc::new(Metrics::new())).unwrap();
     assert!(

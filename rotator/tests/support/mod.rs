@@ -9,6 +9,17 @@ use lanyard_issuer::{Certificate as X509, CertificateTemplate, KeyAlgorithm, Sig
 use lanyard_rotator::issuing::{IssuerMaterial, issue, load_issuer};
 use lanyard_rotator::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY};
 
+/// Options of a local controller over `dir` for Linkerd's default identity
+/// domain, writing without fsync (test scratch directories).
+pub fn local_options(dir: &std::path::Path) -> lanyard_rotator::local::LocalOptions {
+    lanyard_rotator::local::LocalOptions {
+        state_dir: dir.to_path_buf(),
+        domain: lanyard_crds::identity::IdentityDomain::linkerd_default(),
+        cluster_resource_namespace: "lanyard".into(),
+        durability: lanyard_rotator::local::Durability::Deferred,
+    }
+}
+
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
 }
