@@ -46,8 +46,10 @@ pub const MIN_RENEW_BEFORE: GoDuration = GoDuration::from_secs(300);
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.secretName"}"#,
     printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".spec.issuerRef.name","priority":1}"#,
-    printcolumn = r#"{"name":"NotAfter","type":"date","jsonPath":".status.notAfter"}"#,
-    printcolumn = r#"{"name":"Renewal","type":"date","jsonPath":".status.renewalTime"}"#,
+    // Times to come as timestamps: kubectl renders a `date` column as an
+    // age, which for a future time is `<invalid>`.
+    printcolumn = r#"{"name":"NotAfter","type":"string","jsonPath":".status.notAfter"}"#,
+    printcolumn = r#"{"name":"Renewal","type":"string","jsonPath":".status.renewalTime","priority":1}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -112,6 +114,8 @@ pub struct PrivateKeySpec {
     pub algorithm: Option<PrivateKeyAlgorithm>,
     /// Key size: RSA bits, or the ECDSA curve size (256 or 384).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // `uint32` is no format Kubernetes knows (the API server warns).
+    #[schemars(extend("format" = "int32"))]
     pub size: Option<u32>,
     /// `Always` (default) makes a new key at every issuance; `Never`
     /// keeps the existing key while it fits the spec.

@@ -37,3 +37,43 @@ fn generated_crds_carry_the_cel_rules_and_enums() {
         assert!(yaml.contains(needle), "CRD YAML lacks `{needle}`");
     }
 }
+
+#[test]
+fn every_format_in_the_crds_is_one_kubernetes_knows() {
+    // The formats the API server validates; any other draws a warning
+    // (`unrecognized format "uint32"`) on every apply.
+    const KNOWN: [&str; 9] = [
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "binary",
+        "date",
+        "date-time",
+        "password",
+    ];
+    let yaml = custom_resource_definitions_yaml();
+    for line in yaml.lines() {
+        if let Some(format) = line.trim().strip_prefix("format: ") {
+            assert!(
+                KNOWN.contains(&format),
+                "unknown format `{format}` in:\n{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn times_to_come_are_printed_as_timestamps_not_ages() {
+    let yaml = custom_resource_definitions_yaml();
+    for column in ["NotAfter", "Renewal"] {
+        let at = yaml
+            .find(&format!("name: {column}"))
+            .unwrap_or_else(|| panic!("no {column} column"));
+        let start = yaml[..at].rfind("- ").unwrap();
+        let end = yaml[at..].find("\n  - ").map_or(yaml.len(), |e| at + e);
+        let entry = &yaml[start..end];
+        assert!(entry.contains("type: string"), "{column}: {entry}");
+    }
+}

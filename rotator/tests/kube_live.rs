@@ -246,6 +246,8 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
         assert_eq!(condition.observed_generation, issuer.metadata.generation);
         assert!(condition.last_transition_time.is_some());
 
+        kubectl_get_shows_ready_certificates_readably(&namespace);
+
         let anchors = X509::parse_pem_bundle(anchor.get("tls.crt").unwrap(), "anchor").unwrap();
         for (name, secret_name) in [
             ("identity-issuer", "identity-issuer"),
@@ -380,4 +382,61 @@ async fn only_one_replica_holds_the_lease_until_it_gives_it_up() {
         assert_eq!(spec.lease_duration_seconds, Some(15));
     };
     with_cleanup(body, delete_namespace(&client, &namespace)).await;
+}
+
+/// `kubectl get certificates` as a user runs it: the columns cert-manager
+/// users know, and the end as a timestamp, never `<invalid>` (what kubectl
+/// shows for a `date` column in the future). kubectl comes from
+/// `$LANYARD_TEST_KUBECTL`, else `PATH`.
+fn kubectl_get_shows_ready_certificates_readably(namespace: &str) {
+    let kubectl = std::env::var("LANYARD_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let kubeconfig = std::env::var(live::ENV).expect("set for live tests");
+    let output = match std::process::Command::new(&kubectl)
+        .args([
+            "--kubeconfig",
+            &kubeconfig,
+            "get",
+            "certificates.lanyard.dev",
+            "-n",
+            namespace,
+        ])
+        .output()
+    {
+        Ok(output) => output,
+        Err(error) => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: the kubectl check ({kubectl}: {error}); set LANYARD_TEST_KUBECTL"
+            );
+            return;
+        }
+    };
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "kubectl get: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "SECRET", "NOTAFTER", "AGE"],
+        "{table}"
+    );
+    assert!(!table.contains("<invalid>"), "{table}");
+    for line in table.lines().skip(1) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells.get(1), Some(&"True"), "{table}");
+        let not_after = cells.get(3).copied().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(not_after).is_ok(),
+            "NOTAFTER `{not_after}` is a timestamp:\n{table}"
+        );
+    }
 }
