@@ -303,6 +303,37 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
             Some("Opaque")
         );
 
+        // Each deletion of the Secret is one re-issue: the revision rises by
+        // exactly one and is never written back from a stale copy.
+        let revision = |c: &Certificate| c.status.as_ref().and_then(|s| s.revision).unwrap_or(0);
+        let highest = std::cell::Cell::new(revision(&certificates.get("shared").await.unwrap()));
+        for round in 0..10 {
+            secrets
+                .delete("shared-tls", &DeleteParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: deleting shared-tls: {e}"));
+            let expected = highest.get() + 1;
+            eventually(&format!("round {round}: revision {expected}"), || async {
+                let now = revision(&certificates.get("shared").await.unwrap());
+                let before = highest.get();
+                assert!(
+                    now >= before,
+                    "round {round}: revision fell from {before} to {now}"
+                );
+                highest.set(before.max(now));
+                now == expected && secrets.get_opt("shared-tls").await.unwrap().is_some()
+            })
+            .await;
+            // Settled: no late write from a stale copy takes it back, and
+            // no second issue moves it on.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert_eq!(
+                revision(&certificates.get("shared").await.unwrap()),
+                expected,
+                "round {round}: exactly one re-issue per deletion"
+            );
+        }
+
         let lease = Api::<Lease>::namespaced(client.clone(), &namespace)
             .get(lanyard_rotator::kube::lease::DEFAULT_LEASE_NAME)
             .await

@@ -136,6 +136,20 @@ impl ApiServer {
         received
     }
 
+    /// Expects a PATCH and answers 409 Conflict, as the API server does when
+    /// the patch's resourceVersion is not the object's.
+    async fn patch_conflict(&mut self, path: &str) -> Received {
+        let (received, send) = self.next(Method::PATCH, path).await;
+        respond(
+            send,
+            StatusCode::CONFLICT,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "the object has been modified; please apply your changes to the latest version and try again",
+                    "reason": "Conflict", "code": 409}),
+        );
+        received
+    }
+
     /// Expects the controller to make no further request (it returns once
     /// the client is dropped).
     async fn done(mut self) {
@@ -423,8 +437,10 @@ async fn a_certificate_with_a_ca_cluster_issuer_and_no_secret_gets_one_applied_a
     assert_eq!(written.get("ca.crt"), anchor.get("ca.crt"));
     openssl_verify(&written, now);
 
-    // Then the status says Ready, with the certificate's times.
+    // Then the status says Ready, with the certificate's times, guarded
+    // by the resourceVersion the reconcile read.
     assert_eq!(status_patch.content_type, "application/merge-patch+json");
+    assert_eq!(status_patch.body["metadata"]["resourceVersion"], "7");
     assert_eq!(
         status_patch.query.get("fieldManager").map(String::as_str),
         Some("lanyard")
@@ -471,6 +487,74 @@ async fn a_certificate_whose_issuer_does_not_exist_gets_no_secret_and_is_not_rea
     assert_eq!(status["failedIssuanceAttempts"], 1);
     // Retried after the core's first backoff step (10s), not at once.
     assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn an_issuance_read_from_a_stale_copy_is_recorded_on_top_of_the_current_status() {
+    let anchor = anchor_secret("Lanyard Test Anchor", t0());
+    let now = t0() + hours(1);
+    let anchor_json = secret_json("lanyard", ANCHOR, &anchor, "kubernetes.io/tls");
+    // The cached copy says revision 3; the API server already holds 4.
+    let mut stale = identity_issuer();
+    stale.status = Some(lanyard_crds::api::CertificateStatus {
+        revision: Some(3),
+        ..Default::default()
+    });
+    let mut current = identity_issuer();
+    current.metadata.resource_version = Some("9".into());
+    current.status = Some(lanyard_crds::api::CertificateStatus {
+        revision: Some(4),
+        ..Default::default()
+    });
+    let current_json = serde_json::to_value(&current).unwrap();
+    let (result, (refused, written)) = run_scenario(stale, now, |mut server| async move {
+        server.get(CLUSTER_ISSUER_PATH, cluster_issuer_json()).await;
+        server.get(ANCHOR_SECRET_PATH, anchor_json).await;
+        server.get_not_found(SECRET_PATH).await;
+        server.patch(SECRET_PATH, echo).await;
+        let refused = server.patch_conflict(STATUS_PATH).await;
+        server
+            .get(
+                "/apis/lanyard.dev/v1/namespaces/linkerd/certificates/linkerd-identity-issuer",
+                current_json,
+            )
+            .await;
+        let written = server.patch(STATUS_PATH, with_status(current)).await;
+        server.done().await;
+        (refused, written)
+    })
+    .await;
+    result.expect("the reconcile succeeds");
+    assert_eq!(refused.body["metadata"]["resourceVersion"], "7");
+    assert_eq!(refused.body["status"]["revision"], 4);
+    // Written over the current copy: its version, and the revision after
+    // its own, never back.
+    assert_eq!(written.body["metadata"]["resourceVersion"], "9");
+    assert_eq!(written.body["status"]["revision"], 5);
+    assert_eq!(ready_condition(&written.body["status"])["status"], "True");
+}
+
+#[tokio::test]
+async fn a_status_read_from_a_stale_copy_is_not_written_and_the_certificate_is_looked_at_again() {
+    let anchor = anchor_secret("Lanyard Test Anchor", t0());
+    let material = ca_issuer(&anchor, t0());
+    let issued = support::issued_secret(&identity_issuer_spec(), &material, t0());
+    let now = t0() + hours(24);
+    let anchor_json = secret_json("lanyard", ANCHOR, &anchor, "kubernetes.io/tls");
+    let current_json = secret_json(NAMESPACE, NAME, &issued, "kubernetes.io/tls");
+    let (result, ()) = run_scenario(identity_issuer(), now, |mut server| async move {
+        server.get(CLUSTER_ISSUER_PATH, cluster_issuer_json()).await;
+        server.get(ANCHOR_SECRET_PATH, anchor_json).await;
+        server.get(SECRET_PATH, current_json).await;
+        server.patch_conflict(STATUS_PATH).await;
+        // Nothing more: no retry from the stale copy.
+        server.done().await;
+    })
+    .await;
+    assert_eq!(
+        result.expect("a conflict is not an API failure"),
+        Action::requeue(lanyard_rotator::kube::STALE_REQUEUE)
+    );
 }
 
 #[tokio::test]

@@ -350,28 +350,10 @@ pub async fn reconcile_certificate<C: Clock>(
             })?;
     }
 
-    if certificate.status.as_ref() != Some(&outcome.status) {
-        let patch =
-            status_patch(certificate.status.as_ref(), &outcome.status).map_err(|source| {
-                Error::SerializeStatus {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    source,
-                }
-            })?;
-        let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PatchParams::default()
-        };
-        certificates
-            .patch_status(&name, &params, &Patch::Merge(&patch))
-            .await
-            .map_err(|source| Error::PatchStatus {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                source,
-            })?;
+    if certificate.status.as_ref() != Some(&outcome.status)
+        && let Some(requeue) = write_status(&ctx, &certificate, &namespace, &outcome).await?
+    {
+        return Ok(requeue);
     }
 
     match &outcome.event {
@@ -397,6 +379,89 @@ pub async fn reconcile_certificate<C: Clock>(
         .observe_certificate(&namespace, &name, spec, &outcome.status);
     ctx.clear_api_failures(CERTIFICATE, &namespace, &name);
     Ok(Action::requeue(requeue_after(outcome.requeue_at, now)))
+}
+
+/// How soon a Certificate whose status could not be written (it changed
+/// since the cached copy the reconcile started from) is looked at again.
+pub const STALE_REQUEUE: Duration = Duration::from_secs(1);
+
+/// Writes `outcome.status` over the Certificate's, guarded by the
+/// `resourceVersion` the reconcile read: a reconcile that ran on a stale
+/// cached copy (the controller's own Secret write triggers one before the
+/// watch has delivered its previous status write) must not overwrite a
+/// newer status, or `revision`, conditions and failure counts go back.
+///
+/// On a conflict, an issuance (whose Secret is already written) is
+/// recorded on top of the current status: its revision follows the
+/// current one. Any other outcome is dropped and the Certificate requeued
+/// after [`STALE_REQUEUE`] (`Some`), to be decided again from fresh state.
+async fn write_status<C: Clock>(
+    ctx: &Context<C>,
+    certificate: &Certificate,
+    namespace: &str,
+    outcome: &crate::reconcile::Outcome,
+) -> Result<Option<Action>, Error> {
+    let name = certificate.name_any();
+    let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    let patch_error = |source| Error::PatchStatus {
+        namespace: namespace.to_string(),
+        name: name.clone(),
+        source,
+    };
+    let serialize_error = |source| Error::SerializeStatus {
+        namespace: namespace.to_string(),
+        name: name.clone(),
+        source,
+    };
+    let patch = status_patch(
+        certificate.metadata.resource_version.as_deref(),
+        certificate.status.as_ref(),
+        &outcome.status,
+    )
+    .map_err(serialize_error)?;
+    match certificates
+        .patch_status(&name, &params, &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => return Ok(None),
+        Err(::kube::Error::Api(response)) if response.code == 409 => {}
+        Err(source) => return Err(patch_error(source)),
+    }
+    if !matches!(outcome.event, Event::Issued(_)) {
+        debug!(certificate = %format!("{namespace}/{name}"), "status changed since this reconcile read it; looking again");
+        return Ok(Some(Action::requeue(STALE_REQUEUE)));
+    }
+    let current = certificates
+        .get(&name)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("Certificate `{namespace}/{name}`"),
+            source,
+        })?;
+    let mut status = outcome.status.clone();
+    status.revision = Some(
+        current
+            .status
+            .as_ref()
+            .and_then(|s| s.revision)
+            .unwrap_or(0)
+            + 1,
+    );
+    let patch = status_patch(
+        current.metadata.resource_version.as_deref(),
+        current.status.as_ref(),
+        &status,
+    )
+    .map_err(serialize_error)?;
+    certificates
+        .patch_status(&name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(patch_error)?;
+    Ok(None)
 }
 
 /// How long to wait until `at`, clamped to [`MIN_REQUEUE`]..[`MAX_REQUEUE`].
@@ -532,10 +597,18 @@ impl IssuerResource for ClusterIssuer {
     }
 }
 
-/// The body of an issuer's status merge patch.
+/// The body of an issuer's status merge patch, guarded by the
+/// `resourceVersion` the reconcile read (see [`status_patch`]).
 #[derive(Debug, serde::Serialize)]
 struct IssuerStatusPatch<'a> {
+    metadata: VersionGuard<'a>,
     status: &'a IssuerStatus,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct VersionGuard<'a> {
+    #[serde(rename = "resourceVersion", skip_serializing_if = "Option::is_none")]
+    resource_version: Option<&'a str>,
 }
 
 /// Reconciles one Issuer or ClusterIssuer: read its CA Secret (in the
@@ -581,18 +654,30 @@ pub async fn reconcile_issuer<K: IssuerResource, C: Clock>(
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PatchParams::default()
         };
-        K::api(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &params,
-                &Patch::Merge(&IssuerStatusPatch { status: &status }),
-            )
+        let patch = IssuerStatusPatch {
+            metadata: VersionGuard {
+                resource_version: issuer.meta().resource_version.as_deref(),
+            },
+            status: &status,
+        };
+        match K::api(ctx.client.clone(), &namespace)
+            .patch_status(&name, &params, &Patch::Merge(&patch))
             .await
-            .map_err(|source| Error::PatchIssuerStatus {
-                kind,
-                name: qualified.clone(),
-                source,
-            })?;
+        {
+            Ok(_) => {}
+            // Read from a stale cached copy: decide again from fresh state.
+            Err(::kube::Error::Api(response)) if response.code == 409 => {
+                debug!(issuer = %qualified, %kind, "status changed since this reconcile read it; looking again");
+                return Ok(Action::requeue(STALE_REQUEUE));
+            }
+            Err(source) => {
+                return Err(Error::PatchIssuerStatus {
+                    kind,
+                    name: qualified.clone(),
+                    source,
+                });
+            }
+        }
         match &material {
             Ok(_) => info!(issuer = %qualified, %kind, "issuer is ready: {ISSUER_READY_MESSAGE}"),
             Err(error) => {
@@ -629,8 +714,12 @@ pub fn issuer_error_policy<K: IssuerResource, C: Clock>(
 
 /// The merge patch that makes the status `new`: a merge patch leaves keys
 /// it does not mention alone, so every key of `old` that `new` no longer
-/// has (a cleared `failedIssuanceAttempts`, say) is sent as `null`.
+/// has (a cleared `failedIssuanceAttempts`, say) is sent as `null`. With
+/// `resource_version` (that of the object `old` was read from), the API
+/// server refuses the patch with 409 Conflict if the object has changed
+/// since.
 pub fn status_patch(
+    resource_version: Option<&str>,
     old: Option<&CertificateStatus>,
     new: &CertificateStatus,
 ) -> Result<serde_json::Value, serde_json::Error> {
@@ -643,7 +732,13 @@ pub fn status_patch(
             status.entry(key.clone()).or_insert(serde_json::Value::Null);
         }
     }
-    Ok(serde_json::json!({ "status": status }))
+    Ok(match resource_version {
+        Some(version) => serde_json::json!({
+            "metadata": { "resourceVersion": version },
+            "status": status,
+        }),
+        None => serde_json::json!({ "status": status }),
+    })
 }
 
 /// Backs off a Certificate whose reconcile failed against the API server:
@@ -1171,7 +1266,7 @@ mod tests {
             revision: Some(2),
             ..CertificateStatus::default()
         };
-        let patch = status_patch(Some(&old), &new).unwrap();
+        let patch = status_patch(None, Some(&old), &new).unwrap();
         assert_eq!(
             patch,
             serde_json::json!({"status": {"revision": 2, "failedIssuanceAttempts": null}})
