@@ -71,7 +71,9 @@ fn test_prints_the_decision_and_what_made_it_and_expect_sets_the_exit_code() {
     let web = "web.frontend.serviceaccount.identity.linkerd.cluster.local";
     let ran = ask(Some(web), "deny").success();
     assert!(ran.stdout.starts_with("deny:"), "{}", ran.stdout);
-    assert!(!ask(Some(web), "allow").ok, "--expect allow fails on deny");
+    let ran = ask(Some(web), "allow").failure_saying("expected allow, got deny");
+    assert!(ran.stdout.starts_with("deny:"), "{}", ran.stdout);
+    ask(Some(api), "deny").failure_saying("expected deny, got allow");
     let ran = ask(None, "deny").success();
     assert!(
         ran.stdout.contains("an unauthenticated client"),
