@@ -415,3 +415,24 @@ async fn agents_get_leaves_for_exactly_their_identity_from_lanyard_up() {
         "{expiry}"
     );
 }
+
+#[test]
+fn up_warns_when_its_state_directory_is_inside_a_git_work_tree() {
+    let inside = Scratch::new();
+    std::fs::create_dir(inside.path(".git")).unwrap();
+    let up = start_up(&inside, &[]);
+    let log = up.log();
+    assert!(
+        log.contains("is inside the git work tree")
+            && log.contains(&inside.dir().canonicalize().unwrap().display().to_string()),
+        "{log}"
+    );
+    drop(up);
+
+    let outside = Scratch::new();
+    let in_a_repo_already = outside.dir().ancestors().any(|d| d.join(".git").exists());
+    let up = start_up(&outside, &[]);
+    if !in_a_repo_already {
+        assert!(!up.log().contains("git work tree"), "{}", up.log());
+    }
+}
