@@ -160,6 +160,14 @@ pub enum CliError {
     },
     #[error("{0}")]
     Usage(String),
+    /// Files `ca init` would replace exist and `--force` was not given.
+    #[error(
+        "{} already {}; pass --force to replace {}",
+        paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        if paths.len() == 1 { "exists" } else { "exist" },
+        if paths.len() == 1 { "it" } else { "them" },
+    )]
+    WouldOverwrite { paths: Vec<PathBuf> },
 }
 
 pub fn run(command: CaCommand, clock: &dyn Clock) -> Result<ExitCode, CliError> {
@@ -176,17 +184,34 @@ fn init(args: InitArgs, now: DateTime<Utc>) -> Result<ExitCode, CliError> {
     let domain = IdentityDomain::new(&args.control_plane_namespace, trust_domain)?;
     let algorithm: KeyAlgorithm = args.key_algorithm.parse()?;
     let files = CaDir::new(&args.out);
+    // An anchor given at the very path it would be written to is kept as
+    // it is (rotating the issuer in place): it is neither rewritten nor
+    // "overwritten".
+    let keep_anchor_crt = args
+        .anchor_cert
+        .as_deref()
+        .is_some_and(|given| same_file(given, &files.anchor_crt));
+    let keep_anchor_key = args
+        .anchor_key
+        .as_deref()
+        .is_some_and(|given| same_file(given, &files.anchor_key));
+    let mut written = Vec::new();
+    if !keep_anchor_crt {
+        written.push(&files.anchor_crt);
+    }
+    if !keep_anchor_key {
+        written.push(&files.anchor_key);
+    }
+    written.extend([&files.issuer_crt, &files.issuer_key]);
     // Refuse before generating anything, so a mistaken run costs nothing.
     if !args.force {
-        for path in [
-            &files.anchor_crt,
-            &files.anchor_key,
-            &files.issuer_crt,
-            &files.issuer_key,
-        ] {
-            if path.exists() {
-                return Err(lanyard_issuer::Error::WouldOverwrite { path: path.clone() }.into());
-            }
+        let existing: Vec<PathBuf> = written
+            .iter()
+            .filter(|p| p.exists())
+            .map(|p| p.to_path_buf())
+            .collect();
+        if !existing.is_empty() {
+            return Err(CliError::WouldOverwrite { paths: existing });
         }
     }
     let anchor = match (&args.anchor_cert, &args.anchor_key) {
@@ -200,16 +225,20 @@ fn init(args: InitArgs, now: DateTime<Utc>) -> Result<ExitCode, CliError> {
         source,
     })?;
     let mut staged = StagedFiles::new();
-    staged.stage(
-        &files.anchor_crt,
-        anchor.certificate().to_pem().as_bytes(),
-        FileMode::Public,
-    )?;
-    staged.stage(
-        &files.anchor_key,
-        anchor.key().to_pkcs8_pem().as_bytes(),
-        FileMode::Secret,
-    )?;
+    if !keep_anchor_crt {
+        staged.stage(
+            &files.anchor_crt,
+            anchor.certificate().to_pem().as_bytes(),
+            FileMode::Public,
+        )?;
+    }
+    if !keep_anchor_key {
+        staged.stage(
+            &files.anchor_key,
+            anchor.key().to_pkcs8_pem().as_bytes(),
+            FileMode::Secret,
+        )?;
+    }
     staged.stage(
         &files.issuer_crt,
         issuer.certificate().to_pem().as_bytes(),
@@ -241,7 +270,15 @@ fn init(args: InitArgs, now: DateTime<Utc>) -> Result<ExitCode, CliError> {
             ""
         }
     );
-    println!("trust anchor key {}  (0600)", display(&files.anchor_key));
+    println!(
+        "trust anchor key {}  ({})",
+        display(&files.anchor_key),
+        if keep_anchor_key {
+            "kept as it was"
+        } else {
+            "0600"
+        }
+    );
     println!(
         "identity issuer  {}  {}  (valid until {})",
         display(&files.issuer_crt),
@@ -251,6 +288,14 @@ fn init(args: InitArgs, now: DateTime<Utc>) -> Result<ExitCode, CliError> {
     println!("issuer key       {}  (0600)", display(&files.issuer_key));
     println!("identity domain  {}", issuer.domain());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `a` and `b` name one existing file (however each is spelled).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Reads an existing anchor and its key, validated as `ca check` does.

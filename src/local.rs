@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -94,6 +94,17 @@ fn options(args: &UpArgs) -> Result<LocalOptions, CliError> {
     })
 }
 
+/// The git work tree holding `dir`, if any: the nearest directory at or
+/// above it with a `.git` entry (a directory, or a file in a linked
+/// worktree or submodule). Read from the file system, so no git binary is
+/// needed.
+fn enclosing_git_work_tree(dir: &Path) -> Option<PathBuf> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    dir.ancestors()
+        .find(|d| d.join(".git").exists())
+        .map(Path::to_path_buf)
+}
+
 /// Runs the local controller until Ctrl-C or SIGTERM.
 ///
 /// One `up` owns a state directory (a lock on `DIR/.lock`); it removes
@@ -108,6 +119,15 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
     })?;
     let _lock = lanyard_runtime::lock::DirLock::acquire(&options.state_dir)
         .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(work_tree) = enclosing_git_work_tree(&options.state_dir) {
+        eprintln!(
+            "lanyard: warning: the state directory {} is inside the git work tree {}; \
+             it holds the trust anchor's private key, one `git add` away from a commit. \
+             Keep it out of git (.gitignore) or use a --state-dir outside the work tree",
+            options.state_dir.display(),
+            work_tree.display()
+        );
+    }
     if let Err(error) = lanyard_runtime::raise_fd_limit() {
         tracing::warn!(%error, "cannot raise the open-file limit");
     }

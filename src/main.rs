@@ -10,16 +10,50 @@ mod local;
 mod policy;
 mod token;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// What is logged when neither `--log-level` nor `LANYARD_LOG` says: one
+/// line per lifecycle event (issued, renewed, the issuer rotated, a
+/// refusal) from Lanyard's own crates, and only warnings from the
+/// libraries under them.
+const DEFAULT_LOG_FILTER: &str =
+    "warn,lanyard=info,lanyard_rotator=info,lanyard_issuer=info,lanyard_runtime=info";
 
 /// Certificate lifecycle manager for Kubernetes service meshes.
 #[derive(Debug, Parser)]
-#[command(name = "lanyard", version, about, long_about = None)]
+#[command(
+    name = "lanyard",
+    version,
+    about,
+    long_about = None,
+    after_help = "Logging: lines go to stderr. --log-level, else the LANYARD_LOG environment \
+                  variable, sets the filter (tracing's EnvFilter syntax, e.g. `debug` or \
+                  `warn,lanyard_rotator=debug`); the default logs Lanyard's lifecycle events \
+                  at info and other crates' warnings."
+)]
 struct Cli {
+    /// The log filter, e.g. `debug` or `warn,lanyard_rotator=debug`;
+    /// overrides LANYARD_LOG. Default: Lanyard's lifecycle events at info,
+    /// other crates' warnings.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// `text` (one human-readable line per event) or `json` (one JSON
+    /// object per line, for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,15 +96,36 @@ fn runtime() -> Result<tokio::runtime::Runtime, ca::CliError> {
         })
 }
 
+/// The log filter: `--log-level`, else `LANYARD_LOG`, else the default.
+fn log_filter(flag: Option<&str>) -> Result<EnvFilter, String> {
+    let (text, from) = match (flag, std::env::var("LANYARD_LOG")) {
+        (Some(flag), _) => (flag.to_string(), "--log-level"),
+        (None, Ok(env)) if !env.trim().is_empty() => (env, "LANYARD_LOG"),
+        _ => (DEFAULT_LOG_FILTER.to_string(), "the default log filter"),
+    };
+    EnvFilter::try_new(&text).map_err(|e| format!("{from} `{text}`: {e}"))
+}
+
+/// Sets up logging to stderr; colour only when stderr is a terminal, so
+/// files and log collectors get plain text.
+fn init_logging(cli: &Cli) -> Result<(), String> {
+    let filter = log_filter(cli.log_level.as_deref())?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Err(error) = init_logging(&cli) {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
     let clock = lanyard_crds::time::SystemClock;
     let result = match cli.command {
         Command::Ca(command) => ca::run(command, &clock),

@@ -180,10 +180,27 @@ fn test(args: TestArgs) -> Result<ExitCode, CliError> {
         "{verdict}: {who} on Server {}/{}{route}: {by}",
         args.namespace, args.server
     );
-    let allowed = decision.verdict == Verdict::Allow;
-    Ok(match args.expect {
-        Some(Expect::Allow) if !allowed => ExitCode::FAILURE,
-        Some(Expect::Deny) if allowed => ExitCode::FAILURE,
-        _ => ExitCode::SUCCESS,
-    })
+    let got = if decision.verdict == Verdict::Allow {
+        Expect::Allow
+    } else {
+        Expect::Deny
+    };
+    match args.expect {
+        Some(expected) if expected != got => {
+            // The decision line above is what happened; this says it is a
+            // failed expectation, not the command's own error.
+            eprintln!("error: expected {}, got {}", expected.name(), got.name());
+            Ok(ExitCode::FAILURE)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+impl Expect {
+    fn name(self) -> &'static str {
+        match self {
+            Expect::Allow => "allow",
+            Expect::Deny => "deny",
+        }
+    }
 }

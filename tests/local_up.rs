@@ -415,3 +415,61 @@ async fn agents_get_leaves_for_exactly_their_identity_from_lanyard_up() {
         "{expiry}"
     );
 }
+
+#[test]
+fn up_warns_when_its_state_directory_is_inside_a_git_work_tree() {
+    let inside = Scratch::new();
+    std::fs::create_dir(inside.path(".git")).unwrap();
+    let up = start_up(&inside, &[]);
+    let log = up.log();
+    assert!(
+        log.contains("is inside the git work tree")
+            && log.contains(&inside.dir().canonicalize().unwrap().display().to_string()),
+        "{log}"
+    );
+    drop(up);
+
+    let outside = Scratch::new();
+    let in_a_repo_already = outside.dir().ancestors().any(|d| d.join(".git").exists());
+    let up = start_up(&outside, &[]);
+    if !in_a_repo_already {
+        assert!(!up.log().contains("git work tree"), "{}", up.log());
+    }
+}
+
+#[test]
+fn up_logs_one_plain_line_per_issuance_by_default_and_json_when_asked() {
+    let issued_web = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("issued") && l.contains("linkerd/web"))
+    };
+    for format in ["text", "json"] {
+        let scratch = Scratch::new();
+        let up = start_up(&scratch, &["--log-format", format]);
+        scratch.write("web.yaml", WEB);
+        scratch
+            .lanyard(&["apply", "--state-dir", "state", "-f", "web.yaml"])
+            .success();
+        eventually("a log line for the web certificate", || {
+            issued_web(&up.log())
+        });
+        let log = up.log();
+        // stderr is a pipe here, not a terminal: no colour codes.
+        assert!(!log.contains("\x1b["), "{format}: {log:?}");
+        if format == "json" {
+            let events: Vec<serde_json::Value> = log
+                .lines()
+                .filter(|l| !l.starts_with("lanyard: "))
+                .map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("`{l}` is not JSON: {e}"))
+                })
+                .collect();
+            assert!(
+                events.iter().any(|e| e["fields"]["message"] == "issued"
+                    && e["fields"]["certificate"] == "Certificate linkerd/web"
+                    && e["level"] == "INFO"),
+                "{log}"
+            );
+        }
+    }
+}

@@ -462,7 +462,7 @@ fn init_refuses_to_overwrite_without_force_and_writes_keys_0600() {
         .map(|f| s.read(&format!("certs/{f}")))
         .collect();
     s.ca_init("certs", &[])
-        .failure_saying("already exists; pass --force");
+        .failure_saying("certs/ca.crt, certs/ca.key, certs/issuer.crt, certs/issuer.key already exist; pass --force to replace them");
     let after: Vec<_> = ["ca.crt", "ca.key", "issuer.crt", "issuer.key"]
         .iter()
         .map(|f| s.read(&format!("certs/{f}")))
@@ -644,4 +644,44 @@ fn init_can_keep_an_existing_anchor_and_make_only_a_new_issuer() {
     )
     .failure_saying("has pathlen:0, so it cannot sign an identity issuer");
     assert!(!s.exists("bad/ca.crt"));
+}
+
+#[test]
+fn init_rotates_the_issuer_in_place_keeping_the_anchor_it_was_given() {
+    let s = Scratch::new();
+    openssl_pki(&s, "d", sec1_key);
+    let anchor = ["d/ca.crt", "d/ca.key"].map(|f| s.read(f));
+    let old_issuer = s.read("d/issuer.crt");
+    let in_place = ["--anchor-cert", "d/ca.crt", "--anchor-key", "d/ca.key"];
+    // The kept anchor is not "overwritten"; the issuer files would be.
+    let refused = s
+        .ca_init("d", &in_place)
+        .failure_saying("d/issuer.crt, d/issuer.key already exist; pass --force to replace them");
+    assert!(!refused.stderr.contains("ca.crt"), "{}", refused.stderr);
+    assert_eq!(s.read("d/issuer.crt"), old_issuer, "nothing changed");
+
+    // Without an old issuer there is nothing to overwrite at all.
+    std::fs::remove_file(s.path("d/issuer.crt")).unwrap();
+    std::fs::remove_file(s.path("d/issuer.key")).unwrap();
+    s.ca_init("d", &in_place).success();
+    assert_eq!(
+        ["d/ca.crt", "d/ca.key"].map(|f| s.read(f)),
+        anchor,
+        "the anchor and its key are kept byte for byte"
+    );
+    s.openssl(&["verify", "-CAfile", "d/ca.crt", "d/issuer.crt"])
+        .success();
+
+    // Rotating again, told to replace: the new issuer verifies against
+    // the same anchor, which is still untouched.
+    let first = s.read("d/issuer.crt");
+    let mut forced = in_place.to_vec();
+    forced.push("--force");
+    s.ca_init("d", &forced).success();
+    assert_ne!(s.read("d/issuer.crt"), first, "a new issuer");
+    assert_eq!(["d/ca.crt", "d/ca.key"].map(|f| s.read(f)), anchor);
+    s.openssl(&["verify", "-CAfile", "d/ca.crt", "d/issuer.crt"])
+        .success();
+    issue_new_key(&s, "d", "web.key", "web.crt").success();
+    openssl_verifies_leaf(&s, "web.crt", "d");
 }

@@ -71,7 +71,9 @@ fn test_prints_the_decision_and_what_made_it_and_expect_sets_the_exit_code() {
     let web = "web.frontend.serviceaccount.identity.linkerd.cluster.local";
     let ran = ask(Some(web), "deny").success();
     assert!(ran.stdout.starts_with("deny:"), "{}", ran.stdout);
-    assert!(!ask(Some(web), "allow").ok, "--expect allow fails on deny");
+    let ran = ask(Some(web), "allow").failure_saying("expected allow, got deny");
+    assert!(ran.stdout.starts_with("deny:"), "{}", ran.stdout);
+    ask(Some(api), "deny").failure_saying("expected deny, got allow");
     let ran = ask(None, "deny").success();
     assert!(
         ran.stdout.contains("an unauthenticated client"),
@@ -84,4 +86,16 @@ fn test_prints_the_decision_and_what_made_it_and_expect_sets_the_exit_code() {
             "policy", "test", "-f", &file, "-n", "data", "--server", "nope",
         ])
         .failure_saying("no Server `data/nope` in the given files");
+}
+
+#[test]
+fn validate_refuses_the_guides_v1beta1_authorization_policy_naming_v1alpha1() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "authz.yaml",
+        "apiVersion: policy.linkerd.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: web, namespace: shop}\nspec:\n  targetRef: {group: policy.linkerd.io, kind: Server, name: web}\n  requiredAuthenticationRefs: []\n",
+    );
+    scratch
+        .lanyard(&["policy", "validate", "-f", "authz.yaml"])
+        .failure_saying("apiVersion: `policy.linkerd.io/v1beta1` is not a version of AuthorizationPolicy that Lanyard reads; use `policy.linkerd.io/v1alpha1`");
 }

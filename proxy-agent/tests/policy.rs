@@ -608,3 +608,71 @@ fn wrong_kinds_versions_and_fields_are_named() {
         "{errors}"
     );
 }
+
+#[test]
+fn a_version_lanyard_does_not_read_is_refused_naming_the_versions_it_does() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "names v1alpha1 for the guide's v1beta1 AuthorizationPolicy",
+            "policy.linkerd.io/v1beta1",
+            "AuthorizationPolicy",
+        ),
+        (
+            "names v1alpha1 for the guide's v1beta1 MeshTLSAuthentication",
+            "policy.linkerd.io/v1beta1",
+            "MeshTLSAuthentication",
+        ),
+        (
+            "names v1alpha1 for a v1beta1 NetworkAuthentication",
+            "policy.linkerd.io/v1beta1",
+            "NetworkAuthentication",
+        ),
+        (
+            "names the three Server versions for a v9 Server",
+            "policy.linkerd.io/v9",
+            "Server",
+        ),
+        (
+            "names Linkerd's four HTTPRoute versions for a v2 HTTPRoute",
+            "policy.linkerd.io/v2",
+            "HTTPRoute",
+        ),
+        (
+            "names the Gateway API's two HTTPRoute versions for its v1alpha2",
+            "gateway.networking.k8s.io/v1alpha2",
+            "HTTPRoute",
+        ),
+    ];
+    let expected = |kind: &str, group: &str| match (group, kind) {
+        ("policy.linkerd.io", "Server") => {
+            "use one of `policy.linkerd.io/v1beta1`, `policy.linkerd.io/v1beta2`, `policy.linkerd.io/v1beta3`"
+        }
+        ("policy.linkerd.io", "HTTPRoute") => {
+            "use one of `policy.linkerd.io/v1alpha1`, `policy.linkerd.io/v1beta1`, `policy.linkerd.io/v1beta2`, `policy.linkerd.io/v1beta3`"
+        }
+        ("gateway.networking.k8s.io", "HTTPRoute") => {
+            "use one of `gateway.networking.k8s.io/v1`, `gateway.networking.k8s.io/v1beta1`"
+        }
+        _ => "use `policy.linkerd.io/v1alpha1`",
+    };
+    for (name, api_version, kind) in cases {
+        let yaml =
+            format!("apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{}}\n");
+        let errors = build(&yaml).unwrap_err();
+        let error = &errors.0[0];
+        assert_eq!(
+            error.field.as_deref(),
+            Some("apiVersion"),
+            "{name}: {errors}"
+        );
+        let group = api_version.split_once('/').unwrap().0;
+        assert_eq!(
+            error.message,
+            format!(
+                "`{api_version}` is not a version of {kind} that Lanyard reads; {}",
+                expected(kind, group)
+            ),
+            "{name}"
+        );
+    }
+}

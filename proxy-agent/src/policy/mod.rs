@@ -242,15 +242,7 @@ impl Manifests {
             return;
         };
         let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-        let known = |versions: &[&str]| versions.contains(&version);
-        let ok = match (group, kind.as_str()) {
-            (POLICY_GROUP, "Server") => known(&["v1beta1", "v1beta2", "v1beta3"]),
-            (
-                POLICY_GROUP,
-                "AuthorizationPolicy" | "MeshTLSAuthentication" | "NetworkAuthentication",
-            ) => known(&["v1alpha1"]),
-            (POLICY_GROUP, "HTTPRoute") => known(&["v1alpha1", "v1beta1", "v1beta2", "v1beta3"]),
-            (GATEWAY_GROUP, "HTTPRoute") => known(&["v1", "v1beta1"]),
+        let versions = match (group, kind.as_str()) {
             (POLICY_GROUP, "ServerAuthorization") => {
                 self.errors.push(fail(
                     Some("kind"),
@@ -258,20 +250,28 @@ impl Manifests {
                 ));
                 return;
             }
-            (POLICY_GROUP, other) => {
-                self.errors.push(fail(
-                    Some("kind"),
-                    format!("`{other}` is not a policy kind Lanyard knows (Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication, HTTPRoute)"),
-                ));
-                return;
-            }
-            // Not policy: skipped.
-            _ => return,
+            (group, kind) => match versions_read(group, kind) {
+                Some(versions) => versions,
+                None if group == POLICY_GROUP => {
+                    self.errors.push(fail(
+                        Some("kind"),
+                        format!("`{kind}` is not a policy kind Lanyard knows (Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication, HTTPRoute)"),
+                    ));
+                    return;
+                }
+                // Not policy: skipped.
+                None => return,
+            },
         };
-        if !ok {
+        if !versions.contains(&version) {
+            let named: Vec<String> = versions.iter().map(|v| format!("`{group}/{v}`")).collect();
+            let fix = match named.as_slice() {
+                [one] => format!("use {one}"),
+                many => format!("use one of {}", many.join(", ")),
+            };
             self.errors.push(fail(
                 Some("apiVersion"),
-                format!("`{api_version}` is not a version of {kind} that Lanyard reads"),
+                format!("`{api_version}` is not a version of {kind} that Lanyard reads; {fix}"),
             ));
             return;
         }
@@ -766,6 +766,23 @@ fn compile_route(r: &Parsed<HttpRouteSpec>) -> Result<RoutePolicy, PolicyError> 
 
 fn is_core(group: Option<&str>) -> bool {
     matches!(group, None | Some("") | Some("core"))
+}
+
+/// The versions of `group`'s `kind` that Lanyard reads, or `None` when it
+/// is not a policy kind. Linkerd serves its authentication and
+/// authorization kinds only as `v1alpha1`, though guides often write
+/// `v1beta1`; a refusal names these so the fix is in the message.
+pub fn versions_read(group: &str, kind: &str) -> Option<&'static [&'static str]> {
+    match (group, kind) {
+        (POLICY_GROUP, "Server") => Some(&["v1beta1", "v1beta2", "v1beta3"]),
+        (
+            POLICY_GROUP,
+            "AuthorizationPolicy" | "MeshTLSAuthentication" | "NetworkAuthentication",
+        ) => Some(&["v1alpha1"]),
+        (POLICY_GROUP, "HTTPRoute") => Some(&["v1alpha1", "v1beta1", "v1beta2", "v1beta3"]),
+        (GATEWAY_GROUP, "HTTPRoute") => Some(&["v1", "v1beta1"]),
+        _ => None,
+    }
 }
 
 /// Checks a reference to a policy kind (`Server`, `HTTPRoute`...): the

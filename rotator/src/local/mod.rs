@@ -901,7 +901,14 @@ impl<C: Clock> LocalController<C> {
         match &outcome.event {
             Event::Issued(reason) => {
                 self.metrics.issued(ns, name, &spec);
-                tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "issued");
+                // One line per event, worded for the operator reading
+                // `lanyard up`'s output.
+                let what = match reason {
+                    IssueReason::Renewing | IssueReason::Expired => "renewed",
+                    IssueReason::IssuerRotated => "reissued: the issuer rotated",
+                    _ => "issued",
+                };
+                tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "{what}");
                 if let Some(clamped) = &outcome.clamped {
                     tracing::warn!(certificate = %key, "{clamped}");
                 }
