@@ -221,21 +221,8 @@ users:
             break (addr, metrics);
         }
     };
-    // Keep draining stderr so the child never blocks on a full pipe, and
-    // keep it for the assertions.
     let log = Arc::new(Mutex::new(seen));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    support::keep_reading(stderr, log.clone());
     Identity {
         child,
         addr,

@@ -301,8 +301,18 @@ pub fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
             break (m, i);
         }
     };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let log = seen.clone();
+    keep_reading(stderr, seen.clone());
+    Up {
+        child,
+        metrics,
+        identity,
+        stderr: seen,
+    }
+}
+
+/// Keeps reading a child's stderr into `log` on a thread of its own, so the
+/// child never blocks on a full pipe and the tests can read what it said.
+pub fn keep_reading(mut stderr: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = stderr.read(&mut buf) {
@@ -314,12 +324,6 @@ pub fn start_up(scratch: &Scratch, extra: &[&str]) -> Up {
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    Up {
-        child,
-        metrics,
-        identity,
-        stderr: seen,
-    }
 }
 
 /// Polls `check` until it holds or ten seconds pass.
