@@ -157,6 +157,21 @@ impl Drop for Identity {
     }
 }
 
+/// `lanyard` pointed at the fake API server through `kubeconfig` (written
+/// by [`start_identity`]), never at an in-cluster one; stderr piped.
+fn in_fake_cluster(scratch: &Scratch) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lanyard"));
+    command
+        .env("KUBECONFIG", scratch.path("kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("POD_NAMESPACE")
+        .current_dir(scratch.dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
 fn start_identity(scratch: &Scratch, api_server: &str, extra: &[&str]) -> Identity {
     scratch.write(
         "kubeconfig",
@@ -179,7 +194,7 @@ users:
 "
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+    let mut child = in_fake_cluster(scratch)
         .args([
             "identity",
             "--addr",
@@ -188,14 +203,7 @@ users:
             "127.0.0.1:0",
         ])
         .args(extra)
-        .env("KUBECONFIG", scratch.path("kubeconfig"))
         .env("LANYARD_LOG", "info")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .env_remove("POD_NAMESPACE")
-        .current_dir(scratch.dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("lanyard identity starts");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -443,19 +451,13 @@ fn sigterm_or_sigint_stops_lanyard_identity_and_lanyard_controller_with_status_0
 
     // The controller, with the fake API server answering 404 to all it
     // watches (so its watches fail and back off), stops on SIGINT too.
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+    let mut controller = in_fake_cluster(&scratch)
         .args([
             "controller",
             "--no-leader-elect",
             "--metrics-addr",
             "127.0.0.1:0",
         ])
-        .env("KUBECONFIG", scratch.path("kubeconfig"))
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .current_dir(scratch.dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("lanyard controller starts");
     let mut stderr = controller.stderr.take().unwrap();
@@ -466,10 +468,7 @@ fn sigterm_or_sigint_stops_lanyard_identity_and_lanyard_controller_with_status_0
         assert!(n > 0, "lanyard controller exited early:\n{seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = stderr.read_to_end(&mut sink);
-    });
+    support::keep_reading(stderr, Arc::new(Mutex::new(seen)));
     support::send_signal(&controller, "INT");
     let status = support::wait_exit(&mut controller, Duration::from_secs(15));
     let _ = controller.kill();
