@@ -163,9 +163,49 @@ pub fn reconcile(
     let material = match issuer.material {
         Ok(material) => material,
         Err(error) => {
-            // Whether what is in the Secret can still be used is for the
-            // planner to say, but it needs a CA to say it; without one, a
-            // certificate that is present and unexpired stays Ready.
+            // A broken or missing issuer matters only to a Certificate
+            // that needs it now. One that is not due (the planner says
+            // so without a CA to check the chain against; the chain is
+            // checked again once the issuer is back, its CA Secret's
+            // change triggering a reconcile) stays Ready and untouched:
+            // the issuer's own status carries the problem.
+            if let Plan::Wait { current } = plan(PlanInput {
+                spec: &certificate.spec,
+                secret,
+                issuer: IssuerView {
+                    name: issuer.name,
+                    kind: issuer.kind,
+                    ca: None,
+                },
+                failures,
+                now,
+            }) {
+                // Without the issuer's end the Ready message cannot tell
+                // a clamped certificate from another, so a status that
+                // already says Ready for this generation is kept as it is.
+                let settled = failures.count == 0
+                    && status.conditions.iter().any(|c| {
+                        c.type_ == READY && c.is_true() && c.observed_generation == generation
+                    })
+                    && !status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == ISSUING && c.reason.as_deref() == Some("Failed"));
+                let status = if settled {
+                    status
+                } else {
+                    ready(status, generation, current, None, now)
+                };
+                return Outcome {
+                    status,
+                    secret: None,
+                    requeue_at: current.renewal_time,
+                    event: Event::UpToDate,
+                    clamped: None,
+                };
+            }
+            // Due, and nothing to issue with: a failure. A certificate
+            // that is present and unexpired stays Ready, saying so.
             let usable = secret_is_unexpired(secret, now);
             return failed(
                 status,
@@ -317,10 +357,13 @@ fn ready(
         &mut status.conditions,
         condition(READY, true, "Ready", message, generation, now),
     );
+    // An issuance in progress, or a failed one that nothing has retried
+    // since (the issuer was repaired, or the certificate was not due after
+    // all), is over: the certificate in force is up to date.
     if status
         .conditions
         .iter()
-        .any(|c| c.type_ == ISSUING && c.is_true())
+        .any(|c| c.type_ == ISSUING && (c.is_true() || c.reason.as_deref() == Some("Failed")))
     {
         set_condition(
             &mut status.conditions,
@@ -406,6 +449,34 @@ pub fn storage_failed(
         message,
         current_usable,
     )
+}
+
+/// The outcome when the shell finds, before anything is tried, that the
+/// Certificate's Secret is not its to write (another object controls it):
+/// `Ready=False` with `reason` and `message`, counted and backed off like
+/// any failure. While an earlier failure's backoff runs, nothing changes.
+pub fn blocked(
+    certificate: &Certificate,
+    now: DateTime<Utc>,
+    reason: &'static str,
+    message: String,
+) -> Outcome {
+    let now = now.trunc_subsecs(0);
+    let generation = certificate.metadata.generation;
+    let status = certificate.status.clone().unwrap_or_default();
+    let failures = failures_for(&status, generation);
+    if let Some(until) = failures.next_attempt()
+        && now < until
+    {
+        return Outcome {
+            status,
+            secret: None,
+            requeue_at: until,
+            event: Event::BackingOff,
+            clamped: None,
+        };
+    }
+    failed(status, generation, failures, now, reason, message, false)
 }
 
 /// Whether the Secret holds a certificate that has not expired at `now`.

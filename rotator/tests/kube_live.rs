@@ -334,6 +334,161 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
             );
         }
 
+        // The anchor's key is corrupted (a kubernetes.io/tls Secret must
+        // keep a tls.key, the API server insists). The ClusterIssuer says so; the
+        // Certificates, not due, stay Ready and are not written at all.
+        let before: Vec<Certificate> = certificates.list(&Default::default()).await.unwrap().items;
+        let mut broken = anchor.clone();
+        broken.data.insert(
+            "tls.key".into(),
+            b"-----BEGIN PRIVATE KEY-----\ngarbage\n".to_vec(),
+        );
+        secrets
+            .replace(
+                "trust-anchor",
+                &PostParams::default(),
+                &secret(&namespace, "trust-anchor", &broken, "kubernetes.io/tls"),
+            )
+            .await
+            .expect("breaking the anchor Secret");
+        eventually(
+            &format!("ClusterIssuer {issuer_name} is not Ready"),
+            || async {
+                cluster_issuers
+                    .get(&issuer_name)
+                    .await
+                    .is_ok_and(|i| !cluster_issuer_ready(&i))
+            },
+        )
+        .await;
+        // The Secret watch has had its chance to wake the Certificates.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let untouched = |when: &'static str| {
+            let before = &before;
+            let certificates = &certificates;
+            async move {
+                for old in before {
+                    let name = old.name_any();
+                    let now = certificates.get(&name).await.unwrap();
+                    assert_eq!(
+                        now.status, old.status,
+                        "{when}: Certificate {name}, not due, keeps its status"
+                    );
+                }
+            }
+        };
+        untouched("with the anchor broken").await;
+        secrets
+            .replace(
+                "trust-anchor",
+                &PostParams::default(),
+                &secret(&namespace, "trust-anchor", &anchor, "kubernetes.io/tls"),
+            )
+            .await
+            .expect("repairing the anchor Secret");
+        eventually(
+            &format!("ClusterIssuer {issuer_name} is Ready again"),
+            || async {
+                cluster_issuers
+                    .get(&issuer_name)
+                    .await
+                    .is_ok_and(|i| cluster_issuer_ready(&i))
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        untouched("with the anchor repaired").await;
+
+        // A Secret another object controls (as cert-manager's Certificate
+        // does with --enable-certificate-owner-ref) is not taken: the
+        // Certificate says who owns it. Once the owner lets go, Lanyard
+        // takes the Secret over.
+        let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(client.clone(), &namespace);
+        let owner = configmaps
+            .create(
+                &PostParams::default(),
+                &k8s_openapi::api::core::v1::ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some("previous-owner".into()),
+                        ..ObjectMeta::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("creating the owner");
+        let mut owned = secret(
+            &namespace,
+            "migrated-tls",
+            // What the previous owner issued: a key pair from another CA.
+            &anchor_secret("Previous Owner's CA", now),
+            "kubernetes.io/tls",
+        );
+        owned.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "previous-owner".into(),
+                uid: owner.uid().unwrap(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            },
+        ]);
+        secrets
+            .create(&PostParams::default(), &owned)
+            .await
+            .expect("creating the owned Secret");
+        let mut spec = identity_issuer_spec();
+        spec.issuer_ref.name = issuer_name.clone();
+        spec.secret_name = "migrated-tls".into();
+        certificates
+            .create(&PostParams::default(), &Certificate::new("migrated", spec))
+            .await
+            .expect("creating Certificate migrated");
+        let ready_condition = |c: &Certificate| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+        };
+        eventually("Certificate migrated names the Secret's owner", || async {
+            let c = certificates.get("migrated").await.unwrap();
+            ready_condition(&c).is_some_and(|r| {
+                r.status == "False"
+                    && r.reason.as_deref() == Some("SecretOwnerConflict")
+                    && r.message.as_deref().is_some_and(|m| {
+                        m.contains(&format!(
+                            "Secret `{namespace}/migrated-tls` is controlled by v1 ConfigMap `previous-owner`"
+                        ))
+                    })
+            })
+        })
+        .await;
+        secrets
+            .patch(
+                "migrated-tls",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"ownerReferences": null}})),
+            )
+            .await
+            .expect("removing the previous owner");
+        eventually(
+            "Certificate migrated is Ready once the Secret is free",
+            || async { certificates.get("migrated").await.is_ok_and(|c| ready(&c)) },
+        )
+        .await;
+        let migrated = secrets.get("migrated-tls").await.unwrap();
+        assert!(
+            migrated
+                .owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true)
+                    && o.kind == "Certificate"
+                    && o.name == "migrated"),
+            "{:?}",
+            migrated.owner_references()
+        );
+
         let lease = Api::<Lease>::namespaced(client.clone(), &namespace)
             .get(lanyard_rotator::kube::lease::DEFAULT_LEASE_NAME)
             .await
@@ -363,8 +518,10 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
 }
 
 #[tokio::test]
-async fn only_one_replica_holds_the_lease_until_it_gives_it_up() {
-    let Some(client) = live_client("only_one_replica_holds_the_lease_until_it_gives_it_up").await
+async fn only_one_replica_holds_the_lease_and_a_regained_lease_starts_a_new_term() {
+    let Some(client) =
+        live_client("only_one_replica_holds_the_lease_and_a_regained_lease_starts_a_new_term")
+            .await
     else {
         return;
     };
@@ -374,37 +531,55 @@ async fn only_one_replica_holds_the_lease_until_it_gives_it_up() {
         let a = LeaseLock::new(client.clone(), LeaderElection::new(&namespace, "replica-a"));
         let b = LeaseLock::new(client.clone(), LeaderElection::new(&namespace, "replica-b"));
         let now = SystemClock.now();
-        assert_eq!(
-            a.try_acquire_or_renew(now).await.unwrap(),
-            LeaseDecision::Acquire
-        );
+        let leases = Api::<Lease>::namespaced(client.clone(), &namespace);
+        let acquired_at = || async {
+            let lease = leases
+                .get(lanyard_rotator::kube::lease::DEFAULT_LEASE_NAME)
+                .await
+                .unwrap();
+            let spec = lease.spec.unwrap();
+            (
+                spec.holder_identity,
+                spec.acquire_time.map(|t| t.0.as_second()),
+            )
+        };
+        assert_eq!(a.try_acquire(now).await.unwrap(), LeaseDecision::Acquire);
         assert!(
-            matches!(b.try_acquire_or_renew(now).await.unwrap(), LeaseDecision::Wait { holder, .. } if holder == "replica-a"),
+            matches!(b.try_acquire(now).await.unwrap(), LeaseDecision::Wait { holder, .. } if holder == "replica-a"),
             "b waits while a holds an unexpired Lease"
         );
+        let renewed = now + chrono::TimeDelta::seconds(5);
+        assert_eq!(a.try_renew(renewed).await.unwrap(), LeaseDecision::Renew);
         assert_eq!(
-            a.try_acquire_or_renew(now).await.unwrap(),
-            LeaseDecision::Renew
+            acquired_at().await,
+            (Some("replica-a".into()), Some(now.timestamp())),
+            "a renewal keeps the acquireTime"
         );
-        // b takes over once a's Lease has expired (b's clock says so).
-        let later = now + chrono::TimeDelta::seconds(16);
+        // a loses the Lease (its renewals failed past the deadline) and
+        // takes it again later: a new term, with a new acquireTime.
+        let regained = now + chrono::TimeDelta::seconds(30);
         assert_eq!(
-            b.try_acquire_or_renew(later).await.unwrap(),
+            a.try_acquire(regained).await.unwrap(),
             LeaseDecision::Acquire
         );
+        assert_eq!(
+            acquired_at().await,
+            (Some("replica-a".into()), Some(regained.timestamp())),
+            "a Lease lost and regained starts a new term"
+        );
+        // b takes over once a's Lease has expired (b's clock says so).
+        let later = regained + chrono::TimeDelta::seconds(16);
+        assert_eq!(b.try_acquire(later).await.unwrap(), LeaseDecision::Acquire);
         // A replica releasing a Lease it no longer holds changes nothing.
         a.release().await.unwrap();
         assert!(matches!(
-            a.try_acquire_or_renew(later).await.unwrap(),
+            a.try_acquire(later).await.unwrap(),
             LeaseDecision::Wait { holder, .. } if holder == "replica-b"
         ));
         // b gives it up; a need not wait for it to expire.
         b.release().await.unwrap();
-        assert_eq!(
-            a.try_acquire_or_renew(later).await.unwrap(),
-            LeaseDecision::Acquire
-        );
-        let lease = Api::<Lease>::namespaced(client.clone(), &namespace)
+        assert_eq!(a.try_acquire(later).await.unwrap(), LeaseDecision::Acquire);
+        let lease = leases
             .get(lanyard_rotator::kube::lease::DEFAULT_LEASE_NAME)
             .await
             .unwrap();

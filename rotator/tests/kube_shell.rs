@@ -652,6 +652,92 @@ async fn a_secret_holding_someone_elses_key_is_issued_into_without_removing_it()
     assert_eq!(body["type"], "Opaque");
 }
 
+/// The cert-manager migration case: the Secret is controlled by
+/// cert-manager's Certificate. The API server would refuse the apply (one
+/// controller per object), so none is sent: Ready=False names the owner
+/// and the way out, the failure is counted, and the next look backs off.
+#[tokio::test]
+async fn a_secret_controlled_by_another_object_is_not_applied_and_the_status_names_the_owner() {
+    let anchor = anchor_secret("Lanyard Test Anchor", t0());
+    let anchor_json = secret_json("lanyard", ANCHOR, &anchor, "kubernetes.io/tls");
+    let theirs = controlled_by_cert_manager();
+    let (ctx, server) = context(t0());
+    let metrics = ctx.metrics.clone();
+    let answer = with_status(identity_issuer());
+    let verifier = tokio::spawn(async move {
+        let mut server = server;
+        server.get(CLUSTER_ISSUER_PATH, cluster_issuer_json()).await;
+        server.get(ANCHOR_SECRET_PATH, anchor_json).await;
+        server.get(SECRET_PATH, theirs).await;
+        // No apply of the Secret: the status patch comes next.
+        let status = server.patch(STATUS_PATH, answer).await;
+        server.done().await;
+        status
+    });
+    let result = reconcile_certificate(Arc::new(identity_issuer()), ctx).await;
+    let status_patch = tokio::time::timeout(Duration::from_secs(10), verifier)
+        .await
+        .expect("the scenario finished")
+        .expect("the scenario's assertions held");
+    let action = result.expect("an owner conflict is a status, not a reconcile error");
+    let status = &status_patch.body["status"];
+    let ready = ready_condition(status);
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "SecretOwnerConflict");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "Secret `linkerd/linkerd-identity-issuer` is controlled by cert-manager.io/v1 Certificate `linkerd-identity-issuer` (uid c3a7-cert-manager)"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("--cascade=orphan"), "{message}");
+    assert_eq!(status["failedIssuanceAttempts"], 1);
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    let encoded = metrics.encode();
+    assert!(
+        encoded.lines().any(|line| line
+            .starts_with("lanyard_certificate_issuance_failures_total{")
+            && line.contains("reason=\"SecretOwnerConflict\"")
+            && line.ends_with(" 1")),
+        "{encoded}"
+    );
+
+    // Within the backoff, a second look writes nothing at all.
+    let mut backing_off = identity_issuer();
+    backing_off.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let anchor_json = secret_json("lanyard", ANCHOR, &anchor, "kubernetes.io/tls");
+    let theirs = controlled_by_cert_manager();
+    let (result, ()) = run_scenario(
+        backing_off,
+        t0() + chrono::TimeDelta::seconds(5),
+        |mut server| async move {
+            server.get(CLUSTER_ISSUER_PATH, cluster_issuer_json()).await;
+            server.get(ANCHOR_SECRET_PATH, anchor_json).await;
+            server.get(SECRET_PATH, theirs).await;
+            server.done().await;
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(5)));
+}
+
+/// The Certificate's Secret as cert-manager (with
+/// `--enable-certificate-owner-ref`) leaves it: controlled by its own
+/// Certificate of the same name.
+fn controlled_by_cert_manager() -> Value {
+    let mut secret = secret_json(NAMESPACE, NAME, &SecretData::default(), "kubernetes.io/tls");
+    secret["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "name": NAME,
+        "uid": "c3a7-cert-manager",
+        "controller": true,
+        "blockOwnerDeletion": true
+    }]);
+    secret
+}
+
 #[tokio::test]
 async fn an_api_server_error_is_a_reconcile_error_and_writes_nothing() {
     let (result, ()) = run_scenario(identity_issuer(), t0(), |mut server| async move {
@@ -874,71 +960,102 @@ fn lease_decisions() {
         holder: holder.into(),
         until: t0() + chrono::TimeDelta::seconds(until),
     };
-    let cases: Vec<(&str, Option<LeaseSpec>, LeaseDecision)> = vec![
+    // (sentence, the Lease, whether this replica leads, the decision)
+    let cases: Vec<(&str, Option<LeaseSpec>, bool, LeaseDecision)> = vec![
         (
             "takes a Lease nobody has written",
             None,
+            false,
             LeaseDecision::Acquire,
         ),
         (
             "takes a Lease nobody holds",
             Some(lease(None, Some(95), None, Some(15))),
+            false,
             LeaseDecision::Acquire,
         ),
         (
             "takes a Lease whose holder is empty",
             Some(lease(Some(""), Some(95), None, Some(15))),
+            false,
             LeaseDecision::Acquire,
         ),
         (
             "renews its own Lease",
             Some(lease(Some("me"), Some(95), Some(0), Some(15))),
+            true,
             LeaseDecision::Renew,
         ),
         (
             "renews its own Lease even after it lapsed",
             Some(lease(Some("me"), Some(10), Some(0), Some(15))),
+            true,
             LeaseDecision::Renew,
         ),
         (
             "waits for another replica's unexpired Lease",
             Some(lease(Some("other"), Some(95), Some(0), Some(15))),
+            false,
             wait("other", 110),
         ),
         (
             "takes over another replica's Lease once it expired",
             Some(lease(Some("other"), Some(80), Some(0), Some(15))),
+            false,
             LeaseDecision::Acquire,
         ),
         (
             "takes over exactly at expiry",
             Some(lease(Some("other"), Some(85), Some(0), Some(15))),
+            false,
             LeaseDecision::Acquire,
         ),
         (
             "honours a longer leaseDurationSeconds",
             Some(lease(Some("other"), Some(80), Some(0), Some(60))),
+            false,
             wait("other", 140),
         ),
         (
             "counts a missing leaseDurationSeconds as 15s",
             Some(lease(Some("other"), Some(90), None, None)),
+            false,
             wait("other", 105),
         ),
         (
             "falls back to the acquire time when there is no renew time",
             Some(lease(Some("other"), None, Some(95), Some(15))),
+            false,
             wait("other", 110),
         ),
         (
             "takes a Lease held by another with no times at all",
             Some(lease(Some("other"), None, None, Some(15))),
+            false,
             LeaseDecision::Acquire,
         ),
+        (
+            "takes its own Lease afresh when it is not leading (it lost the Lease, or restarted)",
+            Some(lease(Some("me"), Some(95), Some(0), Some(15))),
+            false,
+            LeaseDecision::Acquire,
+        ),
+        (
+            "takes its own lapsed Lease afresh when it is not leading",
+            Some(lease(Some("me"), Some(10), Some(0), Some(15))),
+            false,
+            LeaseDecision::Acquire,
+        ),
+        (
+            "a leader waits for another replica's unexpired Lease",
+            Some(lease(Some("other"), Some(95), Some(0), Some(15))),
+            true,
+            wait("other", 110),
+        ),
     ];
-    for (name, current, expected) in cases {
+    for (name, current, leading, expected) in cases {
         assert_eq!(
-            lease_decision(current.as_ref(), "me", now),
+            lease_decision(current.as_ref(), "me", leading, now),
             expected,
             "{name}"
         );

@@ -517,3 +517,128 @@ fn a_certificate_cut_short_by_its_issuer_stays_ready_and_says_so() {
         }
     }
 }
+
+/// A CA Secret that breaks (here: its key is gone) concerns only the
+/// Certificates that need it now. One that is not due stays Ready with its
+/// status untouched and no failure counted; one that falls due fails and
+/// backs off while its current certificate says it is still valid; once
+/// the CA is repaired the next issuance clears the failure, and a stale
+/// `Issuing=False/Failed` on a certificate that is not due is cleared.
+#[test]
+fn a_broken_issuer_fails_only_the_certificates_that_are_due() {
+    let f = fixture();
+    let broken = lanyard_rotator::issuing::IssuerError::SecretMissingKey {
+        secret: "default/identity".into(),
+        key: "tls.key",
+    };
+    let resolved = |material| ResolvedIssuer {
+        kind: IssuerKind::Issuer,
+        name: "identity",
+        material,
+    };
+    let mut cert = certificate("default", "web", leaf_spec("web"));
+    let issued = reconcile(&cert, None, resolved(Ok(&f.identity)), t0());
+    let secret = issued.secret.clone().unwrap();
+    cert.status = Some(issued.status.clone());
+    let issuing = |status: &lanyard_crds::api::CertificateStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Issuing")
+            .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+    };
+
+    // Not due (renewal at t0 + 16h): untouched.
+    for at in [hours(1), hours(15)] {
+        let outcome = reconcile(&cert, Some(&secret), resolved(Err(&broken)), t0() + at);
+        assert_eq!(outcome.event, Event::UpToDate, "at t0+{at}");
+        assert_eq!(outcome.status, issued.status, "the status is untouched");
+        assert!(outcome.secret.is_none());
+        assert_eq!(outcome.requeue_at, t0() + hours(16));
+    }
+
+    // Due with the CA still broken: a failure, backed off, still Ready.
+    let due = t0() + hours(17);
+    let failed = reconcile(&cert, Some(&secret), resolved(Err(&broken)), due);
+    let Event::Failed { reason, message } = &failed.event else {
+        panic!(
+            "a due certificate with a broken issuer fails: {:?}",
+            failed.event
+        )
+    };
+    assert_eq!(*reason, "CASecretInvalid");
+    assert!(message.contains("has no `tls.key`"), "{message}");
+    assert_eq!(failed.status.failed_issuance_attempts, Some(1));
+    let ready = failed
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.is_true());
+    assert!(
+        ready
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("renewing it failed"),
+        "{ready:?}"
+    );
+    assert_eq!(
+        issuing(&failed.status),
+        Some(("False".into(), "Failed".into()))
+    );
+
+    // Repaired: after the backoff, the renewal is issued and the failure
+    // is gone.
+    let mut failing = cert.clone();
+    failing.status = Some(failed.status.clone());
+    let renewed = reconcile(
+        &failing,
+        Some(&secret),
+        resolved(Ok(&f.identity)),
+        failed.requeue_at,
+    );
+    assert!(matches!(
+        renewed.event,
+        Event::Issued(IssueReason::Renewing)
+    ));
+    assert_eq!(renewed.status.failed_issuance_attempts, None);
+    assert_eq!(
+        issuing(&renewed.status),
+        Some(("False".into(), "Issued".into()))
+    );
+
+    // A Certificate left with a failure that is not due after all (the
+    // status an earlier failure wrote): once the backoff is over and the
+    // issuer is healthy, the failure and its Issuing condition are cleared.
+    let mut stale = cert.clone();
+    let mut status = issued.status.clone();
+    status.failed_issuance_attempts = Some(1);
+    status.last_failure_time = Some(t0() + hours(1));
+    lanyard_crds::api::set_condition(
+        &mut status.conditions,
+        lanyard_crds::api::Condition {
+            type_: "Issuing".into(),
+            status: "False".into(),
+            reason: Some("Failed".into()),
+            message: Some("the CA Secret `default/identity` has no `tls.key`".into()),
+            last_transition_time: Some(t0() + hours(1)),
+            observed_generation: cert.metadata.generation,
+        },
+    );
+    stale.status = Some(status);
+    let cleared = reconcile(
+        &stale,
+        Some(&secret),
+        resolved(Ok(&f.identity)),
+        t0() + hours(2),
+    );
+    assert_eq!(cleared.event, Event::UpToDate);
+    assert_eq!(cleared.status.failed_issuance_attempts, None);
+    assert_eq!(cleared.status.last_failure_time, None);
+    assert_eq!(
+        issuing(&cleared.status),
+        Some(("False".into(), "UpToDate".into()))
+    );
+}

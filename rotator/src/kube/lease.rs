@@ -43,16 +43,25 @@ pub enum LeaseDecision {
 }
 
 /// Decides whether `me` may hold the Lease `current` at `now`: renew our
-/// own, take one that is free or expired, wait for any other. A Lease
-/// without a renew (or acquire) time counts as expired; one without a
-/// duration lasts [`LEASE_DURATION`].
-pub fn lease_decision(current: Option<&LeaseSpec>, me: &str, now: DateTime<Utc>) -> LeaseDecision {
+/// own while `leading`, take one that is free or expired, wait for any
+/// other. A Lease that still names `me` while this replica is not leading
+/// (it lost the Lease, or restarted under the same name) is taken afresh,
+/// so its `acquireTime` starts a new term. A Lease without a renew (or
+/// acquire) time counts as expired; one without a duration lasts
+/// [`LEASE_DURATION`].
+pub fn lease_decision(
+    current: Option<&LeaseSpec>,
+    me: &str,
+    leading: bool,
+    now: DateTime<Utc>,
+) -> LeaseDecision {
     let Some(spec) = current else {
         return LeaseDecision::Acquire;
     };
     let holder = match spec.holder_identity.as_deref() {
         None | Some("") => return LeaseDecision::Acquire,
-        Some(holder) if holder == me => return LeaseDecision::Renew,
+        Some(holder) if holder == me && leading => return LeaseDecision::Renew,
+        Some(holder) if holder == me => return LeaseDecision::Acquire,
         Some(holder) => holder,
     };
     let renewed = spec
@@ -226,20 +235,33 @@ impl LeaseLock {
         }
     }
 
-    /// Acquires or renews the Lease at `now` if [`lease_decision`] allows.
-    /// Returns the decision; `Acquire`/`Renew` mean this replica now holds
-    /// the Lease. Losing a write race (409) is a `Wait`, not an error.
-    pub async fn try_acquire_or_renew(
-        &self,
-        now: DateTime<Utc>,
-    ) -> Result<LeaseDecision, LeaseError> {
+    /// Tries to take the Lease at `now` for a new term (this replica is not
+    /// leading). Returns the decision; `Acquire` means this replica now
+    /// holds the Lease. Losing a write race (409) is a `Wait`, not an error.
+    pub async fn try_acquire(&self, now: DateTime<Utc>) -> Result<LeaseDecision, LeaseError> {
+        self.write(now, false).await
+    }
+
+    /// Renews the Lease this replica leads with at `now`. `Renew` (or
+    /// `Acquire`, when the Lease was given up meanwhile) means it still
+    /// holds it; `Wait` means another replica took it.
+    pub async fn try_renew(&self, now: DateTime<Utc>) -> Result<LeaseDecision, LeaseError> {
+        self.write(now, true).await
+    }
+
+    async fn write(&self, now: DateTime<Utc>, leading: bool) -> Result<LeaseDecision, LeaseError> {
         let me = &self.election.identity;
         let existing = self
             .api
             .get_opt(&self.election.lease_name)
             .await
             .map_err(|e| self.error("reading", e))?;
-        let decision = lease_decision(existing.as_ref().and_then(|l| l.spec.as_ref()), me, now);
+        let decision = lease_decision(
+            existing.as_ref().and_then(|l| l.spec.as_ref()),
+            me,
+            leading,
+            now,
+        );
         let current_spec = existing.as_ref().and_then(|l| l.spec.as_ref());
         let Some(spec) = next_lease_spec(
             current_spec,
@@ -376,6 +398,34 @@ mod tests {
             Some(now)
         );
         assert_eq!(spec.lease_transitions, Some(3));
+    }
+
+    #[test]
+    fn a_replica_that_lost_the_lease_and_takes_it_again_starts_a_new_term() {
+        let acquired = t("2026-01-01T00:00:00Z");
+        let mut old = held_by("a", "2026-01-01T00:00:05Z", Some(15));
+        old.acquire_time = Some(to_micro_time(acquired));
+        old.lease_transitions = Some(2);
+        // a stopped leading (renewals failed past the deadline); the Lease
+        // still names it, expired or not. Taking it again is an
+        // acquisition: a fresh acquireTime, the same holder, so no
+        // transition.
+        for now in ["2026-01-01T00:00:12Z", "2026-01-01T00:01:00Z"] {
+            let now = t(now);
+            let decision = lease_decision(Some(&old), "a", false, now);
+            assert_eq!(decision, LeaseDecision::Acquire, "at {now}");
+            let spec = next_lease_spec(Some(&old), &decision, "a", LEASE_DURATION, now).unwrap();
+            assert_eq!(
+                spec.acquire_time.as_ref().and_then(from_micro_time),
+                Some(now)
+            );
+            assert_eq!(spec.lease_transitions, Some(2));
+        }
+        // While it leads, the same Lease is renewed.
+        assert_eq!(
+            lease_decision(Some(&old), "a", true, t("2026-01-01T00:00:10Z")),
+            LeaseDecision::Renew
+        );
     }
 
     #[test]

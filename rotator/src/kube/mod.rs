@@ -313,16 +313,28 @@ pub async fn reconcile_certificate<C: Clock>(
         observe_issuer(&ctx.metrics, kind, &namespace, &issuer_name, &material);
     }
 
-    let outcome = reconcile(
-        &certificate,
-        current_data.as_ref(),
-        ResolvedIssuer {
-            kind,
-            name: &issuer_name,
-            material: material.as_ref(),
-        },
-        now,
-    );
+    // A Secret another object controls (cert-manager's Certificate, in a
+    // migration) cannot be applied: the API server allows one controller.
+    // Say so, count it and back off, rather than fail the apply for ever.
+    let foreign = current.as_ref().and_then(|current| {
+        secret::foreign_controller(current, &certificate)
+            .map(|owner| secret::owner_conflict_message(current, owner))
+    });
+    let outcome = match foreign {
+        Some(message) => {
+            crate::reconcile::blocked(&certificate, now, secret::SECRET_OWNER_CONFLICT, message)
+        }
+        None => reconcile(
+            &certificate,
+            current_data.as_ref(),
+            ResolvedIssuer {
+                kind,
+                name: &issuer_name,
+                material: material.as_ref(),
+            },
+            now,
+        ),
+    };
 
     if let Some(issued) = &outcome.secret {
         let applied = applied_secret(
@@ -821,7 +833,7 @@ pub async fn run<C: Clock + 'static>(
     loop {
         // Wait for the Lease.
         loop {
-            match lock.try_acquire_or_renew(ctx.clock.now()).await {
+            match lock.try_acquire(ctx.clock.now()).await {
                 Ok(LeaseDecision::Acquire | LeaseDecision::Renew) => break,
                 Ok(LeaseDecision::Wait { holder, until }) => {
                     debug!(%holder, %until, "another replica leads; waiting for the Lease");
@@ -859,7 +871,7 @@ async fn hold_lease<C: Clock>(lock: &LeaseLock, clock: &C) {
     loop {
         tokio::time::sleep(election.renew_interval).await;
         let now = clock.now();
-        match lock.try_acquire_or_renew(now).await {
+        match lock.try_renew(now).await {
             Ok(LeaseDecision::Acquire | LeaseDecision::Renew) => renewed = now,
             Ok(LeaseDecision::Wait { holder, .. }) => {
                 warn!(%holder, "the Lease is held by another replica");

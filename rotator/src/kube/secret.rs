@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use ::kube::Resource;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use lanyard_crds::api::Certificate;
 
 use crate::secret::{MANAGED_KEYS, SecretData};
@@ -90,6 +90,49 @@ pub fn applied_secret(
     })
 }
 
+/// The reason a Certificate gets when its Secret is controlled by another
+/// object.
+pub const SECRET_OWNER_CONFLICT: &str = "SecretOwnerConflict";
+
+/// The object other than `certificate` that controls `secret`: an
+/// ownerReference with `controller: true` and another uid. The API server
+/// allows one controller per object, so the controller's apply (which
+/// makes the Certificate the controller) would be refused with `Only one
+/// reference can have Controller set to true`: cert-manager's Certificate
+/// (with `--enable-certificate-owner-ref`), or an earlier Certificate of
+/// the same name whose Secret is not yet collected.
+pub fn foreign_controller<'a>(
+    secret: &'a Secret,
+    certificate: &Certificate,
+) -> Option<&'a OwnerReference> {
+    let ours = certificate.metadata.uid.as_deref();
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true) && Some(owner.uid.as_str()) != ours)
+}
+
+/// Why the Certificate cannot write `secret`, which `owner` controls: the
+/// Ready message, naming the owner and the way out.
+pub fn owner_conflict_message(secret: &Secret, owner: &OwnerReference) -> String {
+    let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let way_out = if owner.api_version.starts_with("cert-manager.io/") {
+        "to hand it over, delete cert-manager's Certificate with `--cascade=orphan` \
+         (the Secret and its certificate stay, the ownerReference goes), \
+         or choose another spec.secretName"
+    } else {
+        "remove that ownerReference, or choose another spec.secretName"
+    };
+    format!(
+        "Secret `{namespace}/{name}` is controlled by {} {} `{}` (uid {}), and an object has \
+         only one controller; it was not written: {way_out}",
+        owner.api_version, owner.kind, owner.name, owner.uid
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +197,67 @@ mod tests {
             applied_secret(&cert, &SecretData::default(), None),
             Err(AppliedSecretError::NoOwnerReference("web".into()))
         );
+    }
+
+    fn owned_by(api_version: &str, kind: &str, name: &str, uid: &str, controller: bool) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("web-tls".into()),
+                namespace: Some("apps".into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: api_version.into(),
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: uid.into(),
+                    controller: Some(controller),
+                    block_owner_deletion: None,
+                }]),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn only_another_objects_controller_reference_is_a_conflict() {
+        let cert = certificate();
+        let cases = [
+            (
+                "cert-manager's Certificate controls it",
+                owned_by("cert-manager.io/v1", "Certificate", "web", "cm-uid", true),
+                true,
+            ),
+            (
+                "an earlier Certificate of the same name controls it",
+                owned_by("lanyard.dev/v1", "Certificate", "web", "old-uid", true),
+                true,
+            ),
+            (
+                "this Certificate controls it",
+                owned_by("lanyard.dev/v1", "Certificate", "web", "0b5e-uid", true),
+                false,
+            ),
+            (
+                "another object owns it without controlling it",
+                owned_by("v1", "ConfigMap", "notes", "cm-uid", false),
+                false,
+            ),
+            ("nobody owns it", Secret::default(), false),
+        ];
+        for (sentence, secret, conflict) in cases {
+            assert_eq!(
+                foreign_controller(&secret, &cert).is_some(),
+                conflict,
+                "{sentence}"
+            );
+        }
+        let secret = owned_by("cert-manager.io/v1", "Certificate", "web", "cm-uid", true);
+        let message = owner_conflict_message(&secret, foreign_controller(&secret, &cert).unwrap());
+        assert!(
+            message.contains("Secret `apps/web-tls` is controlled by cert-manager.io/v1 Certificate `web` (uid cm-uid)"),
+            "{message}"
+        );
+        assert!(message.contains("--cascade=orphan"), "{message}");
     }
 
     #[test]
