@@ -269,15 +269,32 @@ async fn traffic_flows_over_mtls_with_the_callers_identity_and_policy_decides() 
     server.policy.store(Arc::new(build(&policy_yaml(WEB))));
     assert_eq!(get(web_out, "/whoami", "").await.0, 200);
 
+    // Counted under the Server and the authorization, labelled as
+    // Linkerd labels them; a denial names no authorization.
     let text = metrics_text(&server.metrics);
+    let allowed = series(&text, "inbound_http_authz_allow_total");
     assert!(
-        text.contains(r#"inbound_http_authz_allow_total{srv_name="api-http",authz_name="api-clients",route_name=""}"#),
+        allowed.iter().any(|(s, _)| label(s, "srv_kind") == "server"
+            && label(s, "srv_name") == "api-http"
+            && label(s, "route_name") == "default"
+            && label(s, "authz_kind") == "authorizationpolicy"
+            && label(s, "authz_name") == "api-clients"
+            && label(s, "client_id") == WEB),
+        "{text}"
+    );
+    let denied = series(&text, "inbound_http_authz_deny_total");
+    assert!(
+        denied
+            .iter()
+            .any(|(s, _)| label(s, "srv_name") == "api-http"
+                && label(s, "client_id") == EVIL
+                && !s.contains_key("authz_name")),
         "{text}"
     );
     assert!(
-        text.contains(
-            "inbound_http_authz_deny_total{srv_name=\"api-http\",authz_name=\"default:deny\""
-        ),
+        denied
+            .iter()
+            .any(|(s, _)| label(s, "srv_name") == "api-http" && label(s, "tls") == "no_identity"),
         "{text}"
     );
 }
@@ -539,10 +556,14 @@ async fn curl_and_openssl_get_what_policy_says() {
         !out.ends_with(" 200") && !out.ends_with(" 403"),
         "{out} {err}"
     );
+    let text = metrics_text(&server.metrics);
+    let errors = series(&text, "inbound_http_errors_total");
     assert!(
-        metrics_text(&server.metrics).contains(r#"inbound_http_errors_total{error="tls"} 1"#),
-        "{}",
-        metrics_text(&server.metrics)
+        matches!(errors.as_slice(), [(s, count)] if label(s, "error") == "tls"
+            && label(s, "srv_name") == "api-http"
+            && label(s, "target_port") == app.port().to_string()
+            && count == "1"),
+        "{text}"
     );
 }
 
@@ -633,4 +654,281 @@ async fn silent_and_idle_connections_are_bounded_and_a_real_client_is_still_serv
         metrics_text(&server.metrics)
     );
     drop(silent);
+}
+
+/// A series' labels, by name.
+type Labels = std::collections::BTreeMap<String, String>;
+
+/// One exposition line, `name{a="x",b="y"} value`.
+struct Line {
+    name: String,
+    /// In order.
+    labels: Vec<(String, String)>,
+    value: String,
+}
+
+/// Splits one exposition line into its name, labels and value.
+fn parse_line(line: &str) -> Option<Line> {
+    let (name, rest) = line.split_once('{')?;
+    let mut labels = Vec::new();
+    let mut chars = rest.chars();
+    loop {
+        let mut key = String::new();
+        for c in chars.by_ref() {
+            match c {
+                '=' => break,
+                ',' if key.is_empty() => {}
+                '}' if key.is_empty() => {
+                    return Some(Line {
+                        name: name.to_string(),
+                        labels,
+                        value: chars.as_str().trim().to_string(),
+                    });
+                }
+                c => key.push(c),
+            }
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => value.push(chars.next()?),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key, value));
+    }
+}
+
+/// The series of `name` in `text`: labels and value.
+fn series(text: &str, name: &str) -> Vec<(Labels, String)> {
+    text.lines()
+        .filter_map(parse_line)
+        .filter(|l| l.name == name)
+        .map(|l| (l.labels.into_iter().collect(), l.value))
+        .collect()
+}
+
+fn label<'a>(labels: &'a Labels, name: &str) -> &'a str {
+    labels.get(name).map_or("<absent>", String::as_str)
+}
+
+/// Linkerd's series for each situation, from `tests/fixtures/`.
+fn linkerd_fixture() -> Vec<(String, Vec<Line>)> {
+    let text = include_str!("fixtures/linkerd-inbound-metrics.txt");
+    let mut situations: Vec<(String, Vec<_>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("# situation: ") {
+            situations.push((name.to_string(), Vec::new()));
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let series = parse_line(line).unwrap_or_else(|| panic!("not a series: {line}"));
+            situations
+                .last_mut()
+                .expect("a series after a `# situation:` line")
+                .1
+                .push(series);
+        }
+    }
+    situations
+}
+
+/// Checks Linkerd's conventions for the address labels, then replaces
+/// their values (which differ from run to run) with what they stand for.
+fn normalized(name: &str, labels: &[(String, String)]) -> (String, Labels) {
+    let mut map: Labels = labels.iter().cloned().collect();
+    assert_eq!(map.len(), labels.len(), "{name}: a label twice: {labels:?}");
+    if let Some(addr) = map.get("target_addr") {
+        let ip = label(&map, "target_ip");
+        let port = label(&map, "target_port");
+        let parsed: SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: target_addr `{addr}` is not ip:port"));
+        assert_eq!(parsed.ip().to_string(), ip, "{name}: target_ip");
+        assert_eq!(parsed.port().to_string(), port, "{name}: target_port");
+        if let Some(srv_port) = map.get("srv_port") {
+            assert_eq!(srv_port, port, "{name}: srv_port is the target's port");
+        }
+        for (key, stands_for) in [
+            ("target_addr", "<ip:port>"),
+            ("target_ip", "<ip>"),
+            ("target_port", "<port>"),
+            ("srv_port", "<port>"),
+        ] {
+            if let Some(value) = map.get_mut(key) {
+                *value = stands_for.to_string();
+            }
+        }
+    }
+    (name.to_string(), map)
+}
+
+/// Requires `text` (one situation's metrics) to hold exactly Linkerd's
+/// series for `situation`, for every metric name Linkerd exports.
+fn same_series_as_linkerd(situation: &str, text: &str) {
+    let fixture = linkerd_fixture();
+    let linkerd_names: std::collections::BTreeSet<&str> = fixture
+        .iter()
+        .flat_map(|(_, series)| series.iter().map(|l| l.name.as_str()))
+        .collect();
+    let want: std::collections::BTreeSet<(String, Labels)> = fixture
+        .iter()
+        .find(|(s, _)| s == situation)
+        .unwrap_or_else(|| panic!("no situation `{situation}` in the fixture"))
+        .1
+        .iter()
+        .map(|l| normalized(&l.name, &l.labels))
+        .collect();
+    let got: std::collections::BTreeSet<(String, Labels)> = text
+        .lines()
+        .filter_map(parse_line)
+        .filter(|l| linkerd_names.contains(l.name.as_str()))
+        .map(|l| normalized(&l.name, &l.labels))
+        .collect();
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{situation}:\nLinkerd has, Lanyard does not: {missing:#?}\nLanyard has, Linkerd does not: {extra:#?}\n{text}"
+    );
+}
+
+const BENCH_WEB: &str = "web.bench.serviceaccount.identity.linkerd.cluster.local";
+const BENCH_EVIL: &str = "evil.bench.serviceaccount.identity.linkerd.cluster.local";
+
+/// Waits until `metrics` has a series of `name`; returns the text.
+async fn when_counted(metrics: &ProxyMetrics, name: &str) -> String {
+    let prefix = format!("{name}{{");
+    until(name, || {
+        metrics_text(metrics)
+            .lines()
+            .any(|l| l.starts_with(&prefix))
+    })
+    .await;
+    metrics_text(metrics)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metric_labels_are_linkerds_in_the_same_situations() {
+    let mesh = Mesh::start().await;
+    let app = backend().await;
+    let web = mesh.agent(BENCH_WEB).await;
+    let evil = mesh.agent(BENCH_EVIL).await;
+
+    // The default policy all-authenticated: a meshed client, then a
+    // plaintext one.
+    let options = PolicyOptions {
+        default_policy: lanyard_proxy::policy::DefaultPolicy::AllAuthenticated,
+        ..PolicyOptions::default()
+    };
+    let server = server_side(&mesh, mesh.agent(API).await, app, Policy::empty(&options)).await;
+    let (out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+    assert_eq!(get(out, "/whoami", "").await, (200, BENCH_WEB.to_string()));
+    let text = when_counted(&server.metrics, "response_total").await;
+    same_series_as_linkerd("default all-authenticated policy, meshed client", &text);
+    let server = server_side(&mesh, mesh.agent(API).await, app, Policy::empty(&options)).await;
+    assert_eq!(get(server.addr, "/whoami", "").await.0, 403);
+    same_series_as_linkerd(
+        "default all-authenticated policy, plaintext client",
+        &metrics_text(&server.metrics),
+    );
+
+    // A Server and an AuthorizationPolicy: the identity it admits, then
+    // another.
+    let yaml = common::policy_yaml(BENCH_WEB, "http", "HTTP/1");
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let (out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+    assert_eq!(get(out, "/whoami", "").await.0, 200);
+    let text = when_counted(&server.metrics, "response_total").await;
+    same_series_as_linkerd(
+        "Server with an AuthorizationPolicy, allowed identity",
+        &text,
+    );
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let (out, _) = client_side(&mesh, evil.clone(), server.addr, API).await;
+    assert_eq!(get(out, "/whoami", "").await.0, 403);
+    same_series_as_linkerd(
+        "Server with an AuthorizationPolicy, another identity",
+        &metrics_text(&server.metrics),
+    );
+
+    // An HTTPRoute with its own AuthorizationPolicy.
+    let routed = format!(
+        r#"
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {{name: api-http, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: api}}}}
+  port: http
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {{name: whoami-route, namespace: shop}}
+spec:
+  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api-http}}]
+  rules:
+    - matches: [{{path: {{type: Exact, value: /whoami}}}}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {{name: clients, namespace: shop}}
+spec:
+  identities: ["{BENCH_WEB}"]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: whoami-clients, namespace: shop}}
+spec:
+  targetRef: {{group: policy.linkerd.io, kind: HTTPRoute, name: whoami-route}}
+  requiredAuthenticationRefs:
+    - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: clients}}
+"#
+    );
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&routed)).await;
+    let (out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+    assert_eq!(get(out, "/whoami", "").await.0, 200);
+    assert_eq!(get(out, "/elsewhere", "").await.0, 404);
+    let text = when_counted(&server.metrics, "response_total").await;
+    same_series_as_linkerd(
+        "HTTPRoute with its own AuthorizationPolicy, a matching and an unmatched path",
+        &text,
+    );
+
+    // An opaque Server: one identity piped, another closed.
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let opaque = common::policy_yaml(BENCH_WEB, "http", "opaque");
+    let server = server_side(&mesh, mesh.agent(API).await, echo_addr, build(&opaque)).await;
+    let (web_out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+    let (evil_out, _) = client_side(&mesh, evil.clone(), server.addr, API).await;
+    let mut s = TcpStream::connect(web_out).await.unwrap();
+    s.write_all(b"\x00\x01binary").await.unwrap();
+    let mut buf = [0u8; 8];
+    s.read_exact(&mut buf).await.unwrap();
+    let mut s = TcpStream::connect(evil_out).await.unwrap();
+    let _ = s.write_all(b"\x00\x01binary").await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut Vec::new())).await;
+    let text = when_counted(&server.metrics, "inbound_tcp_authz_deny_total").await;
+    same_series_as_linkerd("opaque Server, an allowed and a denied identity", &text);
+
+    // A TLS handshake that fails: a ClientHello that is not one.
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"\x16\x03\x01\x00\x05hello").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut Vec::new())).await;
+    let text = when_counted(&server.metrics, "inbound_http_errors_total").await;
+    same_series_as_linkerd("a TLS handshake that fails", &text);
 }

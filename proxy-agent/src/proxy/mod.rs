@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
-use metrics::ProxyMetrics;
+use metrics::{ClassifiedBody, Peer, ProxyMetrics, TlsLabel};
 use tls::TrustBundle;
 
 /// How long the proxy waits for a client's first bytes to tell HTTP from
@@ -168,29 +168,43 @@ async fn inbound_connection(
         return Ok(());
     }
     let port = inbound.app.port();
+    // Linkerd's `target_addr` is the original destination: the pod's
+    // address the client connected to, and the application's port.
+    let target = SocketAddr::new(tcp.local_addr()?.ip().to_canonical(), port);
     if first[0] == 0x16 {
         let acceptor = tokio_rustls::TlsAcceptor::from(inbound.bundle.current().server.clone());
         let tls = match slot.handshake(acceptor.accept(tcp)).await {
             Ok(tls) => tls,
             Err(error) => {
-                inbound.metrics.http_error("tls");
+                let server = inbound.policy.load().server_ref(&inbound.workload, port);
+                inbound.metrics.http_error("tls", target, server);
                 tracing::info!(%peer, %error, "TLS handshake failed");
                 return Ok(());
             }
         };
         let identity = tls::peer_identity(tls.get_ref().1.peer_certificates());
+        let labels = Peer {
+            target,
+            tls: TlsLabel::Established {
+                client_id: identity.clone(),
+            },
+        };
         let client = Client {
             identity,
             ip: peer.ip(),
         };
-        serve_stream(tls, client, port, inbound, clients, slot, shutdown).await
+        serve_stream(tls, client, labels, inbound, clients, slot, shutdown).await
     } else {
         // Plaintext: never trusted, always unauthenticated.
         let client = Client {
             identity: None,
             ip: peer.ip(),
         };
-        serve_stream(tcp, client, port, inbound, clients, slot, shutdown).await
+        let labels = Peer {
+            target,
+            tls: TlsLabel::NoTlsFromRemote,
+        };
+        serve_stream(tcp, client, labels, inbound, clients, slot, shutdown).await
     }
 }
 
@@ -224,7 +238,7 @@ fn detect(prefix: &[u8]) -> Option<Protocol> {
 async fn serve_stream<S>(
     mut stream: S,
     client: Client,
-    port: u16,
+    peer: Peer,
     inbound: &Inbound,
     clients: Clients,
     slot: &Slot,
@@ -233,6 +247,7 @@ async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let port = inbound.app.port();
     let declared = inbound
         .policy
         .load()
@@ -272,10 +287,11 @@ where
         inner: stream,
     };
     match protocol {
-        Protocol::Opaque => serve_opaque(stream, client, port, inbound).await,
+        Protocol::Opaque => serve_opaque(stream, client, &peer, inbound).await,
         Protocol::Http => {
             let service = HttpService {
                 client: Arc::new(client),
+                peer: Arc::new(peer),
                 port,
                 policy: inbound.policy.clone(),
                 workload: Arc::new(inbound.workload.clone()),
@@ -306,17 +322,18 @@ where
 async fn serve_opaque<S>(
     mut stream: S,
     client: Client,
-    port: u16,
+    peer: &Peer,
     inbound: &Inbound,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let decision = inbound
-        .policy
-        .load()
-        .authorize(&inbound.workload, port, &client, None);
-    inbound.metrics.tcp_decision(&decision);
+    let decision =
+        inbound
+            .policy
+            .load()
+            .authorize(&inbound.workload, inbound.app.port(), &client, None);
+    inbound.metrics.tcp_decision(peer, &decision);
     if decision.verdict != Verdict::Allow {
         tracing::info!(identity = ?client.identity, ip = %client.ip, server = ?decision.server, "connection denied");
         return Ok(());
@@ -330,6 +347,7 @@ where
 #[derive(Clone)]
 struct HttpService {
     client: Arc<Client>,
+    peer: Arc<Peer>,
     port: u16,
     policy: Arc<ArcSwap<Policy>>,
     workload: Arc<Workload>,
@@ -348,15 +366,15 @@ impl HttpService {
             self.policy
                 .load()
                 .authorize(&self.workload, self.port, &self.client, Some(&request));
-        self.metrics.http_decision(&decision);
+        let exchange = self.metrics.http_decision(&self.peer, &decision);
         let grpc = req
             .headers()
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        if decision.verdict != Verdict::Allow {
+        let Some(exchange) = exchange else {
             return refuse(&decision, grpc);
-        }
+        };
         if decision.audit {
             tracing::info!(identity = ?self.client.identity, path = request.path, "audit: would be denied");
         }
@@ -382,8 +400,12 @@ impl HttpService {
             &self.clients.0
         };
         match client.request(req).await {
-            Ok(response) => response.map(|b| b.boxed()),
+            Ok(response) => {
+                let pending = exchange.responded(grpc, &response);
+                response.map(|b| ClassifiedBody::new(b, pending).boxed())
+            }
             Err(error) => {
+                exchange.failed();
                 tracing::warn!(%error, "the application did not answer");
                 status(StatusCode::BAD_GATEWAY, "the application did not answer\n")
             }
