@@ -932,3 +932,208 @@ spec:
     let text = when_counted(&server.metrics, "inbound_http_errors_total").await;
     same_series_as_linkerd("a TLS handshake that fails", &text);
 }
+
+/// `python3 -m http.server` serving `dir` on a loopback port; killed when
+/// dropped.
+struct PythonHttpServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl PythonHttpServer {
+    fn start(dir: &Path) -> PythonHttpServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 must be installed: {e}"));
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in python's first line: {line:?}"));
+        PythonHttpServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for PythonHttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1 application that answers with the Host it was sent, and
+/// HTTP/1 connection fields that must not reach an HTTP/2 client.
+async fn host_echo_backend() -> SocketAddr {
+    use axum::http::HeaderMap;
+    let app = axum::Router::new().route(
+        "/host",
+        axum::routing::get(|headers: HeaderMap| async move {
+            let host = headers
+                .get("host")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_else(|| "no host".into());
+            ([("keep-alive", "timeout=5"), ("x-app", "h1")], host)
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// curl over mTLS as `who` (a directory with tls.crt and tls.key), with
+/// `extra` arguments; returns stdout and stderr.
+fn curl_mtls(who: &Path, ca: &Path, port: u16, path: &str, extra: &[&str]) -> (String, String) {
+    let cert = who.join("tls.crt").display().to_string();
+    let key = who.join("tls.key").display().to_string();
+    let ca = ca.display().to_string();
+    let resolve = format!("{API}:{port}:127.0.0.1");
+    let url = format!("https://{API}:{port}{path}");
+    let mut args = vec![
+        "-sS",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let (_, out, err) = run("curl", &args, b"");
+    (out, err)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_reaches_an_http1_app_behind_an_http1_server() {
+    let mesh = Mesh::start().await;
+    let site = mesh.dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), "hello from an HTTP/1 app\n").unwrap();
+    let python = tokio::task::block_in_place(|| PythonHttpServer::start(&site));
+    let yaml = common::policy_yaml(WEB, "http", "HTTP/1");
+    let server = server_side(&mesh, mesh.agent(API).await, python.addr, build(&yaml)).await;
+    let web = mesh.dir.path().join("web");
+    files_for(&mesh.agent(WEB).await, &web);
+    let port = server.addr.port();
+
+    // curl negotiates h2 by ALPN, with WEB's client certificate.
+    let (out, err) = tokio::task::block_in_place(|| {
+        curl_mtls(
+            &web,
+            &mesh.bundle(),
+            port,
+            "/hello.txt",
+            &["--http2", "-w", "%{http_code} HTTP/%{http_version}"],
+        )
+    });
+    assert_eq!(
+        out, "hello from an HTTP/1 app\n200 HTTP/2",
+        "the app speaks HTTP/1 only: {err}"
+    );
+
+    // The app gets :authority as its Host; its HTTP/1 connection fields
+    // stay behind.
+    let app = host_echo_backend().await;
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let port = server.addr.port();
+    let (out, err) = tokio::task::block_in_place(|| {
+        curl_mtls(&web, &mesh.bundle(), port, "/host", &["--http2", "-i"])
+    });
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{out} {err}"));
+    assert!(head.starts_with("HTTP/2 200"), "{head} {err}");
+    assert_eq!(body, format!("{API}:{port}"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-app: h1"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    assert!(!head.contains("connection:"), "{head}");
+    drop(python);
+}
+
+/// An application that speaks HTTP/2 only (prior knowledge), answering
+/// with the version and Host it got.
+async fn h2_only_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        let body = format!("{:?} host={host}", req.version());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http1_client_reaches_an_http2_app_behind_an_http2_server_and_detection_keeps_http2() {
+    let mesh = Mesh::start().await;
+    let app = h2_only_backend().await;
+    let api = mesh.agent(API).await;
+    let web = mesh.agent(WEB).await;
+    for protocol in ["HTTP/2", "gRPC"] {
+        let yaml = common::policy_yaml(WEB, "http", protocol);
+        let server = server_side(&mesh, api.clone(), app, build(&yaml)).await;
+        let (out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+        // `get` sends HTTP/1.1 with `Connection: close`, which HTTP/2 forbids.
+        assert_eq!(
+            get(out, "/", "").await,
+            (200, "HTTP/2.0 host=api".to_string()),
+            "{protocol}"
+        );
+    }
+
+    // proxyProtocol unknown: a detected HTTP/2 client stays HTTP/2 (curl
+    // negotiating h2 by ALPN, over mTLS).
+    let yaml = common::policy_yaml(WEB, "http", "unknown");
+    let server = server_side(&mesh, api.clone(), app, build(&yaml)).await;
+    let dir = mesh.dir.path().join("web-detect");
+    files_for(&web, &dir);
+    let port = server.addr.port();
+    let (out, err) = tokio::task::block_in_place(|| {
+        curl_mtls(
+            &dir,
+            &mesh.bundle(),
+            port,
+            "/",
+            &["--http2", "-w", " %{http_code}"],
+        )
+    });
+    assert_eq!(out, "HTTP/2.0 host= 200", "{err}");
+}
