@@ -952,10 +952,16 @@ impl PythonHttpServer {
             .spawn()
             .unwrap_or_else(|e| panic!("python3 must be installed: {e}"));
         // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("python3 -m http.server did not start within 20 s"));
         let port: u16 = line
             .split_whitespace()
             .skip_while(|w| *w != "port")
