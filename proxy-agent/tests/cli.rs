@@ -395,10 +395,12 @@ async fn two_proxy_processes_carry_traffic_and_follow_policy_file_changes() {
     .await
     .unwrap();
     let metrics = get_metrics(&server_admin).await;
+    // Labelled as Linkerd's proxy labels it.
     assert!(
-        metrics.contains(
-            "inbound_http_authz_allow_total{srv_name=\"api-http\",authz_name=\"api-clients\""
-        ),
+        metrics.lines().any(|l| l.starts_with("inbound_http_authz_allow_total{")
+            && l.contains(r#"srv_group="policy.linkerd.io",srv_kind="server",srv_name="api-http","#)
+            && l.contains(r#"authz_group="policy.linkerd.io",authz_kind="authorizationpolicy",authz_name="api-clients","#)
+            && l.contains(&format!(r#"tls="true",client_id="{web}""#))),
         "{metrics}"
     );
     assert!(

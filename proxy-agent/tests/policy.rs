@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use lanyard_proxy::policy::{
-    Client, Decision, DefaultPolicy, HttpRequest, Manifests, Policy, PolicyErrors, PolicyOptions,
-    Verdict, Workload,
+    Client, Decision, DefaultPolicy, HttpRequest, Manifests, Policy, PolicyErrors, PolicyLabels,
+    PolicyOptions, PolicyRef, Verdict, Workload,
 };
 
 fn build(yaml: &str) -> Result<Policy, PolicyErrors> {
@@ -80,6 +80,15 @@ fn the_guides_three_tier_example_lets_only_the_api_server_reach_postgres() {
             authz: "postgres-auth".into(),
             route: None,
             audit: false,
+            labels: PolicyLabels {
+                server: resource("policy.linkerd.io", "server", "postgres-server"),
+                route: PolicyRef::default_route(),
+                authz: Some(resource(
+                    "policy.linkerd.io",
+                    "authorizationpolicy",
+                    "postgres-auth"
+                )),
+            },
         }
     );
     let other = policy.authorize(&db, 5432, &meshed(&identity("web", "frontend")), None);
@@ -675,4 +684,189 @@ fn a_version_lanyard_does_not_read_is_refused_naming_the_versions_it_does() {
             "{name}"
         );
     }
+}
+
+fn resource(group: &str, kind: &str, name: &str) -> PolicyRef {
+    PolicyRef {
+        group: group.into(),
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
+
+#[test]
+fn decisions_are_labelled_as_linkerds_proxy_labels_them() {
+    let policy = build(&format!(
+        r#"{SERVER}
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {{name: health, namespace: shop}}
+spec:
+  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api}}]
+  rules:
+    - matches: [{{path: {{type: Exact, value: /healthz}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: orders, namespace: shop}}
+spec:
+  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api}}]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /orders}}}}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: health-for-all, namespace: shop}}
+spec:
+  targetRef: {{group: policy.linkerd.io, kind: HTTPRoute, name: health}}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: orders-for-web, namespace: shop}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}}
+  requiredAuthenticationRefs:
+    - {{kind: ServiceAccount, name: web, namespace: front}}
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {{name: admin, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: api}}}}
+  port: 9990
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: admin-web, namespace: shop}}
+spec:
+  targetRef: {{group: policy.linkerd.io, kind: Server, name: admin}}
+  requiredAuthenticationRefs:
+    - {{kind: ServiceAccount, name: web, namespace: front}}
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {{name: debug, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: api}}}}
+  port: 9991
+  accessPolicy: all-unauthenticated
+"#
+    ))
+    .unwrap();
+    let web = meshed(&identity("web", "front"));
+    let anon = plain("10.0.0.1");
+    let server = |name: &str| resource("policy.linkerd.io", "server", name);
+    let route = |group: &str, name: &str| resource(group, "HTTPRoute", name);
+    let authz = |name: &str| Some(resource("policy.linkerd.io", "authorizationpolicy", name));
+    let default = PolicyRef::default_named;
+    let on_server = |name: &str, client: &Client, path: &str| {
+        policy
+            .authorize_server(
+                "shop",
+                name,
+                client,
+                Some(&HttpRequest {
+                    path: path.into(),
+                    method: "GET".into(),
+                }),
+            )
+            .unwrap()
+            .labels
+    };
+    let on_port = |default_policy: DefaultPolicy, client: &Client| {
+        let workload = Workload {
+            default_policy: Some(default_policy),
+            ..pod("shop", &[("app", "api")])
+        };
+        policy.authorize(&workload, 9999, client, None).labels
+    };
+    let cases: Vec<(&str, PolicyLabels, PolicyLabels)> = vec![
+        (
+            "an HTTPRoute of policy.linkerd.io, and the AuthorizationPolicy on it",
+            on_server("api", &anon, "/healthz"),
+            PolicyLabels {
+                server: server("api"),
+                route: route("policy.linkerd.io", "health"),
+                authz: authz("health-for-all"),
+            },
+        ),
+        (
+            "an HTTPRoute of the Gateway API keeps its group",
+            on_server("api", &web, "/orders/7"),
+            PolicyLabels {
+                server: server("api"),
+                route: route("gateway.networking.k8s.io", "orders"),
+                authz: authz("orders-for-web"),
+            },
+        ),
+        (
+            "a denial names the Server and route, and no authorization",
+            on_server("api", &anon, "/orders/7"),
+            PolicyLabels {
+                server: server("api"),
+                route: route("gateway.networking.k8s.io", "orders"),
+                authz: None,
+            },
+        ),
+        (
+            "a request no route matches names the Server only",
+            on_server("api", &web, "/elsewhere"),
+            PolicyLabels {
+                server: server("api"),
+                route: PolicyRef::default_route(),
+                authz: None,
+            },
+        ),
+        (
+            "a Server without routes has Linkerd's default route",
+            on_server("admin", &web, "/"),
+            PolicyLabels {
+                server: server("admin"),
+                route: default("default"),
+                authz: authz("admin-web"),
+            },
+        ),
+        (
+            "a Server's accessPolicy that allows is the authorization",
+            on_server("debug", &anon, "/"),
+            PolicyLabels {
+                server: server("debug"),
+                route: default("default"),
+                authz: Some(default("all-unauthenticated")),
+            },
+        ),
+        (
+            "a port no Server covers is labelled with the default policy",
+            on_port(DefaultPolicy::AllAuthenticated, &web),
+            PolicyLabels {
+                server: default("all-authenticated"),
+                route: default("default"),
+                authz: Some(default("all-authenticated")),
+            },
+        ),
+        (
+            "a default policy that denies names no authorization",
+            on_port(DefaultPolicy::AllAuthenticated, &anon),
+            PolicyLabels {
+                server: default("all-authenticated"),
+                route: default("default"),
+                authz: None,
+            },
+        ),
+    ];
+    for (case, got, want) in cases {
+        assert_eq!(got, want, "{case}");
+    }
+    assert_eq!(
+        default("audit"),
+        resource("", "default", "audit"),
+        "defaults have kind `default` and no group"
+    );
+    let pod = pod("shop", &[("app", "api")]);
+    assert_eq!(policy.server_ref(&pod, 9990), server("admin"));
+    assert_eq!(
+        policy.server_ref(&pod, 9999),
+        default("all-unauthenticated")
+    );
 }

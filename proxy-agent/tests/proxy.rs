@@ -269,15 +269,32 @@ async fn traffic_flows_over_mtls_with_the_callers_identity_and_policy_decides() 
     server.policy.store(Arc::new(build(&policy_yaml(WEB))));
     assert_eq!(get(web_out, "/whoami", "").await.0, 200);
 
+    // Counted under the Server and the authorization, labelled as
+    // Linkerd labels them; a denial names no authorization.
     let text = metrics_text(&server.metrics);
+    let allowed = series(&text, "inbound_http_authz_allow_total");
     assert!(
-        text.contains(r#"inbound_http_authz_allow_total{srv_name="api-http",authz_name="api-clients",route_name=""}"#),
+        allowed.iter().any(|(s, _)| label(s, "srv_kind") == "server"
+            && label(s, "srv_name") == "api-http"
+            && label(s, "route_name") == "default"
+            && label(s, "authz_kind") == "authorizationpolicy"
+            && label(s, "authz_name") == "api-clients"
+            && label(s, "client_id") == WEB),
+        "{text}"
+    );
+    let denied = series(&text, "inbound_http_authz_deny_total");
+    assert!(
+        denied
+            .iter()
+            .any(|(s, _)| label(s, "srv_name") == "api-http"
+                && label(s, "client_id") == EVIL
+                && !s.contains_key("authz_name")),
         "{text}"
     );
     assert!(
-        text.contains(
-            "inbound_http_authz_deny_total{srv_name=\"api-http\",authz_name=\"default:deny\""
-        ),
+        denied
+            .iter()
+            .any(|(s, _)| label(s, "srv_name") == "api-http" && label(s, "tls") == "no_identity"),
         "{text}"
     );
 }
@@ -539,10 +556,14 @@ async fn curl_and_openssl_get_what_policy_says() {
         !out.ends_with(" 200") && !out.ends_with(" 403"),
         "{out} {err}"
     );
+    let text = metrics_text(&server.metrics);
+    let errors = series(&text, "inbound_http_errors_total");
     assert!(
-        metrics_text(&server.metrics).contains(r#"inbound_http_errors_total{error="tls"} 1"#),
-        "{}",
-        metrics_text(&server.metrics)
+        matches!(errors.as_slice(), [(s, count)] if label(s, "error") == "tls"
+            && label(s, "srv_name") == "api-http"
+            && label(s, "target_port") == app.port().to_string()
+            && count == "1"),
+        "{text}"
     );
 }
 
@@ -633,4 +654,492 @@ async fn silent_and_idle_connections_are_bounded_and_a_real_client_is_still_serv
         metrics_text(&server.metrics)
     );
     drop(silent);
+}
+
+/// A series' labels, by name.
+type Labels = std::collections::BTreeMap<String, String>;
+
+/// One exposition line, `name{a="x",b="y"} value`.
+struct Line {
+    name: String,
+    /// In order.
+    labels: Vec<(String, String)>,
+    value: String,
+}
+
+/// Splits one exposition line into its name, labels and value.
+fn parse_line(line: &str) -> Option<Line> {
+    let (name, rest) = line.split_once('{')?;
+    let mut labels = Vec::new();
+    let mut chars = rest.chars();
+    loop {
+        let mut key = String::new();
+        for c in chars.by_ref() {
+            match c {
+                '=' => break,
+                ',' if key.is_empty() => {}
+                '}' if key.is_empty() => {
+                    return Some(Line {
+                        name: name.to_string(),
+                        labels,
+                        value: chars.as_str().trim().to_string(),
+                    });
+                }
+                c => key.push(c),
+            }
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => value.push(chars.next()?),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key, value));
+    }
+}
+
+/// The series of `name` in `text`: labels and value.
+fn series(text: &str, name: &str) -> Vec<(Labels, String)> {
+    text.lines()
+        .filter_map(parse_line)
+        .filter(|l| l.name == name)
+        .map(|l| (l.labels.into_iter().collect(), l.value))
+        .collect()
+}
+
+fn label<'a>(labels: &'a Labels, name: &str) -> &'a str {
+    labels.get(name).map_or("<absent>", String::as_str)
+}
+
+/// Linkerd's series for each situation, from `tests/fixtures/`.
+fn linkerd_fixture() -> Vec<(String, Vec<Line>)> {
+    let text = include_str!("fixtures/linkerd-inbound-metrics.txt");
+    let mut situations: Vec<(String, Vec<_>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("# situation: ") {
+            situations.push((name.to_string(), Vec::new()));
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let series = parse_line(line).unwrap_or_else(|| panic!("not a series: {line}"));
+            situations
+                .last_mut()
+                .expect("a series after a `# situation:` line")
+                .1
+                .push(series);
+        }
+    }
+    situations
+}
+
+/// Checks Linkerd's conventions for the address labels, then replaces
+/// their values (which differ from run to run) with what they stand for.
+fn normalized(name: &str, labels: &[(String, String)]) -> (String, Labels) {
+    let mut map: Labels = labels.iter().cloned().collect();
+    assert_eq!(map.len(), labels.len(), "{name}: a label twice: {labels:?}");
+    if let Some(addr) = map.get("target_addr") {
+        let ip = label(&map, "target_ip");
+        let port = label(&map, "target_port");
+        let parsed: SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: target_addr `{addr}` is not ip:port"));
+        assert_eq!(parsed.ip().to_string(), ip, "{name}: target_ip");
+        assert_eq!(parsed.port().to_string(), port, "{name}: target_port");
+        if let Some(srv_port) = map.get("srv_port") {
+            assert_eq!(srv_port, port, "{name}: srv_port is the target's port");
+        }
+        for (key, stands_for) in [
+            ("target_addr", "<ip:port>"),
+            ("target_ip", "<ip>"),
+            ("target_port", "<port>"),
+            ("srv_port", "<port>"),
+        ] {
+            if let Some(value) = map.get_mut(key) {
+                *value = stands_for.to_string();
+            }
+        }
+    }
+    (name.to_string(), map)
+}
+
+/// Requires `text` (one situation's metrics) to hold exactly Linkerd's
+/// series for `situation`, for every metric name Linkerd exports.
+fn same_series_as_linkerd(situation: &str, text: &str) {
+    let fixture = linkerd_fixture();
+    let linkerd_names: std::collections::BTreeSet<&str> = fixture
+        .iter()
+        .flat_map(|(_, series)| series.iter().map(|l| l.name.as_str()))
+        .collect();
+    let want: std::collections::BTreeSet<(String, Labels)> = fixture
+        .iter()
+        .find(|(s, _)| s == situation)
+        .unwrap_or_else(|| panic!("no situation `{situation}` in the fixture"))
+        .1
+        .iter()
+        .map(|l| normalized(&l.name, &l.labels))
+        .collect();
+    let got: std::collections::BTreeSet<(String, Labels)> = text
+        .lines()
+        .filter_map(parse_line)
+        .filter(|l| linkerd_names.contains(l.name.as_str()))
+        .map(|l| normalized(&l.name, &l.labels))
+        .collect();
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{situation}:\nLinkerd has, Lanyard does not: {missing:#?}\nLanyard has, Linkerd does not: {extra:#?}\n{text}"
+    );
+}
+
+const BENCH_WEB: &str = "web.bench.serviceaccount.identity.linkerd.cluster.local";
+const BENCH_EVIL: &str = "evil.bench.serviceaccount.identity.linkerd.cluster.local";
+
+/// Waits until `metrics` has a series of `name`; returns the text.
+async fn when_counted(metrics: &ProxyMetrics, name: &str) -> String {
+    let prefix = format!("{name}{{");
+    until(name, || {
+        metrics_text(metrics)
+            .lines()
+            .any(|l| l.starts_with(&prefix))
+    })
+    .await;
+    metrics_text(metrics)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metric_labels_are_linkerds_in_the_same_situations() {
+    let mesh = Mesh::start().await;
+    let app = backend().await;
+    let web = mesh.agent(BENCH_WEB).await;
+    let evil = mesh.agent(BENCH_EVIL).await;
+
+    // The default policy all-authenticated: a meshed client, then a
+    // plaintext one.
+    let options = PolicyOptions {
+        default_policy: lanyard_proxy::policy::DefaultPolicy::AllAuthenticated,
+        ..PolicyOptions::default()
+    };
+    let server = server_side(&mesh, mesh.agent(API).await, app, Policy::empty(&options)).await;
+    let (out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+    assert_eq!(get(out, "/whoami", "").await, (200, BENCH_WEB.to_string()));
+    let text = when_counted(&server.metrics, "response_total").await;
+    same_series_as_linkerd("default all-authenticated policy, meshed client", &text);
+    let server = server_side(&mesh, mesh.agent(API).await, app, Policy::empty(&options)).await;
+    assert_eq!(get(server.addr, "/whoami", "").await.0, 403);
+    same_series_as_linkerd(
+        "default all-authenticated policy, plaintext client",
+        &metrics_text(&server.metrics),
+    );
+
+    // A Server and an AuthorizationPolicy: the identity it admits, then
+    // another.
+    let yaml = common::policy_yaml(BENCH_WEB, "http", "HTTP/1");
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let (out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+    assert_eq!(get(out, "/whoami", "").await.0, 200);
+    let text = when_counted(&server.metrics, "response_total").await;
+    same_series_as_linkerd(
+        "Server with an AuthorizationPolicy, allowed identity",
+        &text,
+    );
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let (out, _) = client_side(&mesh, evil.clone(), server.addr, API).await;
+    assert_eq!(get(out, "/whoami", "").await.0, 403);
+    same_series_as_linkerd(
+        "Server with an AuthorizationPolicy, another identity",
+        &metrics_text(&server.metrics),
+    );
+
+    // An HTTPRoute with its own AuthorizationPolicy.
+    let routed = format!(
+        r#"
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {{name: api-http, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: api}}}}
+  port: http
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {{name: whoami-route, namespace: shop}}
+spec:
+  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api-http}}]
+  rules:
+    - matches: [{{path: {{type: Exact, value: /whoami}}}}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {{name: clients, namespace: shop}}
+spec:
+  identities: ["{BENCH_WEB}"]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: whoami-clients, namespace: shop}}
+spec:
+  targetRef: {{group: policy.linkerd.io, kind: HTTPRoute, name: whoami-route}}
+  requiredAuthenticationRefs:
+    - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: clients}}
+"#
+    );
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&routed)).await;
+    let (out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+    assert_eq!(get(out, "/whoami", "").await.0, 200);
+    assert_eq!(get(out, "/elsewhere", "").await.0, 404);
+    let text = when_counted(&server.metrics, "response_total").await;
+    same_series_as_linkerd(
+        "HTTPRoute with its own AuthorizationPolicy, a matching and an unmatched path",
+        &text,
+    );
+
+    // An opaque Server: one identity piped, another closed.
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let opaque = common::policy_yaml(BENCH_WEB, "http", "opaque");
+    let server = server_side(&mesh, mesh.agent(API).await, echo_addr, build(&opaque)).await;
+    let (web_out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+    let (evil_out, _) = client_side(&mesh, evil.clone(), server.addr, API).await;
+    let mut s = TcpStream::connect(web_out).await.unwrap();
+    s.write_all(b"\x00\x01binary").await.unwrap();
+    let mut buf = [0u8; 8];
+    s.read_exact(&mut buf).await.unwrap();
+    let mut s = TcpStream::connect(evil_out).await.unwrap();
+    let _ = s.write_all(b"\x00\x01binary").await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut Vec::new())).await;
+    let text = when_counted(&server.metrics, "inbound_tcp_authz_deny_total").await;
+    same_series_as_linkerd("opaque Server, an allowed and a denied identity", &text);
+
+    // A TLS handshake that fails: a ClientHello that is not one.
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"\x16\x03\x01\x00\x05hello").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut Vec::new())).await;
+    let text = when_counted(&server.metrics, "inbound_http_errors_total").await;
+    same_series_as_linkerd("a TLS handshake that fails", &text);
+}
+
+/// `python3 -m http.server` serving `dir` on a loopback port; killed when
+/// dropped.
+struct PythonHttpServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl PythonHttpServer {
+    fn start(dir: &Path) -> PythonHttpServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 must be installed: {e}"));
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("python3 -m http.server did not start within 20 s"));
+        let port: u16 = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in python's first line: {line:?}"));
+        PythonHttpServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for PythonHttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1 application that answers with the Host it was sent, and
+/// HTTP/1 connection fields that must not reach an HTTP/2 client.
+async fn host_echo_backend() -> SocketAddr {
+    use axum::http::HeaderMap;
+    let app = axum::Router::new().route(
+        "/host",
+        axum::routing::get(|headers: HeaderMap| async move {
+            let host = headers
+                .get("host")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_else(|| "no host".into());
+            ([("keep-alive", "timeout=5"), ("x-app", "h1")], host)
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// curl over mTLS as `who` (a directory with tls.crt and tls.key), with
+/// `extra` arguments; returns stdout and stderr.
+fn curl_mtls(who: &Path, ca: &Path, port: u16, path: &str, extra: &[&str]) -> (String, String) {
+    let cert = who.join("tls.crt").display().to_string();
+    let key = who.join("tls.key").display().to_string();
+    let ca = ca.display().to_string();
+    let resolve = format!("{API}:{port}:127.0.0.1");
+    let url = format!("https://{API}:{port}{path}");
+    let mut args = vec![
+        "-sS",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let (_, out, err) = run("curl", &args, b"");
+    (out, err)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_reaches_an_http1_app_behind_an_http1_server() {
+    let mesh = Mesh::start().await;
+    let site = mesh.dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), "hello from an HTTP/1 app\n").unwrap();
+    let python = tokio::task::block_in_place(|| PythonHttpServer::start(&site));
+    let yaml = common::policy_yaml(WEB, "http", "HTTP/1");
+    let server = server_side(&mesh, mesh.agent(API).await, python.addr, build(&yaml)).await;
+    let web = mesh.dir.path().join("web");
+    files_for(&mesh.agent(WEB).await, &web);
+    let port = server.addr.port();
+
+    // curl negotiates h2 by ALPN, with WEB's client certificate.
+    let (out, err) = tokio::task::block_in_place(|| {
+        curl_mtls(
+            &web,
+            &mesh.bundle(),
+            port,
+            "/hello.txt",
+            &["--http2", "-w", "%{http_code} HTTP/%{http_version}"],
+        )
+    });
+    assert_eq!(
+        out, "hello from an HTTP/1 app\n200 HTTP/2",
+        "the app speaks HTTP/1 only: {err}"
+    );
+
+    // The app gets :authority as its Host; its HTTP/1 connection fields
+    // stay behind.
+    let app = host_echo_backend().await;
+    let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
+    let port = server.addr.port();
+    let (out, err) = tokio::task::block_in_place(|| {
+        curl_mtls(&web, &mesh.bundle(), port, "/host", &["--http2", "-i"])
+    });
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{out} {err}"));
+    assert!(head.starts_with("HTTP/2 200"), "{head} {err}");
+    assert_eq!(body, format!("{API}:{port}"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-app: h1"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    assert!(!head.contains("connection:"), "{head}");
+    drop(python);
+}
+
+/// An application that speaks HTTP/2 only (prior knowledge), answering
+/// with the version and Host it got.
+async fn h2_only_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        let body = format!("{:?} host={host}", req.version());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http1_client_reaches_an_http2_app_behind_an_http2_server_and_detection_keeps_http2() {
+    let mesh = Mesh::start().await;
+    let app = h2_only_backend().await;
+    let api = mesh.agent(API).await;
+    let web = mesh.agent(WEB).await;
+    for protocol in ["HTTP/2", "gRPC"] {
+        let yaml = common::policy_yaml(WEB, "http", protocol);
+        let server = server_side(&mesh, api.clone(), app, build(&yaml)).await;
+        let (out, _) = client_side(&mesh, web.clone(), server.addr, API).await;
+        // `get` sends HTTP/1.1 with `Connection: close`, which HTTP/2 forbids.
+        assert_eq!(
+            get(out, "/", "").await,
+            (200, "HTTP/2.0 host=api".to_string()),
+            "{protocol}"
+        );
+    }
+
+    // proxyProtocol unknown: a detected HTTP/2 client stays HTTP/2 (curl
+    // negotiating h2 by ALPN, over mTLS).
+    let yaml = common::policy_yaml(WEB, "http", "unknown");
+    let server = server_side(&mesh, api.clone(), app, build(&yaml)).await;
+    let dir = mesh.dir.path().join("web-detect");
+    files_for(&web, &dir);
+    let port = server.addr.port();
+    let (out, err) = tokio::task::block_in_place(|| {
+        curl_mtls(
+            &dir,
+            &mesh.bundle(),
+            port,
+            "/",
+            &["--http2", "-w", " %{http_code}"],
+        )
+    });
+    assert_eq!(out, "HTTP/2.0 host= 200", "{err}");
 }

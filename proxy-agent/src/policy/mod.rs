@@ -170,6 +170,8 @@ impl Origin {
 
 #[derive(Debug, Clone)]
 struct Parsed<T> {
+    /// The API group of its `apiVersion`.
+    group: String,
     namespace: String,
     name: String,
     origin: Origin,
@@ -298,6 +300,7 @@ impl Manifests {
             ($list:ident) => {
                 match typed(spec) {
                     Ok(spec) => self.$list.push(Parsed {
+                        group: group.to_string(),
                         namespace,
                         name: meta.name,
                         origin,
@@ -656,6 +659,8 @@ fn compile_server(s: &Parsed<ServerSpec>) -> Result<ServerPolicy, PolicyError> {
 
 #[derive(Debug, Clone)]
 struct RoutePolicy {
+    /// `policy.linkerd.io` or `gateway.networking.k8s.io`, as written.
+    group: String,
     namespace: String,
     name: String,
     parents: Vec<String>,
@@ -757,6 +762,7 @@ fn compile_route(r: &Parsed<HttpRouteSpec>) -> Result<RoutePolicy, PolicyError> 
         rules.push(Vec::new());
     }
     Ok(RoutePolicy {
+        group: r.group.clone(),
         namespace: r.namespace.clone(),
         name: r.name.clone(),
         parents,
@@ -1040,6 +1046,65 @@ pub struct Decision {
     pub route: Option<String>,
     /// Allowed only because the policy is `audit`: it would have been denied.
     pub audit: bool,
+    /// The Server, route and authorization as Linkerd's proxy names them
+    /// in its metrics.
+    pub labels: PolicyLabels,
+}
+
+/// A policy object as Linkerd's proxy names it in metric labels
+/// (`srv_*`, `route_*`, `authz_*`): the group, kind and name its policy
+/// controller sends. Defaults Linkerd makes up (a default policy, the
+/// default route) have kind `default` and an empty group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyRef {
+    /// `policy.linkerd.io`, `gateway.networking.k8s.io`, or empty for a
+    /// default.
+    pub group: String,
+    /// `server`, `authorizationpolicy`, `HTTPRoute` (the route's own
+    /// Kubernetes kind, as Linkerd's controller sends it) or `default`.
+    pub kind: String,
+    /// The resource's name, or the default's (`all-authenticated`,
+    /// `default` for the default route).
+    pub name: String,
+}
+
+impl PolicyRef {
+    /// A default Linkerd makes up: a default policy or the default route.
+    pub fn default_named(name: &str) -> PolicyRef {
+        PolicyRef {
+            group: String::new(),
+            kind: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn resource(group: &str, kind: &str, name: &str) -> PolicyRef {
+        PolicyRef {
+            group: group.into(),
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The route Linkerd gives a Server (or a default policy) with no
+    /// HTTPRoute: `default`.
+    pub fn default_route() -> PolicyRef {
+        PolicyRef::default_named("default")
+    }
+}
+
+/// What a decision is labelled with in Linkerd's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyLabels {
+    /// The Server covering the port (kind `server`), or the default
+    /// policy that did (kind `default`).
+    pub server: PolicyRef,
+    /// The HTTPRoute matched, or the default route.
+    pub route: PolicyRef,
+    /// What allowed it: an AuthorizationPolicy, or the default policy
+    /// (or the Server's `accessPolicy`) that decided; `None` when denied,
+    /// as Linkerd's deny counters carry no authorization.
+    pub authz: Option<PolicyRef>,
 }
 
 impl Policy {
@@ -1070,6 +1135,17 @@ impl Policy {
                     PortRef::Name(name) => workload.named_ports.get(name) == Some(&port),
                 }
         })
+    }
+
+    /// The Server covering `workload`'s `port` as Linkerd labels it, or
+    /// the default policy that covers it.
+    pub fn server_ref(&self, workload: &Workload, port: u16) -> PolicyRef {
+        match self.server_for(workload, port) {
+            Some(server) => server_ref(&server.name),
+            None => {
+                PolicyRef::default_named(workload.default_policy.unwrap_or(self.default).name())
+            }
+        }
     }
 
     /// The `proxyProtocol` of the Server covering `workload`'s `port`, if
@@ -1121,6 +1197,11 @@ impl Policy {
                     authz: String::new(),
                     route: None,
                     audit: false,
+                    labels: PolicyLabels {
+                        server: server_ref(&server.name),
+                        route: PolicyRef::default_route(),
+                        authz: None,
+                    },
                 };
             }
         }
@@ -1138,6 +1219,9 @@ impl Policy {
             .filter(applies)
             .find(|a| a.required.iter().all(|authn| authenticates(authn, client)));
         let route_name = route.map(|r| r.name.clone());
+        let route_ref = route.map_or_else(PolicyRef::default_route, |r| {
+            PolicyRef::resource(&r.group, "HTTPRoute", &r.name)
+        });
         match allowed {
             Some(a) => Decision {
                 verdict: Verdict::Allow,
@@ -1145,6 +1229,15 @@ impl Policy {
                 authz: a.name.clone(),
                 route: route_name,
                 audit: false,
+                labels: PolicyLabels {
+                    server: server_ref(&server.name),
+                    route: route_ref,
+                    authz: Some(PolicyRef::resource(
+                        POLICY_GROUP,
+                        "authorizationpolicy",
+                        &a.name,
+                    )),
+                },
             },
             None => {
                 let mut d = self.default_decision(
@@ -1153,6 +1246,7 @@ impl Policy {
                     client,
                 );
                 d.route = route_name;
+                d.labels.route = route_ref;
                 d
             }
         }
@@ -1174,14 +1268,26 @@ impl Policy {
             DefaultPolicy::Deny => (false, false),
             DefaultPolicy::Audit => (true, true),
         };
+        let labels = PolicyLabels {
+            server: server
+                .as_deref()
+                .map_or_else(|| PolicyRef::default_named(policy.name()), server_ref),
+            route: PolicyRef::default_route(),
+            authz: allow.then(|| PolicyRef::default_named(policy.name())),
+        };
         Decision {
             verdict: if allow { Verdict::Allow } else { Verdict::Deny },
             server,
             authz: format!("default:{policy}"),
             route: None,
             audit,
+            labels,
         }
     }
+}
+
+fn server_ref(name: &str) -> PolicyRef {
+    PolicyRef::resource(POLICY_GROUP, "server", name)
 }
 
 fn authenticates(authn: &Authn, client: &Client) -> bool {

@@ -1,57 +1,248 @@
-//! The proxy's metrics, under the names the Linkerd proxy exports, so
-//! alerts written for Linkerd (`inbound_http_errors_total{error="tls"}`)
-//! work unchanged.
+//! The proxy's metrics, under the names *and labels* the Linkerd proxy
+//! exports, so dashboards and alerts written for Linkerd
+//! (`sum by (srv_name, authz_name) (rate(inbound_http_authz_allow_total[1m]))`,
+//! `response_total{direction="inbound",classification="failure"}`) work
+//! unchanged.
+//!
+//! Every inbound series carries Linkerd's `target_addr` / `target_ip` /
+//! `target_port` (the address the client was going to: the pod's address
+//! and the application's port), `srv_group` / `srv_kind` / `srv_name` /
+//! `srv_port`, and `tls` with `client_id` (mTLS) or `no_tls_reason`
+//! (plaintext); the authorization counters add `route_*` and `authz_*` as
+//! Linkerd's do. Label values are bounded: one per Server, route,
+//! authorization, client identity and status, never per connection.
 
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::{HeaderMap, StatusCode};
 use lanyard_runtime::listen::ListenerMetrics;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::policy::{Decision, Verdict};
+use crate::policy::{Decision, PolicyRef, Verdict};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HttpAuthz {
-    srv_name: String,
-    authz_name: String,
-    route_name: String,
+/// How the client reached the inbound proxy: Linkerd's `tls` label and
+/// its companion (`client_id` or `no_tls_reason`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum TlsLabel {
+    /// A TLS session: `tls="true"`, `client_id` the identity of the
+    /// client's certificate, empty when it sent none.
+    Established {
+        /// The client's identity, if it presented a certificate.
+        client_id: Option<String>,
+    },
+    /// Plaintext: `tls="no_identity",no_tls_reason="no_tls_from_remote"`.
+    NoTlsFromRemote,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TcpAuthz {
-    srv_name: String,
-    authz_name: String,
+impl EncodeLabelSet for TlsLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            TlsLabel::Established { client_id } => {
+                ("tls", "true").encode(encoder.encode_label())?;
+                ("client_id", client_id.as_deref().unwrap_or("")).encode(encoder.encode_label())
+            }
+            TlsLabel::NoTlsFromRemote => {
+                ("tls", "no_identity").encode(encoder.encode_label())?;
+                ("no_tls_reason", "no_tls_from_remote").encode(encoder.encode_label())
+            }
+        }
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabels {
+/// `target_addr`, `target_ip`, `target_port`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Target(SocketAddr);
+
+impl EncodeLabelSet for Target {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("target_addr", self.0.to_string()).encode(encoder.encode_label())?;
+        ("target_ip", self.0.ip().to_string()).encode(encoder.encode_label())?;
+        ("target_port", self.0.port().to_string()).encode(encoder.encode_label())
+    }
+}
+
+fn encode_ref(
+    encoder: &mut LabelSetEncoder,
+    prefix: &str,
+    r: &PolicyRef,
+) -> Result<(), std::fmt::Error> {
+    (format!("{prefix}_group"), r.group.as_str()).encode(encoder.encode_label())?;
+    (format!("{prefix}_kind"), r.kind.as_str()).encode(encoder.encode_label())?;
+    (format!("{prefix}_name"), r.name.as_str()).encode(encoder.encode_label())
+}
+
+/// The labels of one inbound series: where the client was going, how it
+/// came, and the policy objects that decided (present or not per metric,
+/// as in Linkerd).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Series {
+    target: Target,
+    tls: Option<TlsLabel>,
+    server: PolicyRef,
+    route: Option<PolicyRef>,
+    authz: Option<PolicyRef>,
+}
+
+impl Series {
+    fn encode_policy(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_ref(encoder, "srv", &self.server)?;
+        ("srv_port", self.target.0.port().to_string()).encode(encoder.encode_label())?;
+        if let Some(route) = &self.route {
+            encode_ref(encoder, "route", route)?;
+        }
+        if let Some(authz) = &self.authz {
+            encode_ref(encoder, "authz", authz)?;
+        }
+        Ok(())
+    }
+}
+
+/// The authorization counters' order: target, Server, route, authz, tls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct AuthzKey(Series);
+
+impl EncodeLabelSet for AuthzKey {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.target.encode(encoder)?;
+        self.0.encode_policy(encoder)?;
+        if let Some(tls) = &self.0.tls {
+            tls.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// `request_total`'s order: direction, target, tls, Server, route, authz.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct EndpointKey(Series);
+
+impl EncodeLabelSet for EndpointKey {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("direction", "inbound").encode(encoder.encode_label())?;
+        self.0.target.encode(encoder)?;
+        if let Some(tls) = &self.0.tls {
+            tls.encode(encoder)?;
+        }
+        self.0.encode_policy(encoder)
+    }
+}
+
+/// How a response went, as Linkerd classifies it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// An HTTP response: a failure when 5xx.
+    Http(StatusCode),
+    /// A gRPC response: its status code, and whether that is a failure.
+    Grpc { code: u16, failure: bool },
+    /// No response, or the stream broke: `error` says why.
+    Error(&'static str),
+}
+
+/// gRPC codes Linkerd counts as failures by default: UNKNOWN,
+/// PERMISSION_DENIED, INTERNAL, UNAVAILABLE, DATA_LOSS, DEADLINE_EXCEEDED.
+const GRPC_FAILURES: [u16; 6] = [2, 4, 7, 13, 14, 15];
+
+impl Class {
+    fn grpc(code: u16) -> Class {
+        Class::Grpc {
+            code,
+            failure: GRPC_FAILURES.contains(&code),
+        }
+    }
+
+    fn is_failure(&self) -> bool {
+        match self {
+            Class::Http(status) => status.is_server_error(),
+            Class::Grpc { failure, .. } => *failure,
+            Class::Error(_) => true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct ResponseKey {
+    endpoint: EndpointKey,
+    status: Option<StatusCode>,
+    class: Class,
+}
+
+impl EncodeLabelSet for ResponseKey {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.endpoint.encode(encoder)?;
+        if let Some(status) = self.status {
+            ("status_code", status.as_u16().to_string()).encode(encoder.encode_label())?;
+        }
+        let classification = if self.class.is_failure() {
+            "failure"
+        } else {
+            "success"
+        };
+        ("classification", classification).encode(encoder.encode_label())?;
+        let grpc_status = match self.class {
+            Class::Grpc { code, .. } => code.to_string(),
+            _ => String::new(),
+        };
+        ("grpc_status", grpc_status).encode(encoder.encode_label())?;
+        let error = match self.class {
+            Class::Error(error) => error,
+            _ => "",
+        };
+        ("error", error).encode(encoder.encode_label())
+    }
+}
+
+/// `inbound_http_errors_total`'s labels: error, target, Server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct ErrorKey {
     error: &'static str,
+    series: Series,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+impl EncodeLabelSet for ErrorKey {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("error", self.error).encode(encoder.encode_label())?;
+        self.series.target.encode(encoder)?;
+        self.series.encode_policy(encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+/// Where an inbound connection was going and how it came: what every
+/// inbound series is labelled with besides the policy.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    /// The pod's address the client connected to, with the application's
+    /// port: Linkerd's original destination.
+    pub target: SocketAddr,
+    /// How it came.
+    pub tls: TlsLabel,
 }
 
 /// Decisions and errors. Cheap to clone; clones share series.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyMetrics {
-    http_allow: Family<HttpAuthz, Counter>,
-    http_deny: Family<HttpAuthz, Counter>,
-    tcp_allow: Family<TcpAuthz, Counter>,
-    tcp_deny: Family<TcpAuthz, Counter>,
-    http_errors: Family<ErrorLabels, Counter>,
+    http_allow: Family<AuthzKey, Counter>,
+    http_deny: Family<AuthzKey, Counter>,
+    http_route_not_found: Family<AuthzKey, Counter>,
+    tcp_allow: Family<AuthzKey, Counter>,
+    tcp_deny: Family<AuthzKey, Counter>,
+    requests: Family<EndpointKey, Counter>,
+    responses: Family<ResponseKey, Counter>,
+    http_errors: Family<ErrorKey, Counter>,
     outbound_tls_errors: Counter,
     policy_reloads: Family<ResultLabels, Counter>,
     inbound_listener: ListenerMetrics,
     outbound_listener: ListenerMetrics,
-}
-
-fn server_name(decision: &Decision) -> String {
-    decision
-        .server
-        .clone()
-        .unwrap_or_else(|| decision.authz.clone())
 }
 
 impl ProxyMetrics {
@@ -59,13 +250,18 @@ impl ProxyMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "inbound_http_authz_allow",
-            "HTTP requests allowed, by Server, authorization and route",
+            "HTTP requests allowed, by Server, route and authorization",
             self.http_allow.clone(),
         );
         registry.register(
             "inbound_http_authz_deny",
-            "HTTP requests denied (403, gRPC 7, or 404 for no route), by Server, authorization and route",
+            "HTTP requests denied (403, or gRPC 7), by Server and route",
             self.http_deny.clone(),
+        );
+        registry.register(
+            "inbound_http_route_not_found",
+            "HTTP requests that matched no route of their Server (404, or gRPC 12)",
+            self.http_route_not_found.clone(),
         );
         registry.register(
             "inbound_tcp_authz_allow",
@@ -74,8 +270,18 @@ impl ProxyMetrics {
         );
         registry.register(
             "inbound_tcp_authz_deny",
-            "Opaque TCP connections refused (closed), by Server and authorization",
+            "Opaque TCP connections refused (closed), by Server",
             self.tcp_deny.clone(),
+        );
+        registry.register(
+            "request",
+            "Allowed HTTP requests sent on to the application (direction=\"inbound\")",
+            self.requests.clone(),
+        );
+        registry.register(
+            "response",
+            "Responses to allowed HTTP requests, by status and classification (failure: 5xx, a failing gRPC status, or no response)",
+            self.responses.clone(),
         );
         registry.register(
             "inbound_http_errors",
@@ -108,35 +314,79 @@ impl ProxyMetrics {
         &self.outbound_listener
     }
 
-    pub(crate) fn http_decision(&self, decision: &Decision) {
-        let labels = HttpAuthz {
-            srv_name: server_name(decision),
-            authz_name: decision.authz.clone(),
-            route_name: decision.route.clone().unwrap_or_default(),
+    /// Counts an HTTP request's decision. An allowed request's
+    /// `request_total` / `response_total` come from the returned
+    /// [`Exchange`].
+    pub(crate) fn http_decision(&self, peer: &Peer, decision: &Decision) -> Option<Exchange> {
+        let labels = &decision.labels;
+        let mut series = Series {
+            target: Target(peer.target),
+            tls: Some(peer.tls.clone()),
+            server: labels.server.clone(),
+            route: Some(labels.route.clone()),
+            authz: None,
         };
-        let family = if decision.verdict == Verdict::Allow {
-            &self.http_allow
-        } else {
-            &self.http_deny
-        };
-        family.get_or_create(&labels).inc();
+        match decision.verdict {
+            Verdict::Allow => {
+                series.authz = labels.authz.clone();
+                self.http_allow
+                    .get_or_create(&AuthzKey(series.clone()))
+                    .inc();
+                let endpoint = EndpointKey(series);
+                self.requests.get_or_create(&endpoint).inc();
+                Some(Exchange {
+                    responses: self.responses.clone(),
+                    endpoint,
+                })
+            }
+            Verdict::Deny => {
+                self.http_deny.get_or_create(&AuthzKey(series)).inc();
+                None
+            }
+            Verdict::NoRoute => {
+                series.route = None;
+                self.http_route_not_found
+                    .get_or_create(&AuthzKey(series))
+                    .inc();
+                None
+            }
+        }
     }
 
-    pub(crate) fn tcp_decision(&self, decision: &Decision) {
-        let labels = TcpAuthz {
-            srv_name: server_name(decision),
-            authz_name: decision.authz.clone(),
+    pub(crate) fn tcp_decision(&self, peer: &Peer, decision: &Decision) {
+        let allowed = decision.verdict == Verdict::Allow;
+        let series = Series {
+            target: Target(peer.target),
+            tls: Some(peer.tls.clone()),
+            server: decision.labels.server.clone(),
+            route: None,
+            authz: if allowed {
+                decision.labels.authz.clone()
+            } else {
+                None
+            },
         };
-        let family = if decision.verdict == Verdict::Allow {
+        let family = if allowed {
             &self.tcp_allow
         } else {
             &self.tcp_deny
         };
-        family.get_or_create(&labels).inc();
+        family.get_or_create(&AuthzKey(series)).inc();
     }
 
-    pub(crate) fn http_error(&self, error: &'static str) {
-        self.http_errors.get_or_create(&ErrorLabels { error }).inc();
+    /// Counts a connection that failed before any request, on the port
+    /// `target` that `server` covers.
+    pub(crate) fn http_error(&self, error: &'static str, target: SocketAddr, server: PolicyRef) {
+        let series = Series {
+            target: Target(target),
+            tls: None,
+            server,
+            route: None,
+            authz: None,
+        };
+        self.http_errors
+            .get_or_create(&ErrorKey { error, series })
+            .inc();
     }
 
     pub(crate) fn outbound_tls_error(&self) {
@@ -149,5 +399,272 @@ impl ProxyMetrics {
         self.policy_reloads
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+}
+
+/// One allowed request on its way to the application; records its
+/// `response_total` once the response is classified.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    responses: Family<ResponseKey, Counter>,
+    endpoint: EndpointKey,
+}
+
+impl Exchange {
+    fn record(&self, status: Option<StatusCode>, class: Class) {
+        self.responses
+            .get_or_create(&ResponseKey {
+                endpoint: self.endpoint.clone(),
+                status,
+                class,
+            })
+            .inc();
+    }
+
+    /// The application did not answer.
+    pub(crate) fn failed(self) {
+        self.record(None, Class::Error("unclassified"));
+    }
+
+    /// The response's head arrived. It is counted when its body ends (or
+    /// breaks, or is dropped), as Linkerd counts it: HTTP by status, gRPC
+    /// by the status in the headers of a trailers-only response, else in
+    /// the trailers.
+    pub(crate) fn responded<B>(self, grpc: bool, response: &hyper::Response<B>) -> Pending {
+        let status = response.status();
+        let state = match (grpc, grpc_status(response.headers())) {
+            (false, _) => Classified::Done(Class::Http(status)),
+            (true, Some(code)) => Classified::Done(Class::grpc(code)),
+            (true, None) => Classified::GrpcOpen,
+        };
+        Pending {
+            exchange: Some(self),
+            status,
+            state,
+        }
+    }
+}
+
+enum Classified {
+    Done(Class),
+    GrpcOpen,
+}
+
+/// A response whose class may still depend on its trailers.
+pub(crate) struct Pending {
+    exchange: Option<Exchange>,
+    status: StatusCode,
+    state: Classified,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("status", &self.status)
+            .field("recorded", &self.exchange.is_none())
+            .finish()
+    }
+}
+
+impl Pending {
+    fn finish(&mut self, class: Class) {
+        if let Some(exchange) = self.exchange.take() {
+            exchange.record(Some(self.status), class);
+        }
+    }
+
+    /// The end of the body, with its trailers if any.
+    fn end(&mut self, trailers: Option<&HeaderMap>) {
+        let class = match self.state {
+            Classified::Done(ref class) => class.clone(),
+            Classified::GrpcOpen => match trailers.and_then(grpc_status) {
+                Some(code) => Class::grpc(code),
+                // A gRPC stream that ends without a status: UNKNOWN, which
+                // Linkerd counts as a success here (it records
+                // `Class::Grpc(Ok(Unknown))`).
+                None => Class::Grpc {
+                    code: 2,
+                    failure: false,
+                },
+            },
+        };
+        self.finish(class);
+    }
+
+    fn error(&mut self) {
+        self.finish(Class::Error("unclassified"));
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // A body dropped before its end (the client went away) is
+        // classified as if it ended there, as Linkerd does.
+        self.end(None);
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// A response body that classifies the response when it ends.
+#[derive(Debug)]
+pub(crate) struct ClassifiedBody<B> {
+    inner: B,
+    pending: Pending,
+}
+
+impl<B> ClassifiedBody<B> {
+    pub(crate) fn new(inner: B, pending: Pending) -> Self {
+        ClassifiedBody { inner, pending }
+    }
+}
+
+impl<B> Body for ClassifiedBody<B>
+where
+    B: Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.pending.end(None),
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.pending.end(Some(trailers));
+                }
+            }
+            Some(Err(_)) => this.pending.error(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> hyper::Response<()> {
+        let mut r = hyper::Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    fn text(metrics: &ProxyMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    fn exchange(metrics: &ProxyMetrics) -> Exchange {
+        let decision = Decision {
+            verdict: Verdict::Allow,
+            server: None,
+            authz: "default:all-unauthenticated".into(),
+            route: None,
+            audit: false,
+            labels: crate::policy::PolicyLabels {
+                server: PolicyRef::default_named("all-unauthenticated"),
+                route: PolicyRef::default_route(),
+                authz: Some(PolicyRef::default_named("all-unauthenticated")),
+            },
+        };
+        let peer = Peer {
+            target: "10.0.0.1:8080".parse().unwrap(),
+            tls: TlsLabel::NoTlsFromRemote,
+        };
+        metrics.http_decision(&peer, &decision).unwrap()
+    }
+
+    /// The `response_total` suffix each outcome is counted under.
+    #[test]
+    fn responses_are_classified_as_linkerd_classifies_them() {
+        type Outcome = fn(Exchange);
+        let cases: Vec<(&str, Outcome, &str)> = vec![
+            (
+                "a 200 is a success",
+                |x| drop(x.responded(false, &response(200, &[]))),
+                r#"status_code="200",classification="success",grpc_status="",error="""#,
+            ),
+            (
+                "a 404 is a success: the server answered",
+                |x| drop(x.responded(false, &response(404, &[]))),
+                r#"status_code="404",classification="success",grpc_status="",error="""#,
+            ),
+            (
+                "a 503 is a failure",
+                |x| drop(x.responded(false, &response(503, &[]))),
+                r#"status_code="503",classification="failure",grpc_status="",error="""#,
+            ),
+            (
+                "no answer is a failure with an error and no status",
+                |x| x.failed(),
+                r#"classification="failure",grpc_status="",error="unclassified""#,
+            ),
+            (
+                "a trailers-only gRPC OK is a success",
+                |x| drop(x.responded(true, &response(200, &[("grpc-status", "0")]))),
+                r#"status_code="200",classification="success",grpc_status="0",error="""#,
+            ),
+            (
+                "a gRPC UNAVAILABLE in the trailers is a failure",
+                |x| {
+                    let mut pending = x.responded(true, &response(200, &[]));
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "14".parse().unwrap());
+                    pending.end(Some(&trailers));
+                },
+                r#"status_code="200",classification="failure",grpc_status="14",error="""#,
+            ),
+            (
+                "a gRPC NOT_FOUND is a success: the server answered",
+                |x| drop(x.responded(true, &response(200, &[("grpc-status", "5")]))),
+                r#"status_code="200",classification="success",grpc_status="5",error="""#,
+            ),
+            (
+                "a gRPC stream that ends without a status is UNKNOWN, counted as Linkerd counts it",
+                |x| drop(x.responded(true, &response(200, &[]))),
+                r#"status_code="200",classification="success",grpc_status="2",error="""#,
+            ),
+            (
+                "a body that breaks is a failure with an error",
+                |x| x.responded(false, &response(200, &[])).error(),
+                r#"status_code="200",classification="failure",grpc_status="",error="unclassified""#,
+            ),
+        ];
+        for (case, outcome, want) in cases {
+            let metrics = ProxyMetrics::default();
+            outcome(exchange(&metrics));
+            let text = text(&metrics);
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("response_total{"))
+                .collect();
+            assert_eq!(lines.len(), 1, "{case}: one series\n{text}");
+            assert!(
+                lines[0].contains(&format!("{want}}} 1")),
+                "{case}: {}",
+                lines[0]
+            );
+        }
     }
 }

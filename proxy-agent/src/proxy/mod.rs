@@ -2,8 +2,9 @@
 //! treated as unauthenticated), takes the client's identity from its
 //! certificate, asks the [`Policy`](crate::policy::Policy), and forwards
 //! what is allowed to the application: HTTP/1.1 and HTTP/2 per request
-//! (a denied request gets 403, or gRPC status 7), anything else as opaque
-//! TCP (a denied connection is closed). Outbound, it takes plaintext from
+//! (a denied request gets 403, or gRPC status 7), translated to the
+//! version the application speaks (the Server's `proxyProtocol`, else the
+//! client's), anything else as opaque TCP (a denied connection is closed). Outbound, it takes plaintext from
 //! the application and originates mTLS to a peer proxy, checking that the
 //! peer presents the expected identity.
 
@@ -33,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
-use metrics::ProxyMetrics;
+use metrics::{ClassifiedBody, Peer, ProxyMetrics, TlsLabel};
 use tls::TrustBundle;
 
 /// How long the proxy waits for a client's first bytes to tell HTTP from
@@ -168,29 +169,43 @@ async fn inbound_connection(
         return Ok(());
     }
     let port = inbound.app.port();
+    // Linkerd's `target_addr` is the original destination: the pod's
+    // address the client connected to, and the application's port.
+    let target = SocketAddr::new(tcp.local_addr()?.ip().to_canonical(), port);
     if first[0] == 0x16 {
         let acceptor = tokio_rustls::TlsAcceptor::from(inbound.bundle.current().server.clone());
         let tls = match slot.handshake(acceptor.accept(tcp)).await {
             Ok(tls) => tls,
             Err(error) => {
-                inbound.metrics.http_error("tls");
+                let server = inbound.policy.load().server_ref(&inbound.workload, port);
+                inbound.metrics.http_error("tls", target, server);
                 tracing::info!(%peer, %error, "TLS handshake failed");
                 return Ok(());
             }
         };
         let identity = tls::peer_identity(tls.get_ref().1.peer_certificates());
+        let labels = Peer {
+            target,
+            tls: TlsLabel::Established {
+                client_id: identity.clone(),
+            },
+        };
         let client = Client {
             identity,
             ip: peer.ip(),
         };
-        serve_stream(tls, client, port, inbound, clients, slot, shutdown).await
+        serve_stream(tls, client, labels, inbound, clients, slot, shutdown).await
     } else {
         // Plaintext: never trusted, always unauthenticated.
         let client = Client {
             identity: None,
             ip: peer.ip(),
         };
-        serve_stream(tcp, client, port, inbound, clients, slot, shutdown).await
+        let labels = Peer {
+            target,
+            tls: TlsLabel::NoTlsFromRemote,
+        };
+        serve_stream(tcp, client, labels, inbound, clients, slot, shutdown).await
     }
 }
 
@@ -224,7 +239,7 @@ fn detect(prefix: &[u8]) -> Option<Protocol> {
 async fn serve_stream<S>(
     mut stream: S,
     client: Client,
-    port: u16,
+    peer: Peer,
     inbound: &Inbound,
     clients: Clients,
     slot: &Slot,
@@ -233,6 +248,7 @@ async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let port = inbound.app.port();
     let declared = inbound
         .policy
         .load()
@@ -272,10 +288,11 @@ where
         inner: stream,
     };
     match protocol {
-        Protocol::Opaque => serve_opaque(stream, client, port, inbound).await,
+        Protocol::Opaque => serve_opaque(stream, client, &peer, inbound).await,
         Protocol::Http => {
             let service = HttpService {
                 client: Arc::new(client),
+                peer: Arc::new(peer),
                 port,
                 policy: inbound.policy.clone(),
                 workload: Arc::new(inbound.workload.clone()),
@@ -306,17 +323,18 @@ where
 async fn serve_opaque<S>(
     mut stream: S,
     client: Client,
-    port: u16,
+    peer: &Peer,
     inbound: &Inbound,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let decision = inbound
-        .policy
-        .load()
-        .authorize(&inbound.workload, port, &client, None);
-    inbound.metrics.tcp_decision(&decision);
+    let decision =
+        inbound
+            .policy
+            .load()
+            .authorize(&inbound.workload, inbound.app.port(), &client, None);
+    inbound.metrics.tcp_decision(peer, &decision);
     if decision.verdict != Verdict::Allow {
         tracing::info!(identity = ?client.identity, ip = %client.ip, server = ?decision.server, "connection denied");
         return Ok(());
@@ -330,6 +348,7 @@ where
 #[derive(Clone)]
 struct HttpService {
     client: Arc<Client>,
+    peer: Arc<Peer>,
     port: u16,
     policy: Arc<ArcSwap<Policy>>,
     workload: Arc<Workload>,
@@ -344,19 +363,25 @@ impl HttpService {
             path: req.uri().path().to_string(),
             method: req.method().as_str().to_string(),
         };
-        let decision =
-            self.policy
-                .load()
-                .authorize(&self.workload, self.port, &self.client, Some(&request));
-        self.metrics.http_decision(&decision);
+        let (decision, declared) = {
+            let policy = self.policy.load();
+            let decision =
+                policy.authorize(&self.workload, self.port, &self.client, Some(&request));
+            let declared = app_protocol(
+                policy.server_protocol(&self.workload, self.port),
+                req.version(),
+            );
+            (decision, declared)
+        };
+        let exchange = self.metrics.http_decision(&self.peer, &decision);
         let grpc = req
             .headers()
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        if decision.verdict != Verdict::Allow {
+        let Some(exchange) = exchange else {
             return refuse(&decision, grpc);
-        }
+        };
         if decision.audit {
             tracing::info!(identity = ?self.client.identity, path = request.path, "audit: would be denied");
         }
@@ -368,6 +393,17 @@ impl HttpService {
         {
             headers.insert(CLIENT_ID_HEADER, value);
         }
+        let client_version = req.version();
+        match declared {
+            AppProtocol::Http1 if client_version == hyper::Version::HTTP_2 => {
+                h2_to_h1(&mut req);
+            }
+            AppProtocol::Http2 if client_version != hyper::Version::HTTP_2 => {
+                strip_hop_by_hop(req.headers_mut());
+                *req.version_mut() = hyper::Version::HTTP_2;
+            }
+            _ => {}
+        }
         let mut parts = hyper::http::uri::Parts::default();
         parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
         parts.authority = Some(self.authority.clone());
@@ -376,18 +412,107 @@ impl HttpService {
             return status(StatusCode::BAD_REQUEST, "bad request target\n");
         };
         *req.uri_mut() = uri;
-        let client = if req.version() == hyper::Version::HTTP_2 {
-            &self.clients.1
-        } else {
-            &self.clients.0
+        let client = match declared {
+            AppProtocol::Http2 => &self.clients.1,
+            AppProtocol::Http1 => &self.clients.0,
         };
         match client.request(req).await {
-            Ok(response) => response.map(|b| b.boxed()),
+            Ok(mut response) => {
+                let h2 = |v: hyper::Version| v == hyper::Version::HTTP_2;
+                if h2(response.version()) != h2(client_version) {
+                    // An HTTP/1 response's connection fields mean nothing
+                    // on the client's HTTP/2 connection (and are illegal
+                    // there); the reverse needs nothing.
+                    if h2(client_version) {
+                        strip_hop_by_hop(response.headers_mut());
+                    }
+                    *response.version_mut() = client_version;
+                }
+                let pending = exchange.responded(grpc, &response);
+                response.map(|b| ClassifiedBody::new(b, pending).boxed())
+            }
             Err(error) => {
+                exchange.failed();
                 tracing::warn!(%error, "the application did not answer");
                 status(StatusCode::BAD_GATEWAY, "the application did not answer\n")
             }
         }
+    }
+}
+
+/// The HTTP version the application is spoken to in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppProtocol {
+    Http1,
+    Http2,
+}
+
+/// What the application speaks, as Linkerd decides it: the Server's
+/// `proxyProtocol` when it names an HTTP version (`HTTP/1`: HTTP/1.1
+/// whatever the client spoke; `HTTP/2` and `gRPC`: HTTP/2), else the
+/// client's own version.
+fn app_protocol(declared: Option<&str>, client: hyper::Version) -> AppProtocol {
+    match declared {
+        Some("HTTP/1") => AppProtocol::Http1,
+        Some("HTTP/2" | "gRPC") => AppProtocol::Http2,
+        _ if client == hyper::Version::HTTP_2 => AppProtocol::Http2,
+        _ => AppProtocol::Http1,
+    }
+}
+
+/// Turns an HTTP/2 request into an HTTP/1.1 one: `:authority` becomes the
+/// `Host` header (HTTP/1.1 requires one; the request target sent is
+/// origin-form), and split `cookie` fields are joined as HTTP/1 wants them.
+fn h2_to_h1<B>(req: &mut Request<B>) {
+    *req.version_mut() = hyper::Version::HTTP_11;
+    if !req.headers().contains_key(hyper::header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(host) = authority.as_str().parse()
+    {
+        req.headers_mut().insert(hyper::header::HOST, host);
+    }
+    let headers = req.headers_mut();
+    if headers.get_all(hyper::header::COOKIE).iter().count() > 1 {
+        let joined: Vec<&[u8]> = headers
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if let Ok(value) = hyper::header::HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            headers.insert(hyper::header::COOKIE, value);
+        }
+    }
+}
+
+/// Removes the connection-specific fields HTTP/2 forbids: those named by
+/// `Connection`, and `Connection`, `Keep-Alive`, `Proxy-Connection`,
+/// `Transfer-Encoding`, `Upgrade`, and `TE` other than `trailers`.
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<hyper::header::HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| name.trim().parse().ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers_only = headers
+        .get_all(hyper::header::TE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers_only {
+        headers.remove(hyper::header::TE);
     }
 }
 
@@ -554,5 +679,116 @@ mod tests {
         assert_eq!(detect(b"PRI"), None);
         assert_eq!(detect(b"\x00\x00\x00\x08"), Some(Protocol::Opaque));
         assert_eq!(detect(b"GEX"), Some(Protocol::Opaque));
+    }
+
+    #[test]
+    fn the_application_is_spoken_to_in_the_servers_protocol_else_the_clients() {
+        use hyper::Version;
+        let cases = [
+            (
+                "HTTP/1 turns HTTP/2 into HTTP/1.1",
+                Some("HTTP/1"),
+                Version::HTTP_2,
+                AppProtocol::Http1,
+            ),
+            (
+                "HTTP/1 keeps HTTP/1.1",
+                Some("HTTP/1"),
+                Version::HTTP_11,
+                AppProtocol::Http1,
+            ),
+            (
+                "HTTP/2 turns HTTP/1.1 into HTTP/2",
+                Some("HTTP/2"),
+                Version::HTTP_11,
+                AppProtocol::Http2,
+            ),
+            (
+                "gRPC is HTTP/2",
+                Some("gRPC"),
+                Version::HTTP_11,
+                AppProtocol::Http2,
+            ),
+            (
+                "detected HTTP/2 stays HTTP/2",
+                None,
+                Version::HTTP_2,
+                AppProtocol::Http2,
+            ),
+            (
+                "detected HTTP/1.1 stays HTTP/1.1",
+                None,
+                Version::HTTP_11,
+                AppProtocol::Http1,
+            ),
+            (
+                "unknown HTTP/2 stays HTTP/2",
+                Some("unknown"),
+                Version::HTTP_2,
+                AppProtocol::Http2,
+            ),
+            (
+                "HTTP/1.0 is HTTP/1",
+                None,
+                Version::HTTP_10,
+                AppProtocol::Http1,
+            ),
+        ];
+        for (case, declared, client, want) in cases {
+            assert_eq!(app_protocol(declared, client), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn an_http2_request_sent_as_http1_carries_its_authority_as_host() {
+        let mut req = Request::builder()
+            .version(hyper::Version::HTTP_2)
+            .uri("https://api.shop:8443/index.html")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap();
+        h2_to_h1(&mut req);
+        assert_eq!(req.version(), hyper::Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "api.shop:8443");
+        assert_eq!(req.headers()["cookie"], "a=1; b=2");
+        assert_eq!(req.headers().get_all("cookie").iter().count(), 1);
+
+        // A Host the client sent is kept.
+        let mut req = Request::builder()
+            .version(hyper::Version::HTTP_2)
+            .uri("https://api.shop/")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        h2_to_h1(&mut req);
+        assert_eq!(req.headers()["host"], "other");
+    }
+
+    #[test]
+    fn connection_specific_fields_are_removed_for_http2() {
+        let mut headers = hyper::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("content-type", "text/plain"),
+            ("host", "api"),
+        ] {
+            headers.append(k, v.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "host"]);
+
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("te", "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers["te"], "trailers", "gRPC needs `te: trailers`");
     }
 }
