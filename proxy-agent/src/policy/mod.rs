@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 
 use ipnet::IpNet;
 use lanyard_crds::identity::{Identity, IdentityDomain};
@@ -45,6 +46,32 @@ pub enum DefaultPolicy {
 }
 
 impl DefaultPolicy {
+    const ALL: [DefaultPolicy; 6] = [
+        DefaultPolicy::AllUnauthenticated,
+        DefaultPolicy::AllAuthenticated,
+        DefaultPolicy::ClusterAuthenticated,
+        DefaultPolicy::ClusterUnauthenticated,
+        DefaultPolicy::Deny,
+        DefaultPolicy::Audit,
+    ];
+
+    /// How Linkerd labels this default in metrics (`srv_kind="default"`,
+    /// `srv_name="all-authenticated"`), built once.
+    fn label(self) -> PolicyRef {
+        static LABELS: OnceLock<Vec<PolicyRef>> = OnceLock::new();
+        let labels = LABELS.get_or_init(|| {
+            DefaultPolicy::ALL
+                .iter()
+                .map(|p| PolicyRef::default_named(p.name()))
+                .collect()
+        });
+        let index = DefaultPolicy::ALL
+            .iter()
+            .position(|p| *p == self)
+            .unwrap_or_default();
+        labels[index].clone()
+    }
+
     /// Every name, for messages.
     pub const NAMES: &'static str = "all-unauthenticated, all-authenticated, cluster-authenticated, cluster-unauthenticated, deny, audit";
 
@@ -597,6 +624,8 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
 struct ServerPolicy {
     namespace: String,
     name: String,
+    /// How metrics name it.
+    label: PolicyRef,
     selector: LabelSelector,
     port: PortRef,
     protocol: Option<String>,
@@ -650,6 +679,7 @@ fn compile_server(s: &Parsed<ServerSpec>) -> Result<ServerPolicy, PolicyError> {
     Ok(ServerPolicy {
         namespace: s.namespace.clone(),
         name: s.name.clone(),
+        label: PolicyRef::resource(POLICY_GROUP, "server", &s.name),
         selector,
         port: s.spec.port.clone(),
         protocol: s.spec.proxy_protocol.clone(),
@@ -659,10 +689,11 @@ fn compile_server(s: &Parsed<ServerSpec>) -> Result<ServerPolicy, PolicyError> {
 
 #[derive(Debug, Clone)]
 struct RoutePolicy {
-    /// `policy.linkerd.io` or `gateway.networking.k8s.io`, as written.
-    group: String,
     namespace: String,
     name: String,
+    /// How metrics name it: its group (`policy.linkerd.io` or
+    /// `gateway.networking.k8s.io`, as written), `HTTPRoute`, its name.
+    label: PolicyRef,
     parents: Vec<String>,
     /// Each rule's matches; a rule with none matches everything.
     rules: Vec<Vec<RouteMatch>>,
@@ -762,9 +793,9 @@ fn compile_route(r: &Parsed<HttpRouteSpec>) -> Result<RoutePolicy, PolicyError> 
         rules.push(Vec::new());
     }
     Ok(RoutePolicy {
-        group: r.group.clone(),
         namespace: r.namespace.clone(),
         name: r.name.clone(),
+        label: PolicyRef::resource(&r.group, "HTTPRoute", &r.name),
         parents,
         rules,
     })
@@ -833,6 +864,8 @@ enum Target {
 struct Authorization {
     namespace: String,
     name: String,
+    /// How metrics name it.
+    label: PolicyRef,
     target: Target,
     /// All must authenticate the client.
     required: Vec<Authn>,
@@ -962,6 +995,7 @@ fn compile_policy(
         Some(target) if errors.is_empty() => Ok(Authorization {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
+            label: PolicyRef::resource(POLICY_GROUP, "authorizationpolicy", &p.name),
             target,
             required,
         }),
@@ -1055,27 +1089,26 @@ pub struct Decision {
 /// (`srv_*`, `route_*`, `authz_*`): the group, kind and name its policy
 /// controller sends. Defaults Linkerd makes up (a default policy, the
 /// default route) have kind `default` and an empty group.
+///
+/// The strings are shared: a policy names each object once, when it is
+/// compiled, and every decision labels with clones of those names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PolicyRef {
     /// `policy.linkerd.io`, `gateway.networking.k8s.io`, or empty for a
     /// default.
-    pub group: String,
+    pub group: Arc<str>,
     /// `server`, `authorizationpolicy`, `HTTPRoute` (the route's own
     /// Kubernetes kind, as Linkerd's controller sends it) or `default`.
-    pub kind: String,
+    pub kind: Arc<str>,
     /// The resource's name, or the default's (`all-authenticated`,
     /// `default` for the default route).
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl PolicyRef {
     /// A default Linkerd makes up: a default policy or the default route.
     pub fn default_named(name: &str) -> PolicyRef {
-        PolicyRef {
-            group: String::new(),
-            kind: "default".into(),
-            name: name.into(),
-        }
+        PolicyRef::resource("", "default", name)
     }
 
     fn resource(group: &str, kind: &str, name: &str) -> PolicyRef {
@@ -1089,7 +1122,10 @@ impl PolicyRef {
     /// The route Linkerd gives a Server (or a default policy) with no
     /// HTTPRoute: `default`.
     pub fn default_route() -> PolicyRef {
-        PolicyRef::default_named("default")
+        static DEFAULT_ROUTE: OnceLock<PolicyRef> = OnceLock::new();
+        DEFAULT_ROUTE
+            .get_or_init(|| PolicyRef::default_named("default"))
+            .clone()
     }
 }
 
@@ -1141,10 +1177,8 @@ impl Policy {
     /// the default policy that covers it.
     pub fn server_ref(&self, workload: &Workload, port: u16) -> PolicyRef {
         match self.server_for(workload, port) {
-            Some(server) => server_ref(&server.name),
-            None => {
-                PolicyRef::default_named(workload.default_policy.unwrap_or(self.default).name())
-            }
+            Some(server) => server.label.clone(),
+            None => workload.default_policy.unwrap_or(self.default).label(),
         }
     }
 
@@ -1198,7 +1232,7 @@ impl Policy {
                     route: None,
                     audit: false,
                     labels: PolicyLabels {
-                        server: server_ref(&server.name),
+                        server: server.label.clone(),
                         route: PolicyRef::default_route(),
                         authz: None,
                     },
@@ -1219,9 +1253,7 @@ impl Policy {
             .filter(applies)
             .find(|a| a.required.iter().all(|authn| authenticates(authn, client)));
         let route_name = route.map(|r| r.name.clone());
-        let route_ref = route.map_or_else(PolicyRef::default_route, |r| {
-            PolicyRef::resource(&r.group, "HTTPRoute", &r.name)
-        });
+        let route_ref = route.map_or_else(PolicyRef::default_route, |r| r.label.clone());
         match allowed {
             Some(a) => Decision {
                 verdict: Verdict::Allow,
@@ -1230,19 +1262,15 @@ impl Policy {
                 route: route_name,
                 audit: false,
                 labels: PolicyLabels {
-                    server: server_ref(&server.name),
+                    server: server.label.clone(),
                     route: route_ref,
-                    authz: Some(PolicyRef::resource(
-                        POLICY_GROUP,
-                        "authorizationpolicy",
-                        &a.name,
-                    )),
+                    authz: Some(a.label.clone()),
                 },
             },
             None => {
                 let mut d = self.default_decision(
                     server.access.unwrap_or(DefaultPolicy::Deny),
-                    Some(server.name.clone()),
+                    Some(server),
                     client,
                 );
                 d.route = route_name;
@@ -1255,7 +1283,7 @@ impl Policy {
     fn default_decision(
         &self,
         policy: DefaultPolicy,
-        server: Option<String>,
+        server: Option<&ServerPolicy>,
         client: &Client,
     ) -> Decision {
         let in_cluster = || self.cluster_networks.iter().any(|n| n.contains(&client.ip));
@@ -1269,25 +1297,19 @@ impl Policy {
             DefaultPolicy::Audit => (true, true),
         };
         let labels = PolicyLabels {
-            server: server
-                .as_deref()
-                .map_or_else(|| PolicyRef::default_named(policy.name()), server_ref),
+            server: server.map_or_else(|| policy.label(), |s| s.label.clone()),
             route: PolicyRef::default_route(),
-            authz: allow.then(|| PolicyRef::default_named(policy.name())),
+            authz: allow.then(|| policy.label()),
         };
         Decision {
             verdict: if allow { Verdict::Allow } else { Verdict::Deny },
-            server,
+            server: server.map(|s| s.name.clone()),
             authz: format!("default:{policy}"),
             route: None,
             audit,
             labels,
         }
     }
-}
-
-fn server_ref(name: &str) -> PolicyRef {
-    PolicyRef::resource(POLICY_GROUP, "server", name)
 }
 
 fn authenticates(authn: &Authn, client: &Client) -> bool {

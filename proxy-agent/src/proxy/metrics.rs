@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper::body::{Body, Frame, SizeHint};
@@ -24,7 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::policy::{Decision, PolicyRef, Verdict};
+use crate::policy::{Decision, PolicyLabels, PolicyRef, Verdict};
 
 /// How the client reached the inbound proxy: Linkerd's `tls` label and
 /// its companion (`client_id` or `no_tls_reason`).
@@ -72,9 +73,9 @@ fn encode_ref(
     prefix: &str,
     r: &PolicyRef,
 ) -> Result<(), std::fmt::Error> {
-    (format!("{prefix}_group"), r.group.as_str()).encode(encoder.encode_label())?;
-    (format!("{prefix}_kind"), r.kind.as_str()).encode(encoder.encode_label())?;
-    (format!("{prefix}_name"), r.name.as_str()).encode(encoder.encode_label())
+    (format!("{prefix}_group"), &*r.group).encode(encoder.encode_label())?;
+    (format!("{prefix}_kind"), &*r.kind).encode(encoder.encode_label())?;
+    (format!("{prefix}_name"), &*r.name).encode(encoder.encode_label())
 }
 
 /// The labels of one inbound series: where the client was going, how it
@@ -314,42 +315,12 @@ impl ProxyMetrics {
         &self.outbound_listener
     }
 
-    /// Counts an HTTP request's decision. An allowed request's
-    /// `request_total` / `response_total` come from the returned
-    /// [`Exchange`].
-    pub(crate) fn http_decision(&self, peer: &Peer, decision: &Decision) -> Option<Exchange> {
-        let labels = &decision.labels;
-        let mut series = Series {
-            target: Target(peer.target),
-            tls: Some(peer.tls.clone()),
-            server: labels.server.clone(),
-            route: Some(labels.route.clone()),
-            authz: None,
-        };
-        match decision.verdict {
-            Verdict::Allow => {
-                series.authz = labels.authz.clone();
-                self.http_allow
-                    .get_or_create(&AuthzKey(series.clone()))
-                    .inc();
-                let endpoint = EndpointKey(series);
-                self.requests.get_or_create(&endpoint).inc();
-                Some(Exchange {
-                    responses: self.responses.clone(),
-                    endpoint,
-                })
-            }
-            Verdict::Deny => {
-                self.http_deny.get_or_create(&AuthzKey(series)).inc();
-                None
-            }
-            Verdict::NoRoute => {
-                series.route = None;
-                self.http_route_not_found
-                    .get_or_create(&AuthzKey(series))
-                    .inc();
-                None
-            }
+    /// The metrics of one inbound connection from `peer`.
+    pub(crate) fn connection(&self, peer: Peer) -> ConnectionMetrics {
+        ConnectionMetrics {
+            metrics: self.clone(),
+            peer,
+            last: Mutex::default(),
         }
     }
 
@@ -402,23 +373,147 @@ impl ProxyMetrics {
     }
 }
 
+/// The counters one kind of decision on one connection counts into: its
+/// authorization counter, and for an allowed request its `request_total`
+/// and the `response_total` series seen so far.
+#[derive(Debug)]
+struct Resolved {
+    verdict: Verdict,
+    labels: PolicyLabels,
+    decision: Counter,
+    request: Option<Counter>,
+    responses: Family<ResponseKey, Counter>,
+    endpoint: EndpointKey,
+    seen: Mutex<Vec<(Option<StatusCode>, Class, Counter)>>,
+}
+
+/// How many response series one connection keeps at hand (statuses and
+/// classes); more are still counted, by a lookup each.
+const SEEN_RESPONSES: usize = 8;
+
+/// The inbound metrics of one connection. Its target and TLS labels are
+/// fixed, and the counters of its last decision are kept: a connection
+/// whose requests are decided alike (nearly always) counts each with a few
+/// atomic increments instead of building and hashing three label sets.
+#[derive(Debug)]
+pub(crate) struct ConnectionMetrics {
+    metrics: ProxyMetrics,
+    peer: Peer,
+    last: Mutex<Option<Arc<Resolved>>>,
+}
+
+/// A lock that a panic elsewhere cannot poison for good: what it guards
+/// is a cache that stays valid whatever happened.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ConnectionMetrics {
+    /// Counts an HTTP request's decision. An allowed request's
+    /// `request_total` / `response_total` come from the returned
+    /// [`Exchange`].
+    pub(crate) fn http_decision(&self, decision: &Decision) -> Option<Exchange> {
+        let resolved = {
+            let mut last = lock(&self.last);
+            match &*last {
+                Some(r) if r.verdict == decision.verdict && r.labels == decision.labels => {
+                    r.clone()
+                }
+                _ => {
+                    let r = Arc::new(self.resolve(decision));
+                    *last = Some(r.clone());
+                    r
+                }
+            }
+        };
+        resolved.decision.inc();
+        let request = resolved.request.as_ref()?;
+        request.inc();
+        Some(Exchange { resolved })
+    }
+
+    fn resolve(&self, decision: &Decision) -> Resolved {
+        let labels = &decision.labels;
+        let metrics = &self.metrics;
+        let mut series = Series {
+            target: Target(self.peer.target),
+            tls: Some(self.peer.tls.clone()),
+            server: labels.server.clone(),
+            route: Some(labels.route.clone()),
+            authz: None,
+        };
+        let (decision_counter, request) = match decision.verdict {
+            Verdict::Allow => {
+                series.authz = labels.authz.clone();
+                let allow = metrics
+                    .http_allow
+                    .get_or_create(&AuthzKey(series.clone()))
+                    .clone();
+                let request = metrics
+                    .requests
+                    .get_or_create(&EndpointKey(series.clone()))
+                    .clone();
+                (allow, Some(request))
+            }
+            Verdict::Deny => (
+                metrics
+                    .http_deny
+                    .get_or_create(&AuthzKey(series.clone()))
+                    .clone(),
+                None,
+            ),
+            Verdict::NoRoute => {
+                series.route = None;
+                (
+                    metrics
+                        .http_route_not_found
+                        .get_or_create(&AuthzKey(series.clone()))
+                        .clone(),
+                    None,
+                )
+            }
+        };
+        Resolved {
+            verdict: decision.verdict,
+            labels: labels.clone(),
+            decision: decision_counter,
+            request,
+            responses: metrics.responses.clone(),
+            endpoint: EndpointKey(series),
+            seen: Mutex::default(),
+        }
+    }
+}
+
 /// One allowed request on its way to the application; records its
 /// `response_total` once the response is classified.
 #[derive(Debug)]
 pub(crate) struct Exchange {
-    responses: Family<ResponseKey, Counter>,
-    endpoint: EndpointKey,
+    resolved: Arc<Resolved>,
 }
 
 impl Exchange {
     fn record(&self, status: Option<StatusCode>, class: Class) {
-        self.responses
+        let resolved = &*self.resolved;
+        let mut seen = lock(&resolved.seen);
+        if let Some((_, _, counter)) = seen.iter().find(|(s, c, _)| *s == status && *c == class) {
+            counter.inc();
+            return;
+        }
+        let counter = resolved
+            .responses
             .get_or_create(&ResponseKey {
-                endpoint: self.endpoint.clone(),
+                endpoint: resolved.endpoint.clone(),
                 status,
-                class,
+                class: class.clone(),
             })
-            .inc();
+            .clone();
+        counter.inc();
+        if seen.len() < SEEN_RESPONSES {
+            seen.push((status, class, counter));
+        }
     }
 
     /// The application did not answer.
@@ -592,7 +687,100 @@ mod tests {
             target: "10.0.0.1:8080".parse().unwrap(),
             tls: TlsLabel::NoTlsFromRemote,
         };
-        metrics.http_decision(&peer, &decision).unwrap()
+        metrics.connection(peer).http_decision(&decision).unwrap()
+    }
+
+    /// One connection keeps the counters of its last decision; requests
+    /// decided differently (another verdict, another authorization after a
+    /// policy reload) still land in their own series, and each response in
+    /// its own status series.
+    #[test]
+    fn a_connection_counts_each_decision_in_its_own_series() {
+        let metrics = ProxyMetrics::default();
+        let connection = metrics.connection(Peer {
+            target: "10.0.0.1:8080".parse().unwrap(),
+            tls: TlsLabel::Established {
+                client_id: Some("web.shop.serviceaccount.identity.linkerd.cluster.local".into()),
+            },
+        });
+        let decision = |verdict, authz: Option<&str>| Decision {
+            verdict,
+            server: Some("api".into()),
+            authz: String::new(),
+            route: None,
+            audit: false,
+            labels: crate::policy::PolicyLabels {
+                server: PolicyRef::default_named("api"),
+                route: PolicyRef::default_route(),
+                authz: authz.map(PolicyRef::default_named),
+            },
+        };
+        let allow_a = decision(Verdict::Allow, Some("a"));
+        let allow_b = decision(Verdict::Allow, Some("b"));
+        let deny = decision(Verdict::Deny, None);
+        for (d, status) in [
+            (&allow_a, Some(200)),
+            (&allow_a, Some(200)),
+            (&deny, None),
+            (&allow_a, Some(503)),
+            (&allow_b, Some(200)),
+            (&deny, None),
+            (&allow_a, Some(200)),
+        ] {
+            let exchange = connection.http_decision(d);
+            assert_eq!(exchange.is_some(), status.is_some());
+            if let (Some(exchange), Some(status)) = (exchange, status) {
+                drop(exchange.responded(false, &response(status, &[])));
+            }
+        }
+        let text = text(&metrics);
+        let value = |prefix: &str, needles: &[&str]| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix) && needles.iter().all(|n| l.contains(n)))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        assert_eq!(
+            value("inbound_http_authz_allow_total{", &["authz_name=\"a\""]),
+            4,
+            "{text}"
+        );
+        assert_eq!(
+            value("inbound_http_authz_allow_total{", &["authz_name=\"b\""]),
+            1,
+            "{text}"
+        );
+        assert_eq!(value("inbound_http_authz_deny_total{", &[]), 2, "{text}");
+        assert_eq!(value("request_total{", &["authz_name=\"a\""]), 4, "{text}");
+        assert_eq!(value("request_total{", &["authz_name=\"b\""]), 1, "{text}");
+        assert_eq!(
+            value(
+                "response_total{",
+                &["authz_name=\"a\"", "status_code=\"200\""]
+            ),
+            3,
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                "response_total{",
+                &[
+                    "authz_name=\"a\"",
+                    "status_code=\"503\"",
+                    "classification=\"failure\""
+                ]
+            ),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                "response_total{",
+                &["authz_name=\"b\"", "status_code=\"200\""]
+            ),
+            1,
+            "{text}"
+        );
     }
 
     /// The `response_total` suffix each outcome is counted under.

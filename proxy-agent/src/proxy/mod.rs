@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
-use metrics::{ClassifiedBody, Peer, ProxyMetrics, TlsLabel};
+use metrics::{ClassifiedBody, ConnectionMetrics, Peer, ProxyMetrics, TlsLabel};
 use tls::TrustBundle;
 
 /// How long the proxy waits for a client's first bytes to tell HTTP from
@@ -292,7 +292,6 @@ where
         Protocol::Http => {
             let service = HttpService {
                 client: Arc::new(client),
-                peer: Arc::new(peer),
                 port,
                 policy: inbound.policy.clone(),
                 workload: Arc::new(inbound.workload.clone()),
@@ -301,7 +300,7 @@ where
                     .to_string()
                     .parse()
                     .map_err(std::io::Error::other)?,
-                metrics: inbound.metrics.clone(),
+                metrics: Arc::new(inbound.metrics.connection(peer)),
                 clients: Arc::new(clients),
             };
             let builder = slot.http_builder();
@@ -348,12 +347,11 @@ where
 #[derive(Clone)]
 struct HttpService {
     client: Arc<Client>,
-    peer: Arc<Peer>,
     port: u16,
     policy: Arc<ArcSwap<Policy>>,
     workload: Arc<Workload>,
     authority: hyper::http::uri::Authority,
-    metrics: ProxyMetrics,
+    metrics: Arc<ConnectionMetrics>,
     clients: Arc<Clients>,
 }
 
@@ -373,7 +371,7 @@ impl HttpService {
             );
             (decision, declared)
         };
-        let exchange = self.metrics.http_decision(&self.peer, &decision);
+        let exchange = self.metrics.http_decision(&decision);
         let grpc = req
             .headers()
             .get(hyper::header::CONTENT_TYPE)
