@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{HeaderMap, StatusCode};
@@ -23,6 +24,7 @@ use lanyard_runtime::listen::ListenerMetrics;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::policy::{Decision, PolicyLabels, PolicyRef, Verdict};
@@ -198,6 +200,33 @@ impl EncodeLabelSet for ResponseKey {
     }
 }
 
+/// `response_latency_ms`'s labels: the endpoint's and `status_code`, as
+/// Linkerd's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct LatencyKey {
+    endpoint: EndpointKey,
+    status: StatusCode,
+}
+
+impl EncodeLabelSet for LatencyKey {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.endpoint.encode(encoder)?;
+        ("status_code", self.status.as_u16().to_string()).encode(encoder.encode_label())
+    }
+}
+
+/// Linkerd's latency buckets, in milliseconds (`+Inf` is implied).
+const LATENCY_BOUNDS_MS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1_000.0, 2_000.0, 3_000.0, 4_000.0, 5_000.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0, 50_000.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BOUNDS_MS)
+}
+
+type Latencies = Family<LatencyKey, Histogram, fn() -> Histogram>;
+
 /// `inbound_http_errors_total`'s labels: error, target, Server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct ErrorKey {
@@ -230,7 +259,7 @@ pub(crate) struct Peer {
 }
 
 /// Decisions and errors. Cheap to clone; clones share series.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ProxyMetrics {
     http_allow: Family<AuthzKey, Counter>,
     http_deny: Family<AuthzKey, Counter>,
@@ -239,11 +268,32 @@ pub struct ProxyMetrics {
     tcp_deny: Family<AuthzKey, Counter>,
     requests: Family<EndpointKey, Counter>,
     responses: Family<ResponseKey, Counter>,
+    latencies: Latencies,
     http_errors: Family<ErrorKey, Counter>,
     outbound_tls_errors: Counter,
     policy_reloads: Family<ResultLabels, Counter>,
     inbound_listener: ListenerMetrics,
     outbound_listener: ListenerMetrics,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        ProxyMetrics {
+            http_allow: Family::default(),
+            http_deny: Family::default(),
+            http_route_not_found: Family::default(),
+            tcp_allow: Family::default(),
+            tcp_deny: Family::default(),
+            requests: Family::default(),
+            responses: Family::default(),
+            latencies: Family::new_with_constructor(latency_histogram),
+            http_errors: Family::default(),
+            outbound_tls_errors: Counter::default(),
+            policy_reloads: Family::default(),
+            inbound_listener: ListenerMetrics::default(),
+            outbound_listener: ListenerMetrics::default(),
+        }
+    }
 }
 
 impl ProxyMetrics {
@@ -283,6 +333,11 @@ impl ProxyMetrics {
             "response",
             "Responses to allowed HTTP requests, by status and classification (failure: 5xx, a failing gRPC status, or no response)",
             self.responses.clone(),
+        );
+        registry.register(
+            "response_latency_ms",
+            "Time from an allowed request's headers to the first byte of its response body (or its end), in milliseconds, by status",
+            self.latencies.clone(),
         );
         registry.register(
             "inbound_http_errors",
@@ -383,8 +438,10 @@ struct Resolved {
     decision: Counter,
     request: Option<Counter>,
     responses: Family<ResponseKey, Counter>,
+    latencies: Latencies,
     endpoint: EndpointKey,
     seen: Mutex<Vec<(Option<StatusCode>, Class, Counter)>>,
+    seen_latencies: Mutex<Vec<(StatusCode, Histogram)>>,
 }
 
 /// How many response series one connection keeps at hand (statuses and
@@ -431,7 +488,10 @@ impl ConnectionMetrics {
         resolved.decision.inc();
         let request = resolved.request.as_ref()?;
         request.inc();
-        Some(Exchange { resolved })
+        Some(Exchange {
+            resolved,
+            started: Instant::now(),
+        })
     }
 
     fn resolve(&self, decision: &Decision) -> Resolved {
@@ -481,8 +541,10 @@ impl ConnectionMetrics {
             decision: decision_counter,
             request,
             responses: metrics.responses.clone(),
+            latencies: metrics.latencies.clone(),
             endpoint: EndpointKey(series),
             seen: Mutex::default(),
+            seen_latencies: Mutex::default(),
         }
     }
 }
@@ -492,9 +554,34 @@ impl ConnectionMetrics {
 #[derive(Debug)]
 pub(crate) struct Exchange {
     resolved: Arc<Resolved>,
+    /// When the request's headers were processed (a monotonic clock:
+    /// latency, not validity, so not the injected wall clock).
+    started: Instant,
 }
 
 impl Exchange {
+    /// Records the time to the response's first byte under `status`.
+    fn record_latency(&self, status: StatusCode) {
+        let elapsed_ms = self.started.elapsed().as_secs_f64() * 1_000.0;
+        let resolved = &*self.resolved;
+        let mut seen = lock(&resolved.seen_latencies);
+        if let Some((_, histogram)) = seen.iter().find(|(s, _)| *s == status) {
+            histogram.observe(elapsed_ms);
+            return;
+        }
+        let histogram = resolved
+            .latencies
+            .get_or_create(&LatencyKey {
+                endpoint: resolved.endpoint.clone(),
+                status,
+            })
+            .clone();
+        histogram.observe(elapsed_ms);
+        if seen.len() < SEEN_RESPONSES {
+            seen.push((status, histogram));
+        }
+    }
+
     fn record(&self, status: Option<StatusCode>, class: Class) {
         let resolved = &*self.resolved;
         let mut seen = lock(&resolved.seen);
@@ -536,6 +623,7 @@ impl Exchange {
             exchange: Some(self),
             status,
             state,
+            first_byte: false,
         }
     }
 }
@@ -550,6 +638,8 @@ pub(crate) struct Pending {
     exchange: Option<Exchange>,
     status: StatusCode,
     state: Classified,
+    /// Whether the time to the first byte was recorded.
+    first_byte: bool,
 }
 
 impl std::fmt::Debug for Pending {
@@ -562,6 +652,17 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Pending {
+    /// The body's first frame arrived, or its end (an empty body): the
+    /// response's latency, as Linkerd measures it (time to first byte).
+    fn first_byte(&mut self) {
+        if !self.first_byte
+            && let Some(exchange) = &self.exchange
+        {
+            self.first_byte = true;
+            exchange.record_latency(self.status);
+        }
+    }
+
     fn finish(&mut self, class: Class) {
         if let Some(exchange) = self.exchange.take() {
             exchange.record(Some(self.status), class);
@@ -570,6 +671,7 @@ impl Pending {
 
     /// The end of the body, with its trailers if any.
     fn end(&mut self, trailers: Option<&HeaderMap>) {
+        self.first_byte();
         let class = match self.state {
             Classified::Done(ref class) => class.clone(),
             Classified::GrpcOpen => match trailers.and_then(grpc_status) {
@@ -632,6 +734,7 @@ where
         match &frame {
             None => this.pending.end(None),
             Some(Ok(frame)) => {
+                this.pending.first_byte();
                 if let Some(trailers) = frame.trailers_ref() {
                     this.pending.end(Some(trailers));
                 }
@@ -780,6 +883,52 @@ mod tests {
             ),
             1,
             "{text}"
+        );
+    }
+
+    /// Time to first byte is recorded once per answered request, under
+    /// its status and Linkerd's buckets; a request the application never
+    /// answered has no latency.
+    #[test]
+    fn latency_is_recorded_once_per_answer_in_linkerds_buckets() {
+        let metrics = ProxyMetrics::default();
+        // A body: its first frame records the latency, its end does not
+        // record it again.
+        let mut pending = exchange(&metrics).responded(false, &response(200, &[]));
+        pending.first_byte();
+        pending.end(None);
+        drop(pending);
+        // An empty body: its end is its first byte.
+        drop(exchange(&metrics).responded(false, &response(503, &[])));
+        exchange(&metrics).failed();
+        let text = text(&metrics);
+        let counts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("response_latency_ms_count{"))
+            .collect();
+        assert_eq!(counts.len(), 2, "{text}");
+        for status in ["200", "503"] {
+            assert!(
+                counts
+                    .iter()
+                    .any(|l| l.contains(&format!("status_code=\"{status}\"}} 1"))),
+                "{status}: {counts:?}"
+            );
+        }
+        let bounds: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("response_latency_ms_bucket{") && l.contains("status_code=\"200\"")
+            })
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            bounds,
+            [
+                "1.0", "2.0", "3.0", "4.0", "5.0", "10.0", "20.0", "30.0", "40.0", "50.0", "100.0",
+                "200.0", "300.0", "400.0", "500.0", "1000.0", "2000.0", "3000.0", "4000.0",
+                "5000.0", "10000.0", "20000.0", "30000.0", "40000.0", "50000.0", "+Inf"
+            ]
         );
     }
 
