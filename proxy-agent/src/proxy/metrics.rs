@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{HeaderMap, StatusCode};
@@ -26,6 +25,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+// Latency is a duration on tokio's monotonic clock, which tests can pause
+// and advance (as linkerd2-proxy measures it); validity decisions take
+// the injected wall `Clock` instead.
+use tokio::time::Instant;
 
 use crate::policy::{Decision, PolicyLabels, PolicyRef, Verdict};
 
@@ -554,8 +557,7 @@ impl ConnectionMetrics {
 #[derive(Debug)]
 pub(crate) struct Exchange {
     resolved: Arc<Resolved>,
-    /// When the request's headers were processed (a monotonic clock:
-    /// latency, not validity, so not the injected wall clock).
+    /// When the request's headers were processed, on tokio's clock.
     started: Instant,
 }
 
@@ -930,6 +932,29 @@ mod tests {
                 "5000.0", "10000.0", "20000.0", "30000.0", "40000.0", "50000.0", "+Inf"
             ]
         );
+    }
+
+    /// On tokio's paused clock, a first byte 45 ms after the request lands
+    /// in Linkerd's 50 ms bucket and not the 40 ms one: no sleeping.
+    #[tokio::test(start_paused = true)]
+    async fn latency_lands_in_the_bucket_of_its_time_to_first_byte() {
+        let metrics = ProxyMetrics::default();
+        let mut pending = exchange(&metrics).responded(false, &response(200, &[]));
+        tokio::time::advance(std::time::Duration::from_millis(45)).await;
+        pending.first_byte();
+        let text = text(&metrics);
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("response_latency_ms_bucket{")
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        assert_eq!(bucket("40.0").as_deref(), Some("0"), "{text}");
+        assert_eq!(bucket("50.0").as_deref(), Some("1"), "{text}");
+        assert!(text.contains("response_latency_ms_sum{"), "{text}");
     }
 
     /// The `response_total` suffix each outcome is counted under.
