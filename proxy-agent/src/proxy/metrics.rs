@@ -21,10 +21,12 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::{HeaderMap, StatusCode};
 use lanyard_runtime::listen::ListenerMetrics;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
 // Latency is a duration on tokio's monotonic clock, which tests can pause
 // and advance (as linkerd2-proxy measures it); validity decisions take
 // the injected wall `Clock` instead.
@@ -224,11 +226,70 @@ const LATENCY_BOUNDS_MS: [f64; 25] = [
     1_000.0, 2_000.0, 3_000.0, 4_000.0, 5_000.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0, 50_000.0,
 ];
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BOUNDS_MS)
+/// A histogram of milliseconds that every request observes without a
+/// lock: one atomic add for its bucket, its count and its sum (kept in
+/// microseconds). prometheus-client's own histogram takes a write lock
+/// per observation, which connections on different threads sharing one
+/// series contend for. A scrape reads each atomic once; it may see an
+/// observation in the count but not yet in its bucket, as any lock-free
+/// histogram (Linkerd's included) may.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LatencyHistogram {
+    inner: Arc<LatencyCells>,
 }
 
-type Latencies = Family<LatencyKey, Histogram, fn() -> Histogram>;
+#[derive(Debug, Default)]
+struct LatencyCells {
+    /// Per bucket (not cumulative), the last one `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn observe(&self, elapsed: std::time::Duration) {
+        let ms = elapsed.as_secs_f64() * 1_000.0;
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|bound| ms <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        let cells = &*self.inner;
+        cells.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        cells.count.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        cells.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let cells = &*self.inner;
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_MS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&cells.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let sum_ms = cells.sum_us.load(Ordering::Relaxed) as f64 / 1_000.0;
+        encoder.encode_histogram::<NoLabelSet>(
+            sum_ms,
+            cells.count.load(Ordering::Relaxed),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+type Latencies = Family<LatencyKey, LatencyHistogram>;
 
 /// `inbound_http_errors_total`'s labels: error, target, Server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -289,7 +350,7 @@ impl Default for ProxyMetrics {
             tcp_deny: Family::default(),
             requests: Family::default(),
             responses: Family::default(),
-            latencies: Family::new_with_constructor(latency_histogram),
+            latencies: Family::default(),
             http_errors: Family::default(),
             outbound_tls_errors: Counter::default(),
             policy_reloads: Family::default(),
@@ -444,7 +505,7 @@ struct Resolved {
     latencies: Latencies,
     endpoint: EndpointKey,
     seen: Mutex<Vec<(Option<StatusCode>, Class, Counter)>>,
-    seen_latencies: Mutex<Vec<(StatusCode, Histogram)>>,
+    seen_latencies: Mutex<Vec<(StatusCode, LatencyHistogram)>>,
 }
 
 /// How many response series one connection keeps at hand (statuses and
@@ -564,11 +625,11 @@ pub(crate) struct Exchange {
 impl Exchange {
     /// Records the time to the response's first byte under `status`.
     fn record_latency(&self, status: StatusCode) {
-        let elapsed_ms = self.started.elapsed().as_secs_f64() * 1_000.0;
+        let elapsed = self.started.elapsed();
         let resolved = &*self.resolved;
         let mut seen = lock(&resolved.seen_latencies);
         if let Some((_, histogram)) = seen.iter().find(|(s, _)| *s == status) {
-            histogram.observe(elapsed_ms);
+            histogram.observe(elapsed);
             return;
         }
         let histogram = resolved
@@ -578,7 +639,7 @@ impl Exchange {
                 status,
             })
             .clone();
-        histogram.observe(elapsed_ms);
+        histogram.observe(elapsed);
         if seen.len() < SEEN_RESPONSES {
             seen.push((status, histogram));
         }
