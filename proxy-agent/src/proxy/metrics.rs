@@ -323,7 +323,7 @@ pub(crate) struct Peer {
 }
 
 /// Decisions and errors. Cheap to clone; clones share series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProxyMetrics {
     http_allow: Family<AuthzKey, Counter>,
     http_deny: Family<AuthzKey, Counter>,
@@ -338,26 +338,6 @@ pub struct ProxyMetrics {
     policy_reloads: Family<ResultLabels, Counter>,
     inbound_listener: ListenerMetrics,
     outbound_listener: ListenerMetrics,
-}
-
-impl Default for ProxyMetrics {
-    fn default() -> Self {
-        ProxyMetrics {
-            http_allow: Family::default(),
-            http_deny: Family::default(),
-            http_route_not_found: Family::default(),
-            tcp_allow: Family::default(),
-            tcp_deny: Family::default(),
-            requests: Family::default(),
-            responses: Family::default(),
-            latencies: Family::default(),
-            http_errors: Family::default(),
-            outbound_tls_errors: Counter::default(),
-            policy_reloads: Family::default(),
-            inbound_listener: ListenerMetrics::default(),
-            outbound_listener: ListenerMetrics::default(),
-        }
-    }
 }
 
 impl ProxyMetrics {
