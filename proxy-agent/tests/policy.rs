@@ -199,6 +199,40 @@ spec:
   proxyProtocol: HTTP/1
 "#;
 
+/// Two HTTPRoutes on the Server `api` (`health`, GET /healthz, under
+/// `policy.linkerd.io`; `orders`, /orders, under the Gateway API), each
+/// with its AuthorizationPolicy: health for all, orders for `front/web`.
+const ROUTES: &str = r#"apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {name: health, namespace: shop}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: Server, name: api}]
+  rules:
+    - matches: [{path: {type: Exact, value: /healthz}, method: GET}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: orders, namespace: shop}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: Server, name: api}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /orders}}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: health-for-all, namespace: shop}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: HTTPRoute, name: health}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: orders-for-web, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}
+  requiredAuthenticationRefs:
+    - {kind: ServiceAccount, name: web, namespace: front}
+"#;
+
 fn with_authn(authn: &str) -> Policy {
     build(&format!(
         r#"{SERVER}
@@ -448,41 +482,7 @@ fn default_policies() {
 
 #[test]
 fn routes_authorize_per_path_and_method_and_unmatched_requests_get_no_route() {
-    let policy = build(&format!(
-        r#"{SERVER}
----
-apiVersion: policy.linkerd.io/v1beta3
-kind: HTTPRoute
-metadata: {{name: health, namespace: shop}}
-spec:
-  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api}}]
-  rules:
-    - matches: [{{path: {{type: Exact, value: /healthz}}, method: GET}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: orders, namespace: shop}}
-spec:
-  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api}}]
-  rules:
-    - matches: [{{path: {{type: PathPrefix, value: /orders}}}}]
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: health-for-all, namespace: shop}}
-spec:
-  targetRef: {{group: policy.linkerd.io, kind: HTTPRoute, name: health}}
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: orders-for-web, namespace: shop}}
-spec:
-  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}}
-  requiredAuthenticationRefs:
-    - {{kind: ServiceAccount, name: web, namespace: front}}
-"#
-    ))
-    .unwrap();
+    let policy = build(&format!("{SERVER}\n---\n{ROUTES}")).unwrap();
     let ask = |client: &Client, path: &str, method: &str| {
         policy
             .authorize_server(
@@ -699,36 +699,7 @@ fn decisions_are_labelled_as_linkerds_proxy_labels_them() {
     let policy = build(&format!(
         r#"{SERVER}
 ---
-apiVersion: policy.linkerd.io/v1beta3
-kind: HTTPRoute
-metadata: {{name: health, namespace: shop}}
-spec:
-  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api}}]
-  rules:
-    - matches: [{{path: {{type: Exact, value: /healthz}}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: orders, namespace: shop}}
-spec:
-  parentRefs: [{{group: policy.linkerd.io, kind: Server, name: api}}]
-  rules:
-    - matches: [{{path: {{type: PathPrefix, value: /orders}}}}]
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: health-for-all, namespace: shop}}
-spec:
-  targetRef: {{group: policy.linkerd.io, kind: HTTPRoute, name: health}}
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: orders-for-web, namespace: shop}}
-spec:
-  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}}
-  requiredAuthenticationRefs:
-    - {{kind: ServiceAccount, name: web, namespace: front}}
----
+{ROUTES}---
 apiVersion: policy.linkerd.io/v1beta3
 kind: Server
 metadata: {{name: admin, namespace: shop}}

@@ -313,12 +313,11 @@ async fn an_outbound_proxy_refuses_a_peer_with_the_wrong_identity() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn opaque_connections_are_closed_when_denied_and_piped_when_allowed() {
-    let mesh = Mesh::start().await;
-    // An echo server speaking a binary protocol.
+/// A TCP server that echoes what it reads (a binary protocol, for opaque
+/// Servers); returns its address.
+async fn echo_server() -> SocketAddr {
     let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
+    let addr = echo.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = echo.accept().await.unwrap();
@@ -328,6 +327,14 @@ async fn opaque_connections_are_closed_when_denied_and_piped_when_allowed() {
             });
         }
     });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opaque_connections_are_closed_when_denied_and_piped_when_allowed() {
+    let mesh = Mesh::start().await;
+    // An echo server speaking a binary protocol.
+    let echo_addr = echo_server().await;
     let yaml = policy_yaml(WEB).replace("proxyProtocol: HTTP/1", "proxyProtocol: opaque");
     let server = server_side(&mesh, mesh.agent(API).await, echo_addr, build(&yaml)).await;
     let (web_out, _) = client_side(&mesh, mesh.agent(WEB).await, server.addr, API).await;
@@ -456,30 +463,9 @@ async fn curl_and_openssl_get_what_policy_says() {
     let evil = mesh.dir.path().join("evil");
     files_for(&mesh.agent(WEB).await, &web);
     files_for(&mesh.agent(EVIL).await, &evil);
-    let ca = mesh.bundle().display().to_string();
     let port = server.addr.port();
-    let resolve = format!("{API}:{port}:127.0.0.1");
-    let url = format!("https://{API}:{port}/whoami");
-    let curl = |who: &Path| {
-        let cert = who.join("tls.crt").display().to_string();
-        let key = who.join("tls.key").display().to_string();
-        let args = [
-            "-sS",
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            "-w",
-            " %{http_code}",
-            &url,
-        ];
-        let (_, out, err) = run("curl", &args, b"");
-        (out, err)
-    };
+    let bundle = mesh.bundle();
+    let curl = |who: &Path| curl_mtls(who, &bundle, port, "/whoami", &["-w", " %{http_code}"]);
     let (out, err) = tokio::task::block_in_place(|| curl(&web));
     assert_eq!(out, format!("{WEB} 200"), "{err}");
     let (out, err) = tokio::task::block_in_place(|| curl(&evil));
@@ -508,7 +494,7 @@ async fn curl_and_openssl_get_what_policy_says() {
             "-connect".into(),
             connect.clone(),
             "-CAfile".into(),
-            ca.clone(),
+            bundle.display().to_string(),
             "-quiet".into(),
         ];
         if let Some(dir) = cert {
@@ -899,17 +885,7 @@ spec:
     );
 
     // An opaque Server: one identity piped, another closed.
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = echo.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let echo_addr = echo_server().await;
     let opaque = common::policy_yaml(BENCH_WEB, "http", "opaque");
     let server = server_side(&mesh, mesh.agent(API).await, echo_addr, build(&opaque)).await;
     let (web_out, _) = client_side(&mesh, web.clone(), server.addr, API).await;

@@ -130,24 +130,13 @@ pub fn reconcile(
     issuer: ResolvedIssuer<'_>,
     now: DateTime<Utc>,
 ) -> Outcome {
-    let now = now.trunc_subsecs(0);
-    let generation = certificate.metadata.generation;
+    let (now, generation, status, failures) = starting_point(certificate, now);
     let name = certificate.metadata.name.as_deref().unwrap_or_default();
-    let status = certificate.status.clone().unwrap_or_default();
-    let failures = failures_for(&status, generation);
 
     // After a failure, nothing is tried again until the backoff ends, be
     // it an invalid spec, a missing issuer or a failed signature.
-    if let Some(until) = failures.next_attempt()
-        && now < until
-    {
-        return Outcome {
-            status,
-            secret: None,
-            requeue_at: until,
-            event: Event::BackingOff,
-            clamped: None,
-        };
+    if let Some(waiting) = backing_off(&status, failures, now) {
+        return waiting;
     }
     if let Err(invalid) = certificate.spec.validate() {
         return failed(
@@ -160,6 +149,19 @@ pub fn reconcile(
             false,
         );
     }
+    let plan_with = |ca| {
+        plan(PlanInput {
+            spec: &certificate.spec,
+            secret,
+            issuer: IssuerView {
+                name: issuer.name,
+                kind: issuer.kind,
+                ca,
+            },
+            failures,
+            now,
+        })
+    };
     let material = match issuer.material {
         Ok(material) => material,
         Err(error) => {
@@ -169,17 +171,7 @@ pub fn reconcile(
             // checked again once the issuer is back, its CA Secret's
             // change triggering a reconcile) stays Ready and untouched:
             // the issuer's own status carries the problem.
-            if let Plan::Wait { current } = plan(PlanInput {
-                spec: &certificate.spec,
-                secret,
-                issuer: IssuerView {
-                    name: issuer.name,
-                    kind: issuer.kind,
-                    ca: None,
-                },
-                failures,
-                now,
-            }) {
+            if let Plan::Wait { current } = plan_with(None) {
                 // Without the issuer's end the Ready message cannot tell
                 // a clamped certificate from another, so a status that
                 // already says Ready for this generation is kept as it is.
@@ -218,18 +210,7 @@ pub fn reconcile(
             );
         }
     };
-    let decision = plan(PlanInput {
-        spec: &certificate.spec,
-        secret,
-        issuer: IssuerView {
-            name: issuer.name,
-            kind: issuer.kind,
-            ca: material.ca(),
-        },
-        failures,
-        now,
-    });
-    match decision {
+    match plan_with(material.ca()) {
         Plan::Wait { current } => {
             let issuer_end = material.ca().map(lanyard_issuer::Certificate::not_after);
             let clamped = Clamped::of_current(&certificate.spec, current, issuer_end);
@@ -297,6 +278,19 @@ pub fn reconcile(
             ),
         },
     }
+}
+
+/// What every decision about `certificate` starts from: `now` at whole
+/// seconds (as status times are written), its generation, the status it
+/// carries, and the failures that count for that generation.
+fn starting_point(
+    certificate: &Certificate,
+    now: DateTime<Utc>,
+) -> (DateTime<Utc>, Option<i64>, CertificateStatus, Failures) {
+    let generation = certificate.metadata.generation;
+    let status = certificate.status.clone().unwrap_or_default();
+    let failures = failures_for(&status, generation);
+    (now.trunc_subsecs(0), generation, status, failures)
 }
 
 /// Failures count only for the generation they happened at: editing the
@@ -436,10 +430,7 @@ pub fn storage_failed(
     reason: &'static str,
     message: String,
 ) -> Outcome {
-    let now = now.trunc_subsecs(0);
-    let generation = certificate.metadata.generation;
-    let status = certificate.status.clone().unwrap_or_default();
-    let failures = failures_for(&status, generation);
+    let (now, generation, status, failures) = starting_point(certificate, now);
     failed(
         status,
         generation,
@@ -461,22 +452,28 @@ pub fn blocked(
     reason: &'static str,
     message: String,
 ) -> Outcome {
-    let now = now.trunc_subsecs(0);
-    let generation = certificate.metadata.generation;
-    let status = certificate.status.clone().unwrap_or_default();
-    let failures = failures_for(&status, generation);
-    if let Some(until) = failures.next_attempt()
-        && now < until
-    {
-        return Outcome {
-            status,
-            secret: None,
-            requeue_at: until,
-            event: Event::BackingOff,
-            clamped: None,
-        };
+    let (now, generation, status, failures) = starting_point(certificate, now);
+    if let Some(waiting) = backing_off(&status, failures, now) {
+        return waiting;
     }
     failed(status, generation, failures, now, reason, message, false)
+}
+
+/// While the backoff after `failures` runs, the outcome that changes
+/// nothing and looks again when it ends.
+fn backing_off(
+    status: &CertificateStatus,
+    failures: Failures,
+    now: DateTime<Utc>,
+) -> Option<Outcome> {
+    let until = failures.next_attempt().filter(|until| now < *until)?;
+    Some(Outcome {
+        status: status.clone(),
+        secret: None,
+        requeue_at: until,
+        event: Event::BackingOff,
+        clamped: None,
+    })
 }
 
 /// Whether the Secret holds a certificate that has not expired at `now`.

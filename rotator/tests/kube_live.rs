@@ -338,29 +338,38 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
         // keep a tls.key, the API server insists). The ClusterIssuer says so; the
         // Certificates, not due, stay Ready and are not written at all.
         let before: Vec<Certificate> = certificates.list(&Default::default()).await.unwrap().items;
+        // Writes `data` into the anchor's Secret and waits until the
+        // ClusterIssuer's Ready says `ready`.
+        let set_anchor = |data: SecretData, ready: bool| {
+            let (secrets, cluster_issuers) = (&secrets, &cluster_issuers);
+            let (namespace, issuer_name) = (&namespace, &issuer_name);
+            async move {
+                secrets
+                    .replace(
+                        "trust-anchor",
+                        &PostParams::default(),
+                        &secret(namespace, "trust-anchor", &data, "kubernetes.io/tls"),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("writing the anchor Secret: {e}"));
+                eventually(
+                    &format!("ClusterIssuer {issuer_name} has Ready={ready}"),
+                    || async {
+                        cluster_issuers
+                            .get(issuer_name)
+                            .await
+                            .is_ok_and(|i| cluster_issuer_ready(&i) == ready)
+                    },
+                )
+                .await;
+            }
+        };
         let mut broken = anchor.clone();
         broken.data.insert(
             "tls.key".into(),
             b"-----BEGIN PRIVATE KEY-----\ngarbage\n".to_vec(),
         );
-        secrets
-            .replace(
-                "trust-anchor",
-                &PostParams::default(),
-                &secret(&namespace, "trust-anchor", &broken, "kubernetes.io/tls"),
-            )
-            .await
-            .expect("breaking the anchor Secret");
-        eventually(
-            &format!("ClusterIssuer {issuer_name} is not Ready"),
-            || async {
-                cluster_issuers
-                    .get(&issuer_name)
-                    .await
-                    .is_ok_and(|i| !cluster_issuer_ready(&i))
-            },
-        )
-        .await;
+        set_anchor(broken, false).await;
         // The Secret watch has had its chance to wake the Certificates.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let untouched = |when: &'static str| {
@@ -378,24 +387,7 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
             }
         };
         untouched("with the anchor broken").await;
-        secrets
-            .replace(
-                "trust-anchor",
-                &PostParams::default(),
-                &secret(&namespace, "trust-anchor", &anchor, "kubernetes.io/tls"),
-            )
-            .await
-            .expect("repairing the anchor Secret");
-        eventually(
-            &format!("ClusterIssuer {issuer_name} is Ready again"),
-            || async {
-                cluster_issuers
-                    .get(&issuer_name)
-                    .await
-                    .is_ok_and(|i| cluster_issuer_ready(&i))
-            },
-        )
-        .await;
+        set_anchor(anchor.clone(), true).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         untouched("with the anchor repaired").await;
 

@@ -484,8 +484,8 @@ struct Resolved {
     responses: Family<ResponseKey, Counter>,
     latencies: Latencies,
     endpoint: EndpointKey,
-    seen: Mutex<Vec<(Option<StatusCode>, Class, Counter)>>,
-    seen_latencies: Mutex<Vec<(StatusCode, LatencyHistogram)>>,
+    seen: Seen<(Option<StatusCode>, Class), Counter>,
+    seen_latencies: Seen<StatusCode, LatencyHistogram>,
 }
 
 /// How many response series one connection keeps at hand (statuses and
@@ -501,6 +501,27 @@ pub(crate) struct ConnectionMetrics {
     metrics: ProxyMetrics,
     peer: Peer,
     last: Mutex<Option<Arc<Resolved>>>,
+}
+
+/// A connection's series at hand, by key.
+type Seen<K, M> = Mutex<Vec<(K, M)>>;
+
+/// The series for `key` in `seen`, else `create`s it and keeps it there
+/// while there is room ([`SEEN_RESPONSES`]).
+fn seen_or_create<K: PartialEq, M: Clone>(
+    seen: &Seen<K, M>,
+    key: K,
+    create: impl FnOnce(&K) -> M,
+) -> M {
+    let mut seen = lock(seen);
+    if let Some((_, metric)) = seen.iter().find(|(k, _)| *k == key) {
+        return metric.clone();
+    }
+    let metric = create(&key);
+    if seen.len() < SEEN_RESPONSES {
+        seen.push((key, metric.clone()));
+    }
+    metric
 }
 
 /// A lock that a panic elsewhere cannot poison for good: what it guards
@@ -607,43 +628,31 @@ impl Exchange {
     fn record_latency(&self, status: StatusCode) {
         let elapsed = self.started.elapsed();
         let resolved = &*self.resolved;
-        let mut seen = lock(&resolved.seen_latencies);
-        if let Some((_, histogram)) = seen.iter().find(|(s, _)| *s == status) {
-            histogram.observe(elapsed);
-            return;
-        }
-        let histogram = resolved
-            .latencies
-            .get_or_create(&LatencyKey {
-                endpoint: resolved.endpoint.clone(),
-                status,
-            })
-            .clone();
-        histogram.observe(elapsed);
-        if seen.len() < SEEN_RESPONSES {
-            seen.push((status, histogram));
-        }
+        seen_or_create(&resolved.seen_latencies, status, |status| {
+            resolved
+                .latencies
+                .get_or_create(&LatencyKey {
+                    endpoint: resolved.endpoint.clone(),
+                    status: *status,
+                })
+                .clone()
+        })
+        .observe(elapsed);
     }
 
     fn record(&self, status: Option<StatusCode>, class: Class) {
         let resolved = &*self.resolved;
-        let mut seen = lock(&resolved.seen);
-        if let Some((_, _, counter)) = seen.iter().find(|(s, c, _)| *s == status && *c == class) {
-            counter.inc();
-            return;
-        }
-        let counter = resolved
-            .responses
-            .get_or_create(&ResponseKey {
-                endpoint: resolved.endpoint.clone(),
-                status,
-                class: class.clone(),
-            })
-            .clone();
-        counter.inc();
-        if seen.len() < SEEN_RESPONSES {
-            seen.push((status, class, counter));
-        }
+        seen_or_create(&resolved.seen, (status, class), |(status, class)| {
+            resolved
+                .responses
+                .get_or_create(&ResponseKey {
+                    endpoint: resolved.endpoint.clone(),
+                    status: *status,
+                    class: class.clone(),
+                })
+                .clone()
+        })
+        .inc();
     }
 
     /// The application did not answer.
