@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use lanyard_crds::duration::GoDuration;
 use lanyard_crds::identity::{Identity, IdentityDomain, TrustDomain};
 use lanyard_crds::time::Clock;
-use lanyard_issuer::files::{FileMode, StagedFiles};
+use lanyard_files::{FileMode, StagedFiles};
 use lanyard_issuer::{
     Certificate, IdentityIssuer, KeyAlgorithm, SigningKey, TrustAnchor, csr_der_from_pem, describe,
     verify_chain,
@@ -146,6 +146,9 @@ impl CaDir {
 pub enum CliError {
     #[error(transparent)]
     Ca(#[from] lanyard_issuer::Error),
+    /// Writing files failed.
+    #[error(transparent)]
+    Files(#[from] lanyard_files::Error),
     #[error(transparent)]
     Identity(#[from] lanyard_crds::identity::IdentityError),
     #[error("{}: {source}", path.display())]
@@ -495,7 +498,8 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<Certificate>, CliError> {
-    Ok(Certificate::parse_pem_bundle(&read(path)?, &display(path))?)
+    Ok(Certificate::parse_pem_bundle(&read(path)?, &display(path))
+        .map_err(lanyard_issuer::Error::from)?)
 }
 
 fn display(path: &Path) -> String {

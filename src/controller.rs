@@ -9,7 +9,7 @@ use clap::Args;
 use lanyard_crds::time::SystemClock;
 use lanyard_rotator::kube::lease::default_identity;
 use lanyard_rotator::kube::{Context, LeaderElection, infer_client, run};
-use lanyard_rotator::metrics::{self, Metrics};
+use lanyard_rotator::metrics::Metrics;
 
 use crate::ca::CliError;
 
@@ -47,15 +47,17 @@ pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
             .await
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
-        let (bound, server) = metrics::serve(args.metrics_addr, {
+        let endpoints = lanyard_runtime::admin::Endpoints::new({
             let metrics = metrics.clone();
             move || metrics.encode()
-        })
-        .await
-        .map_err(|source| CliError::Read {
-            path: format!("metrics listener {}", args.metrics_addr).into(),
-            source,
-        })?;
+        });
+        let (bound, server) =
+            lanyard_runtime::admin::serve(args.metrics_addr, endpoints, shutdown.clone())
+                .await
+                .map_err(|source| CliError::Read {
+                    path: format!("metrics listener {}", args.metrics_addr).into(),
+                    source,
+                })?;
         let server = tokio::spawn(server);
         eprintln!("lanyard: controller starting; metrics on http://{bound}/metrics");
         let ctx = Context::new(client, SystemClock, metrics).with_cluster_resource_namespace(

@@ -13,14 +13,12 @@ use arc_swap::ArcSwapOption;
 use clap::Args;
 use lanyard_crds::identity::{Identity, IdentityDomain, TrustDomain};
 use lanyard_crds::time::SystemClock;
-use lanyard_issuer::metrics::IdentityMetrics;
-use lanyard_issuer::reload::IssuerReloader;
-use lanyard_issuer::serve::{ServeOptions, serve, watch_files};
-use lanyard_issuer::service::RateLimit;
-use lanyard_rotator::kube::infer_client;
-use lanyard_rotator::kube::issuer_secret::{self, IssuerSecret, watch_issuer_secret};
-use lanyard_rotator::kube::token_review::{self, TokenReviewAuthenticator};
-use lanyard_rotator::metrics;
+use lanyard_identity::kube::issuer_secret::{self, IssuerSecret, watch_issuer_secret};
+use lanyard_identity::kube::token_review::{self, TokenReviewAuthenticator};
+use lanyard_identity::metrics::IdentityMetrics;
+use lanyard_identity::reload::IssuerReloader;
+use lanyard_identity::serve::{ServeOptions, serve, watch_files};
+use lanyard_identity::service::RateLimit;
 
 use crate::ca::CliError;
 
@@ -78,16 +76,17 @@ pub fn identity(args: IdentityArgs) -> Result<ExitCode, CliError> {
                 path: "signal handlers".into(),
                 source,
             })?;
-        let client = infer_client()
+        let client = kube::Client::try_default()
             .await
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+            .map_err(|e| CliError::Usage(format!("configuring the Kubernetes client: {e}")))?;
         let identity_metrics = IdentityMetrics::new();
         let mut registry = prometheus_client::registry::Registry::default();
         identity_metrics.register(&mut registry);
         let registry = Arc::new(registry);
+        let endpoints = lanyard_runtime::admin::Endpoints::registry(registry);
         let (bound, server) =
-            metrics::serve(args.metrics_addr, move || metrics::encode_registry(&registry))
-            .await
+            lanyard_runtime::admin::serve(args.metrics_addr, endpoints, shutdown.clone())
+                .await
             .map_err(|source| CliError::Read {
                 path: format!("metrics listener {}", args.metrics_addr).into(),
                 source,

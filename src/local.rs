@@ -149,7 +149,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
             source,
         })?
     };
-    let identity_metrics = lanyard_issuer::metrics::IdentityMetrics::new();
+    let identity_metrics = lanyard_identity::metrics::IdentityMetrics::new();
     let mut metrics = Metrics::new();
     metrics.register_more(|registry| identity_metrics.register(registry));
     let mut controller =
@@ -167,12 +167,12 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
             controller = controller.retry_bootstrap();
         }
     }
-    let token_key = lanyard_issuer::token::TokenKey::load_or_create(
+    let token_key = lanyard_identity::token::TokenKey::load_or_create(
         &crate::token::token_key_path(&options.state_dir),
     )?;
     let namespace = options.domain.control_plane_namespace().to_string();
     let issuer = Arc::new(arc_swap::ArcSwapOption::empty());
-    let reloader = lanyard_issuer::reload::IssuerReloader::new(
+    let reloader = lanyard_identity::reload::IssuerReloader::new(
         options
             .state_dir
             .join("secrets")
@@ -181,8 +181,8 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
         issuer.clone(),
     )
     .with_metrics(identity_metrics.clone());
-    let reload = runtime.spawn(lanyard_issuer::serve::watch_files(reloader, SystemClock));
-    let identity = lanyard_issuer::serve::ServeOptions {
+    let reload = runtime.spawn(lanyard_identity::serve::watch_files(reloader, SystemClock));
+    let identity = lanyard_identity::serve::ServeOptions {
         addr: args.identity_addr,
         issuer: issuer.clone(),
         metrics: identity_metrics,
@@ -204,7 +204,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
     let identity_task = runtime.spawn({
         let shutdown = shutdown.clone();
         async move {
-            let result = lanyard_issuer::serve::serve(
+            let result = lanyard_identity::serve::serve(
                 identity,
                 std::sync::Arc::new(token_key),
                 SystemClock,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
-use lanyard_proxy::policy::{Client, HttpRequest, Manifests, Policy, PolicyOptions, Verdict};
+use lanyard_policy::{Client, HttpRequest, Manifests, Policy, PolicyOptions, Verdict};
 
 use crate::ca::CliError;
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use lanyard_crds::duration::GoDuration;
 use lanyard_crds::time::Clock;
-use lanyard_issuer::token::TokenKey;
+use lanyard_identity::token::TokenKey;
 
 use crate::ca::CliError;
 

@@ -240,7 +240,7 @@ users:
 }
 
 type IdentityClient =
-    lanyard_issuer::service::proto::identity_client::IdentityClient<tonic::transport::Channel>;
+    lanyard_identity_api::identity_client::IdentityClient<tonic::transport::Channel>;
 
 /// A gRPC client of `identity` over TLS, trusting the anchor in
 /// `ca/ca.crt`; retried until the service has its certificate (once the
@@ -283,7 +283,7 @@ async fn certify_web(
     let key =
         lanyard_issuer::SigningKey::generate(lanyard_issuer::KeyAlgorithm::EcdsaP256).unwrap();
     let response = client
-        .certify(lanyard_issuer::service::proto::CertifyRequest {
+        .certify(lanyard_identity_api::CertifyRequest {
             identity: WEB.into(),
             token: token.to_vec(),
             certificate_signing_request: key.certificate_signing_request(&web).unwrap(),

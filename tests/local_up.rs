@@ -236,7 +236,7 @@ fn token_create_signs_with_a_key_kept_0600_in_the_state_directory() {
         0o600
     );
     let key =
-        lanyard_issuer::token::TokenKey::from_bytes(&std::fs::read(&key_path).unwrap()).unwrap();
+        lanyard_identity::token::TokenKey::from_bytes(&std::fs::read(&key_path).unwrap()).unwrap();
     let now = lanyard_crds::time::Clock::now(&lanyard_crds::time::SystemClock);
     let claims = key.verify(token.trim().as_bytes(), now).unwrap();
     assert_eq!(

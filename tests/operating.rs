@@ -310,10 +310,9 @@ fn the_first_caller_of_a_fresh_up_is_certified_and_no_refusal_is_counted() {
         .unwrap();
         let key =
             lanyard_issuer::SigningKey::generate(lanyard_issuer::KeyAlgorithm::EcdsaP256).unwrap();
-        let mut client =
-            lanyard_issuer::service::proto::identity_client::IdentityClient::new(channel);
+        let mut client = lanyard_identity_api::identity_client::IdentityClient::new(channel);
         client
-            .certify(lanyard_issuer::service::proto::CertifyRequest {
+            .certify(lanyard_identity_api::CertifyRequest {
                 identity: web.to_string(),
                 token: token.as_bytes().to_vec(),
                 certificate_signing_request: key.certificate_signing_request(&web).unwrap(),

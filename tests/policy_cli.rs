@@ -7,7 +7,7 @@ use support::Scratch;
 
 fn guide(name: &str) -> String {
     format!(
-        "{}/proxy-agent/tests/guide/{name}",
+        "{}/proxy-agent/policy/tests/guide/{name}",
         env!("CARGO_MANIFEST_DIR")
     )
 }

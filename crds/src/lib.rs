@@ -1,8 +1,8 @@
 //! The shared vocabulary of the Lanyard workspace: the Kubernetes API types
 //! (behind the default `api` feature, so the proxy can do without kube),
 //! Go-style durations as Linkerd and cert-manager users write them, key
-//! usages, workload identity names, the injected clock, and how error
-//! messages quote input.
+//! usages, workload identity names, the keys of a TLS Secret, the injected
+//! clock, and how error messages quote input.
 
 #![forbid(unsafe_code)]
 
@@ -11,5 +11,6 @@ pub mod api;
 pub mod duration;
 pub mod identity;
 pub mod quote;
+pub mod secret;
 pub mod time;
 pub mod usage;

@@ -13,11 +13,11 @@ use rcgen::{
 };
 use ring::rand::SecureRandom;
 
-use crate::cert::{Certificate, chrono_to_offset};
-use crate::chain::verify_chain;
 use crate::csr::{ValidatedCsr, validate_csr};
 use crate::key::{KeyAlgorithm, SigningKey};
+use crate::sign::chrono_to_offset;
 use crate::{Error, Role};
+use lanyard_x509::{Certificate, verify_chain};
 
 /// Trust anchors live ten years unless told otherwise (`87600h`).
 pub const DEFAULT_ANCHOR_LIFETIME: TimeDelta = TimeDelta::hours(87_600);

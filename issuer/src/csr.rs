@@ -14,7 +14,8 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
-use crate::key::{MAX_RSA_BITS, MIN_RSA_BITS, curve_name};
+use crate::key::{MAX_RSA_BITS, MIN_RSA_BITS};
+use lanyard_x509::curve_name;
 
 /// Why a certificate signing request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

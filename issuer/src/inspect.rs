@@ -6,8 +6,8 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 use x509_parser::extensions::ParsedExtension;
 
-use crate::cert::{Certificate, describe_public_key, hex_colon};
 use crate::csr::describe_general_name;
+use lanyard_x509::{Certificate, describe_public_key, hex_colon};
 
 /// What `lanyard ca inspect` prints for one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]

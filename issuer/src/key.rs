@@ -12,6 +12,8 @@ use pkcs8::der::{Decode, Encode};
 use rcgen::{PublicKeyData, SignatureAlgorithm};
 use zeroize::Zeroizing;
 
+use lanyard_x509::curve_name;
+
 use crate::Error;
 
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
@@ -365,20 +367,6 @@ fn wrap_pkcs8(
         private_key,
     );
     Ok(Zeroizing::new(info.to_der()?))
-}
-
-/// Friendly names for the curves people meet, so errors say `P-521` rather
-/// than an OID.
-pub(crate) fn curve_name(oid: &str) -> String {
-    match oid {
-        "1.2.840.10045.3.1.7" => "P-256".into(),
-        "1.3.132.0.34" => "P-384".into(),
-        "1.3.132.0.35" => "P-521".into(),
-        "1.3.132.0.10" => "secp256k1".into(),
-        "1.2.840.10045.3.1.1" => "P-192".into(),
-        "1.3.132.0.33" => "P-224".into(),
-        other => format!("with OID {other}"),
-    }
 }
 
 #[cfg(test)]

@@ -6,25 +6,21 @@
 //! inputs and an explicit `now`: nothing reads the clock, so tests sign at
 //! any instant.
 //!
-//! Private keys ([`SigningKey`]) are generated in this process, never
-//! printed, and written only through [`files`], atomically with mode 0600.
+//! Private keys ([`SigningKey`]) are generated in this process and never
+//! printed; callers write them only through `lanyard-files`, atomically with
+//! mode 0600.
+//!
+//! This is the pure PKI: no tokio, no tonic, no files. Reading certificates
+//! and verifying chains is `lanyard-x509`'s, re-exported here; serving
+//! `Certify` is `lanyard-identity`'s.
 
 #![forbid(unsafe_code)]
 
 mod ca;
-mod cert;
-mod chain;
 mod csr;
-pub mod files;
 mod inspect;
 mod key;
-pub mod metrics;
-pub mod reload;
-pub mod serve;
-pub mod service;
 mod sign;
-pub mod token;
-pub mod volume;
 
 use std::path::PathBuf;
 
@@ -34,11 +30,12 @@ pub use ca::{
     DEFAULT_ANCHOR_LIFETIME, DEFAULT_ISSUER_LIFETIME, DEFAULT_LEAF_LIFETIME, IdentityIssuer,
     IssuedLeaf, LEAF_BACKDATE, TrustAnchor, Validity, validity_within,
 };
-pub use cert::{CaConstraints, Certificate, CertificateProfile};
-pub use chain::{ChainError, verify_chain};
 pub use csr::{CsrError, ValidatedCsr, csr_der_from_pem, validate_csr};
 pub use inspect::{CertificateReport, describe};
 pub use key::{KeyAlgorithm, MAX_RSA_BITS, MIN_RSA_BITS, SigningKey};
+pub use lanyard_x509::{
+    CaConstraints, Certificate, CertificateProfile, ChainError, curve_name, verify_chain,
+};
 pub use sign::{CertificateTemplate, SignedCertificate, SigningCa, self_signed};
 
 /// Which CA certificate an error is about.
@@ -283,6 +280,22 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+impl From<lanyard_x509::Error> for Error {
+    fn from(e: lanyard_x509::Error) -> Self {
+        use lanyard_x509::Error as X;
+        match e {
+            X::BadCertificate { what, reason } => Error::BadCertificate { what, reason },
+            X::BadKey { what, reason } => Error::BadKey { what, reason },
+            X::KeyGeneration { reason, .. } => Error::KeyGeneration {
+                algorithm: KeyAlgorithm::EcdsaP256,
+                reason,
+            },
+            X::Signing(reason) => Error::Signing(reason),
+            other => Error::Signing(other.to_string()),
+        }
+    }
 }
 
 impl Error {

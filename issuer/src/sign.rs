@@ -13,9 +13,9 @@ use rcgen::{
 use crate::ca::{
     Validity, check_ca, check_key_matches, check_lifetime, random_serial, validity_within,
 };
-use crate::cert::{Certificate, chrono_to_offset};
 use crate::key::SigningKey;
 use crate::{Error, Role};
+use lanyard_x509::Certificate;
 
 /// What a certificate should say, as a `Certificate` resource asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,4 +230,11 @@ fn params_for(
             .push(ExtendedKeyUsagePurpose::Other(oid.to_vec()));
     }
     Ok(params)
+}
+
+/// A time as rcgen writes it into a certificate.
+pub(crate) fn chrono_to_offset(t: DateTime<Utc>) -> Result<time::OffsetDateTime, Error> {
+    time::OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|_| Error::TimeOutOfRange {
+        time: t.to_rfc3339(),
+    })
 }

@@ -13,10 +13,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use lanyard_crds::identity::Identity;
 use lanyard_crds::time::Clock;
-use lanyard_issuer::service::proto::CertifyRequest;
-use lanyard_issuer::service::proto::identity_client::IdentityClient;
-use lanyard_issuer::volume::{self, VolumeError};
-use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, verify_chain};
+use lanyard_files::volume;
+use lanyard_identity_api::CertifyRequest;
+use lanyard_identity_api::identity_client::IdentityClient;
+use lanyard_x509::{Certificate, WorkloadKey, verify_chain};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -110,7 +110,7 @@ pub enum AgentError {
     BadResponse(String),
     /// Making the key or CSR failed.
     #[error(transparent)]
-    Key(#[from] lanyard_issuer::Error),
+    Key(#[from] lanyard_x509::Error),
 }
 
 impl AgentError {
@@ -128,7 +128,7 @@ impl AgentError {
 #[derive(Clone)]
 pub struct Credentials {
     identity: Identity,
-    key: Arc<SigningKey>,
+    key: Arc<WorkloadKey>,
     certified_key: Arc<CertifiedKey>,
     chain: Vec<Certificate>,
     anchors: Vec<Certificate>,
@@ -172,7 +172,7 @@ impl Credentials {
     /// Writes `tls.crt` (leaf and intermediates), `tls.key` (0600) and
     /// `ca.crt` (the anchors) into `dir` the way a Secret volume is
     /// written: all three change at once, atomically.
-    pub fn write_files(&self, dir: &Path) -> Result<(), VolumeError> {
+    pub fn write_files(&self, dir: &Path) -> Result<(), lanyard_files::Error> {
         let chain: String = self.chain.iter().map(Certificate::to_pem).collect();
         let anchors: String = self.anchors.iter().map(Certificate::to_pem).collect();
         let key = self.key.to_pkcs8_pem();
@@ -193,7 +193,7 @@ impl Credentials {
 #[derive(Debug)]
 pub struct Agent<C> {
     config: AgentConfig,
-    key: Arc<SigningKey>,
+    key: Arc<WorkloadKey>,
     csr: Vec<u8>,
     clock: C,
     metrics: AgentMetrics,
@@ -204,7 +204,7 @@ pub struct Agent<C> {
 impl<C: Clock> Agent<C> {
     /// Makes the key and the CSR. Nothing is sent yet.
     pub fn new(config: AgentConfig, clock: C, metrics: AgentMetrics) -> Result<Self, AgentError> {
-        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
+        let key = WorkloadKey::generate()?;
         let csr = key.certificate_signing_request(&config.identity)?;
         Ok(Agent {
             config,
@@ -308,7 +308,7 @@ impl<C: Clock> Agent<C> {
     /// chains to the anchors now.
     fn check(
         &self,
-        response: lanyard_issuer::service::proto::CertifyResponse,
+        response: lanyard_identity_api::CertifyResponse,
         anchors: Vec<Certificate>,
     ) -> Result<Credentials, AgentError> {
         let bad = AgentError::BadResponse;

@@ -11,5 +11,4 @@
 
 pub mod identity;
 pub mod metrics;
-pub mod policy;
 pub mod proxy;

@@ -11,12 +11,12 @@ use std::time::Duration;
 use clap::Parser;
 use lanyard_crds::identity::Identity;
 use lanyard_crds::time::SystemClock;
-use lanyard_proxy::identity::{Agent, AgentConfig, Credentials};
-use lanyard_proxy::metrics::{AgentMetrics, serve_admin};
-use lanyard_proxy::policy::{
+use lanyard_policy::{
     DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, Policy, PolicyDir, PolicyOptions, PolicyReload,
     Workload,
 };
+use lanyard_proxy::identity::{Agent, AgentConfig, Credentials};
+use lanyard_proxy::metrics::{AgentMetrics, admin_endpoints};
 use lanyard_proxy::proxy::metrics::ProxyMetrics;
 use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle};
 use lanyard_proxy::proxy::{Drain, Inbound, OutboundRoute, serve_inbound, serve_outbound};
@@ -249,21 +249,23 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         rx.clone()
     };
-    let (admin, server) = serve_admin(args.admin_addr, Arc::new(registry), ready)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot serve the admin endpoints on {}: {e}",
-                args.admin_addr
-            )
-        })?;
+    let endpoints = admin_endpoints(Arc::new(registry), ready);
+    let (admin, server) =
+        lanyard_runtime::admin::serve(args.admin_addr, endpoints, shutdown.clone())
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot serve the admin endpoints on {}: {e}",
+                    args.admin_addr
+                )
+            })?;
     eprintln!("lanyard-proxy: admin on http://{admin} (/metrics, /ready, /live)");
     tokio::spawn(server);
     tokio::spawn(agent.run(tx));
     match args.out_dir.clone().filter(|_| args.agent_only) {
         Some(out_dir) => {
             // What a killed agent left half-written goes before the first write.
-            for path in lanyard_issuer::volume::sweep(&out_dir) {
+            for path in lanyard_files::volume::sweep(&out_dir) {
                 tracing::info!(path = %path.display(), "removed a staged version left by an interrupted write");
             }
             tokio::select! {

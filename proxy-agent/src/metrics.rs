@@ -1,11 +1,11 @@
-//! The agent's metrics and its admin endpoints (`/metrics`, `/ready`,
-//! `/live`), on the port Linkerd's proxy uses for them (4191).
+//! The agent's metrics and what its admin endpoints (`/metrics`, `/ready`,
+//! `/live`, served by `lanyard_runtime::admin`) answer, on the port
+//! Linkerd's proxy uses for them (4191).
 //!
 //! The certificate's expiry keeps the Linkerd proxy's name,
 //! `identity_cert_expiration_timestamp_seconds`, so dashboards and alerts
 //! written for Linkerd work unchanged.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -79,52 +79,18 @@ impl AgentMetrics {
     }
 }
 
-/// Serves `/metrics`, `/ready` (200 while `credentials` holds a
-/// certificate: 503 before the first and after one expires unrefreshed)
-/// and `/live` on `addr`.
-/// Returns the bound address and the server future.
-pub async fn serve_admin(
-    addr: SocketAddr,
+/// The agent's admin endpoints: `/metrics` renders `registry`; `/ready` is
+/// 200 while `credentials` holds a certificate (503 before the first and
+/// after one expires unrefreshed).
+pub fn admin_endpoints(
     registry: Arc<Registry>,
     credentials: watch::Receiver<Option<Arc<Credentials>>>,
-) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut out = String::new();
-                    // Writing into a String cannot fail.
-                    prometheus_client::encoding::text::encode(&mut out, &registry)
-                        .expect("encoding metrics into a String");
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        out,
-                    )
-                }
-            }),
-        )
-        .route(
-            "/ready",
-            get(move || {
-                let ready = credentials.borrow().is_some();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n")
-                    }
-                }
-            }),
-        )
-        .route("/live", get(|| async { "live\n" }));
-    Ok((bound, async move { axum::serve(listener, app).await }))
+) -> lanyard_runtime::admin::Endpoints {
+    lanyard_runtime::admin::Endpoints::registry(registry).with_readiness(move || {
+        if credentials.borrow().is_some() {
+            Ok("ready\n")
+        } else {
+            Err("no certificate yet\n")
+        }
+    })
 }

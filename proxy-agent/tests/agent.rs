@@ -11,11 +11,11 @@ use arc_swap::ArcSwapOption;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::metrics::IdentityMetrics;
-use lanyard_issuer::reload::IssuerReloader;
-use lanyard_issuer::serve::{ServeOptions, serve, watch_files};
-use lanyard_issuer::service::RateLimit;
-use lanyard_issuer::token::TokenKey;
+use lanyard_identity::metrics::IdentityMetrics;
+use lanyard_identity::reload::IssuerReloader;
+use lanyard_identity::serve::{ServeOptions, serve, watch_files};
+use lanyard_identity::service::RateLimit;
+use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{IdentityIssuer, KeyAlgorithm, SigningKey, TrustAnchor, verify_chain};
 use lanyard_proxy::identity::{Agent, AgentConfig, AgentError};
 use lanyard_proxy::metrics::AgentMetrics;
@@ -53,7 +53,7 @@ fn write_issuer(
     key: Option<&SigningKey>,
 ) {
     let key = key.unwrap_or(issuer.key()).to_pkcs8_pem();
-    lanyard_issuer::volume::write(
+    lanyard_files::volume::write(
         &dir.join("issuer"),
         &[
             ("tls.crt", issuer.certificate().to_pem().as_bytes(), 0o644),
@@ -64,10 +64,10 @@ fn write_issuer(
     )
     .unwrap();
     // The agents' anchors, replaced atomically as a mounted bundle is.
-    lanyard_issuer::files::write_atomic(
+    lanyard_files::write_atomic(
         &dir.join("ca.crt"),
         anchor.certificate().to_pem().as_bytes(),
-        lanyard_issuer::files::FileMode::Public,
+        lanyard_files::FileMode::Public,
     )
     .unwrap();
 }

@@ -15,11 +15,11 @@ use arc_swap::ArcSwap;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::token::TokenKey;
+use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{KeyAlgorithm, TrustAnchor};
+use lanyard_policy::{Manifests, Policy, PolicyOptions, Workload};
 use lanyard_proxy::identity::{Agent, AgentConfig, Credentials};
 use lanyard_proxy::metrics::AgentMetrics;
-use lanyard_proxy::policy::{Manifests, Policy, PolicyOptions, Workload};
 use lanyard_proxy::proxy::metrics::ProxyMetrics;
 use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle};
 use lanyard_proxy::proxy::{Drain, Inbound, OutboundRoute, serve_inbound, serve_outbound};
@@ -408,10 +408,10 @@ async fn certificate_refreshes_and_bundle_changes_fail_no_request() {
         mesh.anchor.certificate().to_pem(),
         next.certificate().to_pem()
     );
-    lanyard_issuer::files::write_atomic(
+    lanyard_files::write_atomic(
         &mesh.bundle(),
         bundle.as_bytes(),
-        lanyard_issuer::files::FileMode::Public,
+        lanyard_files::FileMode::Public,
     )
     .unwrap();
     assert!(server.bundle.reload().unwrap());
@@ -555,17 +555,21 @@ async fn curl_and_openssl_get_what_policy_says() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_denied_grpc_client_gets_permission_denied() {
-    use lanyard_issuer::service::proto::CertifyRequest;
-    use lanyard_issuer::service::proto::identity_client::IdentityClient;
+    use lanyard_identity::service::proto::CertifyRequest;
+    use lanyard_identity::service::proto::identity_client::IdentityClient;
 
     let mesh = Mesh::start().await;
     let app = backend().await;
     let yaml = policy_yaml(WEB).replace("proxyProtocol: HTTP/1", "proxyProtocol: gRPC");
     let server = server_side(&mesh, mesh.agent(API).await, app, build(&yaml)).await;
     let (evil_out, _) = client_side(&mesh, mesh.agent(EVIL).await, server.addr, API).await;
-    let mut client = IdentityClient::connect(format!("http://{evil_out}"))
-        .await
-        .unwrap();
+    let mut client = IdentityClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{evil_out}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
     let status = client.certify(CertifyRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
@@ -806,7 +810,7 @@ async fn metric_labels_are_linkerds_in_the_same_situations() {
     // The default policy all-authenticated: a meshed client, then a
     // plaintext one.
     let options = PolicyOptions {
-        default_policy: lanyard_proxy::policy::DefaultPolicy::AllAuthenticated,
+        default_policy: lanyard_policy::DefaultPolicy::AllAuthenticated,
         ..PolicyOptions::default()
     };
     let server = server_side(&mesh, mesh.agent(API).await, app, Policy::empty(&options)).await;

@@ -137,13 +137,12 @@ pub fn load_issuer(
     };
     let crt = secret.get(TLS_CRT).ok_or_else(|| missing(TLS_CRT))?;
     let key = secret.get(TLS_KEY).ok_or_else(|| missing(TLS_KEY))?;
-    let chain =
-        Certificate::parse_pem_bundle(crt, &format!("{secret_ref} tls.crt")).map_err(bad)?;
+    let chain = Certificate::parse_pem_bundle(crt, &format!("{secret_ref} tls.crt"))
+        .map_err(|e| bad(e.into()))?;
     let key = SigningKey::from_pem(key, &format!("{secret_ref} tls.key")).map_err(bad)?;
     let roots = match secret.get(CA_CRT) {
-        Some(pem) => {
-            Certificate::parse_pem_bundle(pem, &format!("{secret_ref} ca.crt")).map_err(bad)?
-        }
+        Some(pem) => Certificate::parse_pem_bundle(pem, &format!("{secret_ref} ca.crt"))
+            .map_err(|e| bad(e.into()))?,
         None => chain.last().cloned().into_iter().collect(),
     };
     let ca = SigningCa::new(chain, key, now).map_err(bad)?;
@@ -204,12 +203,16 @@ pub fn issue(
     let (tls_crt, ca_crt, validity) = match issuer {
         IssuerMaterial::SelfSigned => {
             let signed = self_signed(&template, &key, now)?;
-            let pem = Certificate::from_der(&signed.der, "self-signed certificate")?.to_pem();
+            let pem = Certificate::from_der(&signed.der, "self-signed certificate")
+                .map_err(lanyard_issuer::Error::from)?
+                .to_pem();
             (pem.clone(), pem, signed.validity)
         }
         IssuerMaterial::Ca { ca, roots } => {
             let signed = ca.sign(&template, &key, now)?;
-            let mut pem = Certificate::from_der(&signed.der, "signed certificate")?.to_pem();
+            let mut pem = Certificate::from_der(&signed.der, "signed certificate")
+                .map_err(lanyard_issuer::Error::from)?
+                .to_pem();
             // The chain up to, not including, self-signed roots: those are
             // the relying party's to hold, in ca.crt.
             for cert in ca.chain().iter().filter(|c| !c.is_self_issued()) {

@@ -3,7 +3,6 @@
 //! cert-manager does not export. A deleted Certificate's series disappear.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use lanyard_crds::api::{CertificateSpec, CertificateStatus, GROUP, IssuerKind};
@@ -424,64 +423,5 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) on `addr` until the future is
-/// dropped, with whatever `exposition` renders at each scrape (e.g.
-/// [`Metrics::encode`], or [`encode_registry`] of another registry).
-/// Returns the bound address (useful with port 0).
-pub async fn serve(
-    addr: SocketAddr,
-    exposition: impl Fn() -> String + Clone + Send + Sync + 'static,
-) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    serve_with_readiness(addr, exposition, || true).await
-}
-
-/// [`serve`], plus `/ready`: 200 while `ready()` says so, 503 before.
-pub async fn serve_with_readiness(
-    addr: SocketAddr,
-    exposition: impl Fn() -> String + Clone + Send + Sync + 'static,
-    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
-) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let text = exposition();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        text,
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/ready",
-            get(move || {
-                let ready = ready();
-                async move {
-                    if ready {
-                        (axum::http::StatusCode::OK, "ready")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        );
-    Ok((bound, async move { axum::serve(listener, app).await }))
-}
-
 /// The Prometheus text exposition of `registry`.
-pub fn encode_registry(registry: &Registry) -> String {
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    prometheus_client::encoding::text::encode(&mut out, registry)
-        .expect("encoding metrics into a String");
-    out
-}
+pub use lanyard_runtime::admin::encode as encode_registry;

@@ -4,14 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// The certificate followed by its chain (PEM).
-pub const TLS_CRT: &str = "tls.crt";
-/// The private key (PKCS#8 PEM).
-pub const TLS_KEY: &str = "tls.key";
-/// The root the certificate chains to (PEM).
-pub const CA_CRT: &str = "ca.crt";
-/// The keys the controller writes; other keys in a Secret are left alone.
-pub const MANAGED_KEYS: [&str; 3] = [TLS_CRT, TLS_KEY, CA_CRT];
+pub use lanyard_crds::secret::{CA_CRT, MANAGED_KEYS, TLS_CRT, TLS_KEY};
 
 /// Annotations the controller writes on every Secret it issues into, as
 /// cert-manager does under `cert-manager.io/`: they record what the

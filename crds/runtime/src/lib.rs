@@ -8,10 +8,12 @@
 //! - [`listen`]: listeners with a connection cap, a handshake timeout, an
 //!   idle timeout and accept errors that back off instead of spinning;
 //! - [`raise_fd_limit`]: the soft descriptor limit raised to the hard one;
-//! - [`lock`]: one owner per state directory.
+//! - [`lock`]: one owner per state directory;
+//! - [`admin`]: the `/metrics`, `/ready`, `/live` server of every process.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod backoff;
 pub mod listen;
 pub mod lock;

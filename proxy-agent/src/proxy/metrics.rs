@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 // the injected wall `Clock` instead.
 use tokio::time::Instant;
 
-use crate::policy::{Decision, PolicyLabels, PolicyRef, Verdict};
+use lanyard_policy::{Decision, PolicyLabels, PolicyRef, Verdict};
 
 /// How the client reached the inbound proxy: Linkerd's `tls` label and
 /// its companion (`client_id` or `no_tls_reason`).
@@ -832,7 +832,7 @@ mod tests {
             authz: "default:all-unauthenticated".into(),
             route: None,
             audit: false,
-            labels: crate::policy::PolicyLabels {
+            labels: lanyard_policy::PolicyLabels {
                 server: PolicyRef::default_named("all-unauthenticated"),
                 route: PolicyRef::default_route(),
                 authz: Some(PolicyRef::default_named("all-unauthenticated")),
@@ -864,7 +864,7 @@ mod tests {
             authz: String::new(),
             route: None,
             audit: false,
-            labels: crate::policy::PolicyLabels {
+            labels: lanyard_policy::PolicyLabels {
                 server: PolicyRef::default_named("api"),
                 route: PolicyRef::default_route(),
                 authz: authz.map(PolicyRef::default_named),

@@ -1,6 +1,6 @@
 //! The mTLS proxy. Inbound, it accepts mTLS (or plaintext, which is
 //! treated as unauthenticated), takes the client's identity from its
-//! certificate, asks the [`Policy`](crate::policy::Policy), and forwards
+//! certificate, asks the [`Policy`](lanyard_policy::Policy), and forwards
 //! what is allowed to the application: HTTP/1.1 and HTTP/2 per request
 //! (a denied request gets 403, or gRPC status 7), translated to the
 //! version the application speaks (the Server's `proxyProtocol`, else the
@@ -33,7 +33,7 @@ use lanyard_runtime::listen::{BoundedListener, Slot};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
+use lanyard_policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
 use metrics::{ClassifiedBody, ConnectionMetrics, Peer, ProxyMetrics, TlsLabel};
 use tls::TrustBundle;
 

@@ -11,9 +11,9 @@ use arc_swap::ArcSwapOption;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::metrics::IdentityMetrics;
-use lanyard_issuer::serve::{ServeOptions, serve};
-use lanyard_issuer::token::TokenKey;
+use lanyard_identity::metrics::IdentityMetrics;
+use lanyard_identity::serve::{ServeOptions, serve};
+use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{IdentityIssuer, KeyAlgorithm, TrustAnchor};
 
 /// An identity service and what it signs with.

@@ -15,10 +15,8 @@
 //! `lanyard`, holding only the keys the controller manages, so keys,
 //! labels and annotations written by others are never removed.
 
-pub mod issuer_secret;
 pub mod lease;
 pub mod secret;
-pub mod token_review;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;

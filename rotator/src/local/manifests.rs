@@ -610,7 +610,7 @@ fn stage_all(
             source,
         };
         let yaml = to_yaml_stream(&index.files[path]).map_err(|reason| {
-            stage_error(SecretStoreError {
+            stage_error(SecretStoreError::Io {
                 path: path.clone(),
                 source: std::io::Error::other(reason),
             })
@@ -671,8 +671,8 @@ pub enum ApplyError {
     #[error(
         "error: writing {} to {}: {}\nnothing was applied",
         keys(.objects),
-        .source.path.display(),
-        .source.source
+        .source.path().display(),
+        .source.reason()
     )]
     Stage {
         /// The objects the write was for.
@@ -685,8 +685,8 @@ pub enum ApplyError {
     #[error(
         "error: writing {} to {}: {}\napplied: {}\nnot applied: {}",
         keys(.failed),
-        .source.path.display(),
-        .source.source,
+        .source.path().display(),
+        .source.reason(),
         applied_list(.applied),
         keys(.not_applied)
     )]

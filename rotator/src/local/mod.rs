@@ -304,7 +304,7 @@ impl<C: Clock> LocalController<C> {
                 if path.extension().and_then(|e| e.to_str()) != Some("json") {
                     continue;
                 }
-                let bytes = std::fs::read(&path).map_err(|source| SecretStoreError {
+                let bytes = std::fs::read(&path).map_err(|source| SecretStoreError::Io {
                     path: path.clone(),
                     source,
                 })?;
@@ -421,7 +421,7 @@ impl<C: Clock> LocalController<C> {
             .prefix(".tmp-manifests-")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .tempdir_in(&self.options.state_dir)
-            .map_err(|source| SecretStoreError {
+            .map_err(|source| SecretStoreError::Io {
                 path: self.options.state_dir.clone(),
                 source,
             })?;
@@ -434,13 +434,13 @@ impl<C: Clock> LocalController<C> {
         let staged = staging.keep();
         std::fs::rename(&staged, &manifests_dir).map_err(|source| {
             let _ = std::fs::remove_dir_all(&staged);
-            SecretStoreError {
+            SecretStoreError::Io {
                 path: manifests_dir.clone(),
                 source,
             }
         })?;
         if self.options.durability == Durability::Fsync {
-            lanyard_issuer::volume::sync_dir(&self.options.state_dir)?;
+            lanyard_files::sync_dir(&self.options.state_dir)?;
         }
         Ok(true)
     }

@@ -15,7 +15,6 @@ use notify::Watcher;
 use notify::event::{EventKind, ModifyKind};
 
 use super::{LocalController, LocalError};
-use crate::metrics;
 
 /// The longest sleep between passes, so Secrets edited by hand (a corrupt
 /// `tls.crt`, a deleted key) are noticed even without a manifest change.
@@ -91,22 +90,26 @@ pub async fn run<C: Clock + 'static>(
 ) -> Result<(), RunError> {
     let mut controller = controller.with_shutdown(shutdown.clone());
     let first_pass_done = Arc::new(AtomicBool::new(false));
-    let (bound, server) = metrics::serve_with_readiness(
-        metrics_addr,
-        {
-            let metrics = controller.metrics().clone();
-            move || metrics.encode()
-        },
-        {
-            let first_pass_done = first_pass_done.clone();
-            move || first_pass_done.load(Ordering::Acquire) && ready()
-        },
-    )
-    .await
-    .map_err(|source| RunError::Metrics {
-        addr: metrics_addr,
-        source,
-    })?;
+    let endpoints = lanyard_runtime::admin::Endpoints::new({
+        let metrics = controller.metrics().clone();
+        move || metrics.encode()
+    })
+    .with_readiness({
+        let first_pass_done = first_pass_done.clone();
+        move || {
+            if first_pass_done.load(Ordering::Acquire) && ready() {
+                Ok("ready")
+            } else {
+                Err("not ready")
+            }
+        }
+    });
+    let (bound, server) = lanyard_runtime::admin::serve(metrics_addr, endpoints, shutdown.clone())
+        .await
+        .map_err(|source| RunError::Metrics {
+            addr: metrics_addr,
+            source,
+        })?;
     let server = tokio::spawn(server);
     on_ready(bound);
 

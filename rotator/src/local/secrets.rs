@@ -3,30 +3,24 @@
 //! to it, and each key is a symlink through `..data`. One `rename` of
 //! `..data` swaps every key at once, so a reader never sees a new `tls.crt`
 //! with an old `tls.key`, and an interrupted write leaves the old version.
-//! The volume itself is [`lanyard_issuer::volume`]; this adds namespaces,
+//! The volume itself is [`lanyard_files::volume`]; this adds namespaces,
 //! key rules and labels.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use lanyard_issuer::volume::{self, DATA};
+use lanyard_files::volume::{self, DATA};
 
 use crate::secret::SecretData;
 
 const METADATA: &str = "..metadata.json";
 
 /// A store error, naming the path.
-pub type SecretStoreError = lanyard_issuer::volume::VolumeError;
+pub type SecretStoreError = lanyard_files::Error;
 
-fn at(path: &Path) -> impl FnOnce(std::io::Error) -> SecretStoreError + '_ {
-    move |source| SecretStoreError {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use lanyard_files::at;
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Metadata {
@@ -190,28 +184,7 @@ impl SecretStore {
 #[derive(Debug)]
 pub struct StagedSecret(volume::StagedVolume);
 
-/// A file written beside its destination but not yet renamed onto it; see
-/// [`stage_file`]. Dropped uncommitted, it is removed.
-#[derive(Debug)]
-pub(crate) struct StagedFile {
-    tmp: tempfile::NamedTempFile,
-    path: PathBuf,
-}
-
-impl StagedFile {
-    /// Renames the file onto its destination; with `flush`, the rename is
-    /// on disk when this returns.
-    pub(crate) fn commit(self, flush: bool) -> Result<(), SecretStoreError> {
-        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        self.tmp
-            .persist(&self.path)
-            .map_err(|e| at(&self.path)(e.error))?;
-        if flush {
-            volume::sync_dir(&dir)?;
-        }
-        Ok(())
-    }
-}
+pub(crate) use lanyard_files::StagedFile;
 
 /// Writes `bytes` to a temporary file beside `path`, with `mode`; flushed
 /// when `flush`.
@@ -221,29 +194,10 @@ pub(crate) fn stage_file(
     mode: u32,
     flush: bool,
 ) -> Result<StagedFile, SecretStoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(at(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(at(dir))?;
-    tmp.write_all(bytes).map_err(at(path))?;
-    if flush {
-        tmp.as_file().sync_all().map_err(at(path))?;
-    }
-    Ok(StagedFile {
-        tmp,
-        path: path.to_path_buf(),
-    })
+    StagedFile::new(path, bytes, mode, flush)
 }
 
-/// Flushes the whole filesystem holding `path` (`syncfs`): one call in
-/// place of an fsync per file when many files were written together.
-pub(crate) fn flush_filesystem(path: &Path) -> Result<(), SecretStoreError> {
-    let dir = fs::File::open(path).map_err(at(path))?;
-    rustix::fs::syncfs(&dir).map_err(|e| at(path)(e.into()))
-}
+pub(crate) use lanyard_files::flush_filesystem;
 
 /// Replaces `path` atomically (temporary file in the same directory, then
 /// rename), with `mode`, flushed to disk when `durability` says so.
@@ -253,8 +207,7 @@ pub(crate) fn write_file_atomic(
     mode: u32,
     durability: Durability,
 ) -> Result<(), SecretStoreError> {
-    let flush = durability == Durability::Fsync;
-    stage_file(path, bytes, mode, flush)?.commit(flush)
+    lanyard_files::replace(path, bytes, mode, durability == Durability::Fsync)
 }
 
 /// Secret keys as Kubernetes allows them, minus the `..` prefix the store
@@ -272,6 +225,7 @@ fn is_valid_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn secret(pairs: &[(&str, &str)]) -> SecretData {
         let mut s = SecretData::default();

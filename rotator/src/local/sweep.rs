@@ -10,12 +10,6 @@ use std::path::{Path, PathBuf};
 /// How deep the state directory goes: `secrets/<namespace>/<name>/`.
 const MAX_DEPTH: usize = 4;
 
-/// Whether `name` is a temporary file or directory that Lanyard's atomic
-/// writers make beside their destination (`.tmp-*`, `.lanyard-*.tmp`).
-fn is_staged(name: &str) -> bool {
-    name.starts_with(".tmp-") || (name.starts_with(".lanyard-") && name.ends_with(".tmp"))
-}
-
 /// Removes what interrupted writes left anywhere in `state_dir`, and
 /// returns what was removed. Call it only while holding the directory's
 /// lock, before the first write.
@@ -28,7 +22,7 @@ pub fn sweep(state_dir: &Path) -> Vec<PathBuf> {
 fn sweep_dir(dir: &Path, depth: usize, removed: &mut Vec<PathBuf>) {
     // Hidden `..` versions that `..data` does not point to (all of them in
     // a Secret whose first write never committed).
-    removed.extend(lanyard_issuer::volume::sweep(dir));
+    removed.extend(lanyard_files::volume::sweep(dir));
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -36,7 +30,7 @@ fn sweep_dir(dir: &Path, depth: usize, removed: &mut Vec<PathBuf>) {
             continue;
         };
         let path = entry.path();
-        if is_staged(name) {
+        if lanyard_files::is_staged(name) {
             let gone = if kind.is_dir() {
                 fs::remove_dir_all(&path)
             } else {
@@ -47,25 +41,6 @@ fn sweep_dir(dir: &Path, depth: usize, removed: &mut Vec<PathBuf>) {
             }
         } else if kind.is_dir() && !name.starts_with("..") && depth < MAX_DEPTH {
             sweep_dir(&path, depth + 1, removed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staged_names_are_told_from_real_ones() {
-        for (name, staged) in [
-            (".tmp-abc123", true),
-            (".lanyard-x1y2.tmp", true),
-            ("linkerd-identity.yaml", false),
-            ("web.json", false),
-            (".lock", false),
-            (".tmp", false),
-        ] {
-            assert_eq!(is_staged(name), staged, "{name}");
         }
     }
 }

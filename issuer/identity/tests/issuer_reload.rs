@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use lanyard_crds::identity::IdentityDomain;
-use lanyard_issuer::reload::{IssuerReloader, Reload};
+use lanyard_identity::reload::{IssuerReloader, Reload};
 use lanyard_issuer::{KeyAlgorithm, SigningKey, TrustAnchor};
 
 fn t0() -> DateTime<Utc> {

@@ -10,12 +10,12 @@ use arc_swap::ArcSwapOption;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::metrics::IdentityMetrics;
-use lanyard_issuer::reload::IssuerReloader;
-use lanyard_issuer::serve::{ServeOptions, serve, watch_files};
-use lanyard_issuer::service::proto::CertifyRequest;
-use lanyard_issuer::service::proto::identity_client::IdentityClient;
-use lanyard_issuer::token::TokenKey;
+use lanyard_identity::metrics::IdentityMetrics;
+use lanyard_identity::reload::IssuerReloader;
+use lanyard_identity::serve::{ServeOptions, serve, watch_files};
+use lanyard_identity::service::proto::CertifyRequest;
+use lanyard_identity::service::proto::identity_client::IdentityClient;
+use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, verify_chain};
 use tonic::transport::{Channel, ClientTlsConfig};
 

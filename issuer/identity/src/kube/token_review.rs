@@ -26,12 +26,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::service::{AuthError, AuthFuture, Authenticated, Authenticator};
+use crate::token::TokenError;
 use ::kube::Client;
 use ::kube::api::{Api, PostParams};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
-use lanyard_issuer::service::{AuthError, AuthFuture, Authenticated, Authenticator};
-use lanyard_issuer::token::TokenError;
 
 /// The audience Linkerd's projected service account tokens are issued for.
 pub const DEFAULT_AUDIENCE: &str = "identity.l5d.io";

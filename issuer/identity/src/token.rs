@@ -81,11 +81,11 @@ fn is_label(name: &str) -> bool {
 
 impl TokenKey {
     /// A new random key.
-    pub fn generate() -> Result<Self, crate::Error> {
+    pub fn generate() -> Result<Self, lanyard_issuer::Error> {
         let mut bytes = Zeroizing::new(vec![0u8; KEY_LEN]);
         ring::rand::SystemRandom::new()
             .fill(&mut bytes)
-            .map_err(|_| crate::Error::Random)?;
+            .map_err(|_| lanyard_issuer::Error::Random)?;
         Ok(Self::from_bytes(&bytes).expect("a key of the right length"))
     }
 
@@ -105,9 +105,9 @@ impl TokenKey {
     /// The key in `path`, made (random, written atomically with mode 0600)
     /// when the file does not exist yet. A file that is not a key is an
     /// error, never replaced.
-    pub fn load_or_create(path: &std::path::Path) -> Result<Self, crate::Error> {
+    pub fn load_or_create(path: &std::path::Path) -> Result<Self, lanyard_issuer::Error> {
         match std::fs::read(path) {
-            Ok(bytes) => Self::from_bytes(&bytes).ok_or_else(|| crate::Error::BadKey {
+            Ok(bytes) => Self::from_bytes(&bytes).ok_or_else(|| lanyard_issuer::Error::BadKey {
                 what: path.display().to_string(),
                 reason: format!(
                     "a token key is {KEY_LEN} bytes, this file has {}",
@@ -117,15 +117,19 @@ impl TokenKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate()?;
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|source| crate::Error::Io {
+                    std::fs::create_dir_all(dir).map_err(|source| lanyard_issuer::Error::Io {
                         path: dir.to_path_buf(),
                         source,
                     })?;
                 }
-                crate::files::write_atomic(path, key.as_bytes(), crate::files::FileMode::Secret)?;
+                lanyard_files::write_atomic(path, key.as_bytes(), lanyard_files::FileMode::Secret)
+                    .map_err(|e| lanyard_issuer::Error::Io {
+                        path: e.path().to_path_buf(),
+                        source: std::io::Error::other(e.reason()),
+                    })?;
                 Ok(key)
             }
-            Err(source) => Err(crate::Error::Io {
+            Err(source) => Err(lanyard_issuer::Error::Io {
                 path: path.to_path_buf(),
                 source,
             }),

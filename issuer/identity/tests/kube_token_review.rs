@@ -24,16 +24,16 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::client::Body;
 use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::time::{Clock, ManualClock, SystemClock};
-use lanyard_issuer::IdentityIssuer;
-use lanyard_issuer::metrics::IdentityMetrics;
-use lanyard_issuer::reload::{IssuerReloader, Reload};
-use lanyard_issuer::service::{AuthError, Authenticated, Authenticator};
-use lanyard_issuer::token::TokenError;
-use lanyard_issuer::{KeyAlgorithm, SigningKey, TrustAnchor};
-use lanyard_rotator::kube::issuer_secret::{
+use lanyard_identity::kube::issuer_secret::{
     IssuerSecret, IssuerSecretError, offer_secret, watch_issuer_secret,
 };
-use lanyard_rotator::kube::token_review::{DEFAULT_AUDIENCE, TokenReviewAuthenticator};
+use lanyard_identity::kube::token_review::{DEFAULT_AUDIENCE, TokenReviewAuthenticator};
+use lanyard_identity::metrics::IdentityMetrics;
+use lanyard_identity::reload::{IssuerReloader, Reload};
+use lanyard_identity::service::{AuthError, Authenticated, Authenticator};
+use lanyard_identity::token::TokenError;
+use lanyard_issuer::IdentityIssuer;
+use lanyard_issuer::{KeyAlgorithm, SigningKey, TrustAnchor};
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, SendResponse};
 

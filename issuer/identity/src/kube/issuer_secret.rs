@@ -19,16 +19,16 @@
 
 use std::fmt;
 
+use crate::reload::{IssuerReloader, Reload};
 use ::kube::api::Api;
 use ::kube::runtime::{WatchStreamExt, watcher};
 use ::kube::{Client, ResourceExt};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use lanyard_crds::time::Clock;
-use lanyard_issuer::reload::{IssuerReloader, Reload};
 use tracing::{debug, warn};
 
-use crate::secret::{CA_CRT, MANAGED_KEYS, TLS_CRT, TLS_KEY};
+use lanyard_crds::secret::{CA_CRT, MANAGED_KEYS, TLS_CRT, TLS_KEY};
 
 /// The namespace of Linkerd's issuer Secret (its control plane's).
 pub const DEFAULT_NAMESPACE: &str = "linkerd";

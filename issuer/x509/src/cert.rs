@@ -191,7 +191,7 @@ impl Certificate {
     }
 
     /// Whether `issuer`'s key made this certificate's signature, names aside.
-    pub(crate) fn signature_verifies_with(&self, issuer: &Certificate) -> bool {
+    fn signature_verifies_with(&self, issuer: &Certificate) -> bool {
         let (Ok((_, me)), Ok((_, them))) = (
             X509Certificate::from_der(&self.der),
             X509Certificate::from_der(&issuer.der),
@@ -276,8 +276,9 @@ impl Certificate {
         profile
     }
 
-    /// Parses the DER again for the details kept out of this struct.
-    pub(crate) fn x509(&self) -> X509Certificate<'_> {
+    /// The parsed certificate, for the details kept out of this struct
+    /// (extensions, serial, key parameters), read again from the DER.
+    pub fn x509(&self) -> X509Certificate<'_> {
         X509Certificate::from_der(&self.der)
             .map(|(_, c)| c)
             .expect("the DER parsed when this Certificate was made")
@@ -285,7 +286,7 @@ impl Certificate {
 }
 
 /// Describes a public key the way people name it: `ECDSA P-256`, `RSA 2048`.
-pub(crate) fn describe_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> String {
+pub fn describe_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> String {
     let oid = spki.algorithm.algorithm.to_id_string();
     match spki.parsed() {
         Ok(PublicKey::EC(_)) => {
@@ -294,7 +295,7 @@ pub(crate) fn describe_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo
                 .parameters
                 .as_ref()
                 .and_then(|p| p.as_oid().ok())
-                .map(|c| crate::key::curve_name(&c.to_id_string()))
+                .map(|c| crate::curve_name(&c.to_id_string()))
                 .unwrap_or_else(|| "with unnamed curve".into());
             format!("ECDSA {curve}")
         }
@@ -306,7 +307,9 @@ pub(crate) fn describe_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo
     }
 }
 
-pub(crate) fn hex_colon(bytes: &[u8]) -> String {
+/// Bytes as colon-separated upper-case hex, as `openssl x509 -fingerprint`
+/// prints them.
+pub fn hex_colon(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02X}"))
@@ -318,12 +321,6 @@ pub(crate) fn asn1_to_chrono(t: x509_parser::time::ASN1Time) -> DateTime<Utc> {
     let odt = t.to_datetime();
     DateTime::from_timestamp(odt.unix_timestamp(), odt.nanosecond())
         .expect("an X.509 time is within chrono's range")
-}
-
-pub(crate) fn chrono_to_offset(t: DateTime<Utc>) -> Result<time::OffsetDateTime, Error> {
-    time::OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|_| Error::TimeOutOfRange {
-        time: t.to_rfc3339(),
-    })
 }
 
 /// What a certificate was issued for: its SANs and usages.

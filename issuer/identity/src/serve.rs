@@ -16,12 +16,12 @@ use lanyard_crds::time::Clock;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::Error;
-use crate::ca::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
-use crate::key::{KeyAlgorithm, SigningKey};
 use crate::metrics::IdentityMetrics;
 use crate::reload::IssuerReloader;
 use crate::service::{Authenticator, IdentityService, RateLimit};
+use lanyard_issuer::Error;
+use lanyard_issuer::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
+use lanyard_issuer::{KeyAlgorithm, SigningKey};
 use lanyard_runtime::Shutdown;
 use lanyard_runtime::listen::{BoundedListener, Limits};
 

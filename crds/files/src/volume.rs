@@ -16,23 +16,8 @@ use std::path::{Path, PathBuf};
 pub const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
 
-/// A write error, naming the path.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
-pub struct VolumeError {
-    /// The file or directory.
-    pub path: PathBuf,
-    /// The I/O error.
-    #[source]
-    pub source: std::io::Error,
-}
-
-fn at(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
-    move |source| VolumeError {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::{Error, at};
+pub use crate::{create_private_dirs, sync_dir};
 
 /// One file of a version: its name, contents and permission bits. Names
 /// starting with `..` are hidden (kept in the version, not linked).
@@ -41,11 +26,7 @@ pub type VolumeFile<'a> = (&'a str, &'a [u8], u32);
 /// The first half of a write: the new version's files, in a hidden
 /// directory of `dir` no reader looks at. Dropped uncommitted, it is
 /// removed. With `flush`, the files are on disk when this returns.
-pub fn stage(
-    dir: &Path,
-    files: &[VolumeFile<'_>],
-    flush: bool,
-) -> Result<StagedVolume, VolumeError> {
+pub fn stage(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<StagedVolume, Error> {
     for (name, _, _) in files {
         if name.is_empty() || name.contains('/') || matches!(*name, "." | ".." | DATA | DATA_TMP) {
             return Err(at(Path::new(name))(std::io::Error::new(
@@ -79,7 +60,7 @@ pub fn stage(
 
 /// Replaces the volume in `dir` with `files`, atomically: every key
 /// changes at once or none does.
-pub fn write(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<(), VolumeError> {
+pub fn write(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<(), Error> {
     stage(dir, files, flush)?.commit(flush)
 }
 
@@ -95,7 +76,7 @@ impl StagedVolume {
     /// The second half of a write: `..data` swaps to the staged version in
     /// one rename, key links are made, stale ones and the old version go.
     /// With `flush`, the swap is on disk when this returns.
-    pub fn commit(self, flush: bool) -> Result<(), VolumeError> {
+    pub fn commit(self, flush: bool) -> Result<(), Error> {
         let StagedVolume { dir, keys, version } = self;
         let version = version.keep();
         let version_name = version
@@ -180,7 +161,7 @@ pub fn sweep(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Creates `path` (which must not exist) with `mode`; flushed when `flush`.
-fn write_new_file(path: &Path, bytes: &[u8], mode: u32, flush: bool) -> Result<(), VolumeError> {
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32, flush: bool) -> Result<(), Error> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -194,15 +175,8 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32, flush: bool) -> Result<(
     Ok(())
 }
 
-/// Flushes a directory's entries to disk.
-pub fn sync_dir(dir: &Path) -> Result<(), VolumeError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(at(dir))
-}
-
 /// Makes `link` a symlink to `target`, replacing whatever is there.
-fn replace_symlink(target: &Path, link: &Path) -> Result<(), VolumeError> {
+fn replace_symlink(target: &Path, link: &Path) -> Result<(), Error> {
     match symlink(target, link) {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
             fs::remove_file(link).map_err(at(link))?;
@@ -210,16 +184,6 @@ fn replace_symlink(target: &Path, link: &Path) -> Result<(), VolumeError> {
         }
         other => other.map_err(at(link)),
     }
-}
-
-/// Creates `dir` and its missing parents, owner-only (0700).
-pub fn create_private_dirs(dir: &Path) -> Result<(), VolumeError> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(at(dir))
 }
 
 #[cfg(test)]

@@ -17,15 +17,13 @@ use lanyard_crds::identity::Identity;
 use lanyard_crds::time::Clock;
 use tonic::{Request, Response, Status};
 
-use crate::ca::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
 use crate::metrics::IdentityMetrics;
 use crate::token::{TokenError, TokenKey};
+use lanyard_issuer::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
 
-/// The generated API: messages, the server trait and the client.
-#[allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
-pub mod proto {
-    tonic::include_proto!("io.linkerd.proxy.identity");
-}
+/// The generated API (`lanyard-identity-api`): messages, the server trait
+/// and the client.
+pub use lanyard_identity_api as proto;
 
 /// Requests larger than this are refused before they are decoded. A CSR
 /// is well under 2 KiB; a projected token under 2 KiB.
@@ -254,7 +252,7 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
                 now,
             )
             .map_err(|e| match e {
-                crate::Error::Csr(reason) => Status::invalid_argument(reason.to_string()),
+                lanyard_issuer::Error::Csr(reason) => Status::invalid_argument(reason.to_string()),
                 other => Status::unavailable(format!("the identity issuer cannot sign: {other}")),
             })?;
         Ok(proto::CertifyResponse {

@@ -6,7 +6,7 @@
 //! P-256 CSRs prepared before timing, both are driven over loopback by the
 //! same one-thread client runtime in this process: Lanyard over plaintext
 //! HTTP/2 gRPC (a tonic `Channel` per client, as the agent uses) to
-//! `lanyard_issuer::serve::serve`, the service `lanyard identity` and
+//! `lanyard_identity::serve::serve`, the service `lanyard identity` and
 //! `lanyard up` run, with its metrics and rate limit, on tokio's default
 //! runtime; cfssl over HTTP/1.1 keep-alive (one connection per client) to
 //! `POST /api/v1/cfssl/sign`. Then the same over TLS, where Lanyard presents
@@ -60,12 +60,12 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::{Clock, SystemClock};
-use lanyard_issuer::metrics::IdentityMetrics;
-use lanyard_issuer::serve::{ServeOptions, serve};
-use lanyard_issuer::service::RateLimit;
-use lanyard_issuer::service::proto::identity_client::IdentityClient;
-use lanyard_issuer::service::proto::{CertifyRequest, CertifyResponse};
-use lanyard_issuer::token::TokenKey;
+use lanyard_identity::metrics::IdentityMetrics;
+use lanyard_identity::serve::{ServeOptions, serve};
+use lanyard_identity::service::RateLimit;
+use lanyard_identity::service::proto::identity_client::IdentityClient;
+use lanyard_identity::service::proto::{CertifyRequest, CertifyResponse};
+use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{
     Certificate, IdentityIssuer, KeyAlgorithm, SigningKey, TrustAnchor, validate_csr, verify_chain,
 };
@@ -475,7 +475,7 @@ impl Drop for LanyardServer {
     }
 }
 
-/// Starts `lanyard_issuer::serve::serve` on `runtime` on a free loopback
+/// Starts `lanyard_identity::serve::serve` on `runtime` on a free loopback
 /// port, plaintext or TLS, as `lanyard up` configures it: the fixture's
 /// issuer in the slot, token authentication, fresh metrics, the default
 /// rate limit. With TLS, waits until the service has signed its own
@@ -1242,7 +1242,7 @@ fn main() {
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "  lanyard: lanyard_issuer::serve::serve (metrics, default rate limit, TCP_NODELAY) on \
+        "  lanyard: lanyard_identity::serve::serve (metrics, default rate limit, TCP_NODELAY) on \
          tokio's default runtime ({cpus} workers, as `lanyard identity`); gRPC over HTTP/2 with \
          tonic's Channel, as the agent, one per client"
     );

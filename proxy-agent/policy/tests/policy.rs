@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use lanyard_proxy::policy::{
+use lanyard_policy::{
     Client, Decision, DefaultPolicy, HttpRequest, Manifests, Policy, PolicyErrors, PolicyLabels,
     PolicyOptions, PolicyRef, Verdict, Workload,
 };

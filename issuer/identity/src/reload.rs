@@ -10,11 +10,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 
-use crate::ca::IdentityIssuer;
-use crate::cert::Certificate;
-use crate::key::SigningKey;
 use crate::metrics::IdentityMetrics;
-use crate::{Error, Role};
+use lanyard_issuer::Certificate;
+use lanyard_issuer::IdentityIssuer;
+use lanyard_issuer::SigningKey;
+use lanyard_issuer::{Error, Role};
 
 /// What one look at the issuer files found.
 #[derive(Debug)]

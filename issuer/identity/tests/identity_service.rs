@@ -10,10 +10,10 @@ use arc_swap::ArcSwapOption;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use lanyard_crds::identity::{Identity, IdentityDomain};
 use lanyard_crds::time::ManualClock;
-use lanyard_issuer::service::proto::CertifyRequest;
-use lanyard_issuer::service::proto::identity_client::IdentityClient;
-use lanyard_issuer::service::{IdentityService, MAX_REQUEST_BYTES};
-use lanyard_issuer::token::TokenKey;
+use lanyard_identity::service::proto::CertifyRequest;
+use lanyard_identity::service::proto::identity_client::IdentityClient;
+use lanyard_identity::service::{IdentityService, MAX_REQUEST_BYTES};
+use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{Certificate, IdentityIssuer, KeyAlgorithm, SigningKey, verify_chain};
 use tonic::Code;
 
@@ -70,11 +70,15 @@ fn csr_for(identity: &Identity) -> (SigningKey, Vec<u8>) {
 async fn certify(
     fixture: &Fixture,
     request: CertifyRequest,
-) -> Result<lanyard_issuer::service::proto::CertifyResponse, tonic::Status> {
-    let mut client = IdentityClient::connect(format!("http://{}", fixture.addr))
-        .await
-        .unwrap()
-        .max_encoding_message_size(4 * MAX_REQUEST_BYTES);
+) -> Result<lanyard_identity::service::proto::CertifyResponse, tonic::Status> {
+    let mut client = IdentityClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", fixture.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .max_encoding_message_size(4 * MAX_REQUEST_BYTES);
     client.certify(request).await.map(|r| r.into_inner())
 }
 
