@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use lanyard_crds::api::{CertificateSpec, GROUP, IssuerKind};
 use lanyard_crds::usage::PrivateKeyAlgorithm;
 use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey};
@@ -142,21 +142,7 @@ impl Plan {
     }
 }
 
-/// When a certificate valid from `not_before` to `not_after` is renewed:
-/// `renew_before` ahead of its end when that is shorter than its life, else
-/// at two thirds of its life; never before `not_before`. Whole seconds.
-pub fn renewal_time(
-    not_before: DateTime<Utc>,
-    not_after: DateTime<Utc>,
-    renew_before: Option<TimeDelta>,
-) -> DateTime<Utc> {
-    let lifetime = not_after - not_before;
-    let before = match renew_before {
-        Some(before) if before > TimeDelta::zero() && before < lifetime => before,
-        _ => lifetime / 3,
-    };
-    (not_after - before).max(not_before).trunc_subsecs(0)
-}
+pub use lanyard_x509::renewal_time;
 
 /// How long to wait after `failures` consecutive failures: 10s, doubling,
 /// capped at an hour.
