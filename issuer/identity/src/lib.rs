@@ -2,11 +2,12 @@
 //! agent's CSR and token for a 24-hour workload certificate signed by the
 //! identity issuer.
 //!
-//! - [`service`]: the gRPC handler, with the decisions it makes kept pure
-//!   (who a token speaks for, whether that may be the identity asked for,
-//!   the per-identity rate limit);
-//! - [`serve`]: TLS on a bounded listener, with the service's own serving
-//!   certificate renewed from the issuer it serves;
+//! - [`service`]: the gRPC handler; the decisions it makes are pure
+//!   functions of their own: [`authorize`] (whether the identity a token
+//!   proves is the one asked for) and [`rate`] (the per-identity token
+//!   bucket);
+//! - [`serve`]: TLS on a bounded listener; [`serving`]: the service's own
+//!   certificate, renewed from the issuer it serves;
 //! - [`reload`]: the issuer swapped in without a restart when its files or
 //!   Secret change, or refused while the old one keeps serving;
 //! - [`token`]: the join tokens of the local mode;
@@ -18,10 +19,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authorize;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod metrics;
+pub mod rate;
 pub mod reload;
 pub mod serve;
 pub mod service;
+pub mod serving;
 pub mod token;

@@ -2,7 +2,7 @@
 //! certificate the current issuer signs for the service's own identity
 //! (`linkerd-identity.<namespace>.serviceaccount.<identity-domain>`),
 //! renewed with the issuer and before it expires, swapped into rustls with
-//! no restart. The issuer itself is kept current by an [`IssuerReloader`]
+//! no restart ([`crate::serving`]). The issuer itself is kept current by an [`IssuerReloader`]
 //! fed from its Secret's files ([`watch_files`]) or the API.
 
 use std::net::SocketAddr;
@@ -10,93 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use chrono::{DateTime, TimeDelta, Utc};
 use lanyard_crds::identity::Identity;
 use lanyard_crds::time::Clock;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
+use lanyard_issuer::IdentityIssuer;
+use lanyard_runtime::Shutdown;
+use lanyard_runtime::listen::{BoundedListener, Limits};
 
 use crate::metrics::IdentityMetrics;
 use crate::reload::IssuerReloader;
 use crate::service::{Authenticator, IdentityService, RateLimit};
-use lanyard_issuer::Error;
-use lanyard_issuer::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
-use lanyard_issuer::{KeyAlgorithm, SigningKey};
-use lanyard_runtime::Shutdown;
-use lanyard_runtime::listen::{BoundedListener, Limits};
+pub use crate::serving::{ServingCert, keep_serving_cert, server_config};
 
 /// Requests served at once on one connection; more wait their turn.
 pub const MAX_CONCURRENT_PER_CONNECTION: usize = 32;
 
 /// How often the issuer's files are looked at.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The service's own certificate, swapped atomically; handshakes read the
-/// current one. Until the first is signed, handshakes wait
-/// ([`ServingCert::wait_ready`]) instead of failing.
-#[derive(Debug)]
-pub struct ServingCert {
-    current: ArcSwapOption<CertifiedKey>,
-    ready: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for ServingCert {
-    fn default() -> Self {
-        ServingCert {
-            current: ArcSwapOption::empty(),
-            ready: tokio::sync::watch::Sender::new(false),
-        }
-    }
-}
-
-impl ResolvesServerCert for ServingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.load_full()
-    }
-}
-
-impl ServingCert {
-    /// Signs a new certificate for `identity` with `issuer` (key made here,
-    /// never written) and swaps it in. Returns its end.
-    pub fn renew(
-        &self,
-        issuer: &IdentityIssuer,
-        identity: &Identity,
-        now: DateTime<Utc>,
-    ) -> Result<DateTime<Utc>, Error> {
-        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
-        let csr = key.certificate_signing_request(identity)?;
-        let leaf = issuer.issue(&csr, identity, DEFAULT_LEAF_LIFETIME, now)?;
-        let chain = std::iter::once(leaf.leaf_der)
-            .chain(leaf.chain_der)
-            .collect();
-        let certified = key.certified_key(chain)?;
-        self.current.store(Some(Arc::new(certified)));
-        self.ready.send_replace(true);
-        Ok(leaf.validity.not_after)
-    }
-
-    /// Completes once a certificate is in place (at once after the first).
-    pub async fn wait_ready(&self) {
-        let mut ready = self.ready.subscribe();
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = ready.wait_for(|ready| *ready).await;
-    }
-}
-
-/// The TLS configuration of the service: HTTP/2 only, the certificate
-/// from `cert`, no client certificates (agents authenticate with tokens).
-pub fn server_config(cert: Arc<ServingCert>) -> rustls::ServerConfig {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_no_client_auth()
-    .with_cert_resolver(cert);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    config
-}
 
 /// Where and how the identity service runs.
 #[derive(Debug, Clone)]
@@ -137,44 +66,6 @@ pub async fn watch_files<C: Clock>(mut reloader: IssuerReloader, clock: C) {
     }
 }
 
-/// Keeps the serving certificate current: renews it whenever a new issuer
-/// is swapped in and at two thirds of its life. Runs forever.
-pub async fn keep_serving_cert<C: Clock>(
-    issuer: Arc<ArcSwapOption<IdentityIssuer>>,
-    cert: Arc<ServingCert>,
-    identity: Identity,
-    clock: C,
-) {
-    let mut signed_by: Option<Arc<IdentityIssuer>> = None;
-    let mut renew_at: Option<DateTime<Utc>> = None;
-    loop {
-        let now = clock.now();
-        if let Some(current) = issuer.load_full() {
-            let new_issuer = !signed_by
-                .as_ref()
-                .is_some_and(|seen| Arc::ptr_eq(seen, &current));
-            if new_issuer || renew_at.is_none_or(|at| now >= at) {
-                match cert.renew(&current, &identity, now) {
-                    Ok(not_after) => {
-                        renew_at = Some(now + (not_after - now) * 2 / 3);
-                        signed_by = Some(current);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot renew the identity service's certificate");
-                        renew_at = Some(now + TimeDelta::seconds(10));
-                    }
-                }
-            }
-        }
-        let interval = if signed_by.is_some() {
-            RELOAD_INTERVAL
-        } else {
-            FIRST_LOAD_INTERVAL
-        };
-        tokio::time::sleep(interval).await;
-    }
-}
-
 /// Runs the identity service until `shutdown`: signs with whatever
 /// `options.issuer` holds, serves over TLS with a certificate for the
 /// service's own identity (or plaintext, when told so). Calls `on_ready`
@@ -200,7 +91,7 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
         clock.clone(),
     ));
     let listener_metrics = options.metrics.listener().clone();
-    let service = IdentityService::new(options.issuer, authenticator, clock)
+    let service = IdentityService::new(options.issuer, authenticator, clock.clone())
         .with_metrics(options.metrics)
         .with_rate_limit(options.rate_limit)
         .into_server();
@@ -219,8 +110,9 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
         source,
     })?;
     on_ready(bound);
-    let acceptor = (!options.insecure_plaintext)
-        .then(|| tokio_rustls::TlsAcceptor::from(Arc::new(server_config(cert.clone()))));
+    let acceptor = (!options.insecure_plaintext).then(|| {
+        tokio_rustls::TlsAcceptor::from(Arc::new(server_config(cert.clone(), clock.clone())))
+    });
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer, slot) = tokio::select! {

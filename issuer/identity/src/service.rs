@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, TimeDelta, Utc};
-use lanyard_crds::identity::Identity;
 use lanyard_crds::time::Clock;
 use tonic::{Request, Response, Status};
 
+use crate::authorize::authorize;
 use crate::metrics::IdentityMetrics;
+pub use crate::rate::RateLimit;
+use crate::rate::RateLimiter;
 use crate::token::{TokenError, TokenKey};
 use lanyard_issuer::{DEFAULT_LEAF_LIFETIME, IdentityIssuer};
 
@@ -81,79 +83,6 @@ impl Authenticator for TokenKey {
                 service_account: claims.service_account,
             })
         })
-    }
-}
-
-/// How many `Certify` calls one identity may make: a burst, then one per
-/// interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Calls an identity may make at once.
-    pub burst: u32,
-    /// One more call is allowed each interval.
-    pub interval: TimeDelta,
-}
-
-impl Default for RateLimit {
-    /// A burst of 10, then one a second. An agent refreshes a 24h
-    /// certificate every ~17h; a loop of requests is a bug or an attack.
-    fn default() -> Self {
-        RateLimit {
-            burst: 10,
-            interval: TimeDelta::seconds(1),
-        }
-    }
-}
-
-/// At most this many identities are tracked; idle full buckets are
-/// dropped first.
-const MAX_TRACKED: usize = 100_000;
-
-/// A token bucket per identity, on the injected clock.
-#[derive(Debug, Default)]
-struct RateLimiter {
-    limit: RateLimit,
-    buckets: std::sync::Mutex<std::collections::HashMap<String, (u32, DateTime<Utc>)>>,
-}
-
-impl RateLimiter {
-    /// Takes a token for `identity` at `now`; `Err(wait)` when none is left.
-    fn take(&self, identity: &str, now: DateTime<Utc>) -> Result<(), TimeDelta> {
-        let RateLimit { burst, interval } = self.limit;
-        let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(identity) {
-            // Forget identities whose buckets have refilled; if every one
-            // is still busy, a new identity waits rather than growing the
-            // map past its bound.
-            buckets.retain(|_, (tokens, at)| *tokens + self.refill(*at, now) < burst);
-            if buckets.len() >= MAX_TRACKED {
-                return Err(interval);
-            }
-        }
-        let (tokens, at) = buckets.entry(identity.to_string()).or_insert((burst, now));
-        let refilled = self.refill(*at, now);
-        if refilled > 0 {
-            *tokens = (*tokens + refilled).min(burst);
-            *at += interval * refilled as i32;
-        }
-        if *tokens == 0 {
-            return Err(*at + interval - now);
-        }
-        *tokens -= 1;
-        if *tokens + 1 == burst {
-            // A full bucket's clock starts at its first use.
-            *at = now;
-        }
-        Ok(())
-    }
-
-    /// Whole intervals between `at` and `now`, capped at the burst.
-    fn refill(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
-        let elapsed = (now - at).num_milliseconds().max(0);
-        let interval = self.limit.interval.num_milliseconds().max(1);
-        u32::try_from(elapsed / interval)
-            .unwrap_or(u32::MAX)
-            .min(self.limit.burst)
     }
 }
 
@@ -226,18 +155,8 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
             .issuer
             .load_full()
             .ok_or_else(|| Status::unavailable("no valid identity issuer is loaded"))?;
-        let identity = Identity::new(
-            &who.service_account,
-            &who.namespace,
-            issuer.domain().clone(),
-        )
-        .map_err(|e| Status::permission_denied(e.to_string()))?;
-        if request.identity != identity.as_str() {
-            return Err(Status::permission_denied(format!(
-                "the token is for `{identity}`, but the request asks for `{}`",
-                request.identity
-            )));
-        }
+        let identity = authorize(&who, &request.identity, issuer.domain())
+            .map_err(|refusal| Status::permission_denied(refusal.to_string()))?;
         self.rate.take(identity.as_str(), now).map_err(|wait| {
             Status::resource_exhausted(format!(
                 "too many requests for `{identity}`; retry in {} ms",
