@@ -5,7 +5,7 @@
 # says that the peer was skipped.
 #
 # To profile the service alone at 16 clients, for example:
-#   CERTIFY_PROFILE=plaintext:10 issuer/benches/certify.sh &
+#   CERTIFY_PROFILE=plaintext:10 issuer/identity/benches/certify.sh &
 #   perf record -g --call-graph dwarf -p <the pid it prints> -- sleep 8
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,4 +18,4 @@ if ! command -v cfssl >/dev/null 2>&1; then
     fi
 fi
 
-exec cargo bench -p lanyard-issuer --bench certify "$@"
+exec cargo bench -p lanyard-identity --bench certify "$@"
