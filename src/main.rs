@@ -21,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 /// refusal) from Lanyard's own crates, and only warnings from the
 /// libraries under them.
 const DEFAULT_LOG_FILTER: &str =
-    "warn,lanyard=info,lanyard_rotator=info,lanyard_issuer=info,lanyard_runtime=info";
+    "warn,lanyard=info,lanyard_rotator=info,lanyard_identity=info,lanyard_issuer=info,lanyard_runtime=info";
 
 /// Certificate lifecycle manager for Kubernetes service meshes.
 #[derive(Debug, Parser)]
