@@ -20,8 +20,7 @@ use tracing_subscriber::EnvFilter;
 /// line per lifecycle event (issued, renewed, the issuer rotated, a
 /// refusal) from Lanyard's own crates, and only warnings from the
 /// libraries under them.
-const DEFAULT_LOG_FILTER: &str =
-    "warn,lanyard=info,lanyard_rotator=info,lanyard_identity=info,lanyard_issuer=info,lanyard_runtime=info";
+const DEFAULT_LOG_FILTER: &str = "warn,lanyard=info,lanyard_rotator=info,lanyard_identity=info,lanyard_issuer=info,lanyard_runtime=info";
 
 /// Certificate lifecycle manager for Kubernetes service meshes.
 #[derive(Debug, Parser)]

@@ -8,6 +8,8 @@
 //! - [`StagedFiles`]: several files staged first and renamed into place only
 //!   when all of them were written, so a failure part-way leaves the
 //!   directory as it was;
+//! - [`StagedDir`]: a directory filled under a temporary name, then made to
+//!   appear whole in one rename;
 //! - [`volume`]: directories written the way the kubelet writes a Secret
 //!   volume, where one rename swaps every key at once;
 //! - [`is_staged`]: the names those writers leave behind when killed
@@ -200,6 +202,50 @@ impl StagedFiles {
     }
 }
 
+/// A directory filled under a temporary name beside its destination, then
+/// renamed into place whole: a reader sees no directory or a complete
+/// one. Dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub struct StagedDir {
+    dir: tempfile::TempDir,
+}
+
+impl StagedDir {
+    /// An empty directory in `parent`, with `mode`.
+    pub fn new(parent: &Path, mode: u32) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .suffix(TMP_SUFFIX)
+            .permissions(Permissions::from_mode(mode))
+            .tempdir_in(parent)
+            .map_err(at(parent))?;
+        Ok(StagedDir { dir })
+    }
+
+    /// Where to write the directory's files.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Renames the directory to `dest`, which must not exist (or be an
+    /// empty directory); with `flush`, the rename is on disk when this
+    /// returns. On failure the staged directory is removed.
+    pub fn commit(self, dest: &Path, flush: bool) -> Result<(), Error> {
+        let staged = self.dir.keep();
+        if let Err(source) = fs::rename(&staged, dest) {
+            let _ = fs::remove_dir_all(&staged);
+            return Err(Error::Io {
+                path: dest.to_path_buf(),
+                source,
+            });
+        }
+        if flush {
+            sync_dir(parent_dir(dest))?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes one file atomically, flushed to disk, as [`StagedFiles`] does.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: FileMode) -> Result<(), Error> {
     let mut staged = StagedFiles::new();
@@ -282,6 +328,30 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn a_staged_directory_appears_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("manifests");
+        let staged = StagedDir::new(root.path(), 0o755).unwrap();
+        replace(&staged.path().join("a.yaml"), b"a", 0o644, true).unwrap();
+        assert!(!dest.exists(), "nothing is visible before the commit");
+        assert!(is_staged(
+            staged.path().file_name().unwrap().to_str().unwrap()
+        ));
+        staged.commit(&dest, true).unwrap();
+        assert_eq!(std::fs::read(dest.join("a.yaml")).unwrap(), b"a");
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o755);
+
+        // A destination that is a non-empty directory refuses the rename,
+        // and the staged copy goes.
+        let again = StagedDir::new(root.path(), 0o755).unwrap();
+        replace(&again.path().join("b.yaml"), b"b", 0o644, false).unwrap();
+        assert!(again.commit(&dest, false).is_err());
+        let names: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only the committed directory is left");
+        assert!(!dest.join("b.yaml").exists());
     }
 
     #[test]
