@@ -14,14 +14,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
-use lanyard_crds::time::{Clock, SystemClock};
+use lanyard_crds::time::{Clock, ManualClock, SystemClock};
 use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{KeyAlgorithm, TrustAnchor};
 use lanyard_policy::{Manifests, Policy, PolicyOptions, Workload};
 use lanyard_proxy::identity::{Agent, AgentConfig, Credentials};
 use lanyard_proxy::metrics::AgentMetrics;
 use lanyard_proxy::proxy::metrics::ProxyMetrics;
-use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle};
+use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle, peer_identity};
 use lanyard_proxy::proxy::{Drain, Inbound, OutboundRoute, serve_inbound, serve_outbound};
 use lanyard_runtime::Shutdown;
 use lanyard_runtime::listen::{BoundedListener, Limits};
@@ -144,7 +144,9 @@ async fn server_side_with(
     policy: Policy,
     limits: Limits,
 ) -> ServerSide {
-    let bundle = Arc::new(TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds))).unwrap());
+    let bundle = Arc::new(
+        TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds)), SystemClock).unwrap(),
+    );
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let metrics = ProxyMetrics::default();
     let inbound = Arc::new(Inbound {
@@ -184,7 +186,9 @@ async fn client_side(
     target: SocketAddr,
     identity: &str,
 ) -> (SocketAddr, Arc<TrustBundle>) {
-    let bundle = Arc::new(TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds))).unwrap());
+    let bundle = Arc::new(
+        TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds)), SystemClock).unwrap(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let listener = BoundedListener::new(
@@ -427,6 +431,95 @@ async fn certificate_refreshes_and_bundle_changes_fail_no_request() {
     std::fs::write(mesh.bundle(), "garbage").unwrap();
     assert!(server.bundle.reload().is_err());
     assert_eq!(get(web_out, "/whoami", "").await.0, 200);
+}
+
+/// One handshake between `server`'s and `client`'s current configurations
+/// over an in-memory pipe, the client expecting [`API`]: the identity the
+/// server saw, and how the client fared.
+async fn handshake(
+    server: &TrustBundle,
+    client: &TrustBundle,
+) -> (std::io::Result<Option<String>>, std::io::Result<()>) {
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.current().server.clone());
+    let connector = tokio_rustls::TlsConnector::from(client.current().client.clone());
+    let name = rustls::pki_types::ServerName::try_from(API).unwrap();
+    let (accepted, connected) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(
+            acceptor.accept(server_io),
+            connector.connect(name, client_io)
+        )
+    })
+    .await
+    .expect("the handshake ended one way or the other");
+    (
+        accepted.map(|tls| peer_identity(tls.get_ref().1.peer_certificates())),
+        connected.map(drop),
+    )
+}
+
+/// Whether `result` failed because a certificate had expired.
+fn expired<T: std::fmt::Debug>(result: &std::io::Result<T>) -> bool {
+    use rustls::CertificateError::{Expired, ExpiredContext};
+    let Err(error) = result else {
+        return false;
+    };
+    matches!(
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            Expired | ExpiredContext { .. }
+        ))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handshakes_check_the_peers_validity_at_the_injected_clock() {
+    let mesh = Mesh::start().await;
+    let api = mesh.agent(API).await;
+    let web = mesh.agent(WEB).await;
+    let api_expiry = api.borrow().as_ref().unwrap().not_after();
+    let web_expiry = web.borrow().as_ref().unwrap().not_after();
+    let now = SystemClock.now();
+    // One clock per side, so each side's check can be moved alone.
+    let server_clock = Arc::new(ManualClock::new(now));
+    let client_clock = Arc::new(ManualClock::new(now));
+    let server = TrustBundle::load(
+        &mesh.bundle(),
+        Arc::new(CurrentCert(api)),
+        server_clock.clone(),
+    )
+    .unwrap();
+    let client = TrustBundle::load(
+        &mesh.bundle(),
+        Arc::new(CurrentCert(web)),
+        client_clock.clone(),
+    )
+    .unwrap();
+
+    let (accepted, connected) = handshake(&server, &client).await;
+    assert_eq!(accepted.unwrap().as_deref(), Some(WEB));
+    connected.unwrap();
+
+    // The server's clock passes the client's notAfter: the server refuses
+    // the client's certificate as expired.
+    server_clock.set(web_expiry + TimeDelta::seconds(1));
+    let (accepted, _) = handshake(&server, &client).await;
+    assert!(expired(&accepted), "{accepted:?}");
+
+    // The client's clock passes the server's notAfter: the client refuses
+    // the server's certificate as expired.
+    server_clock.set(now);
+    client_clock.set(api_expiry + TimeDelta::seconds(1));
+    let (_, connected) = handshake(&server, &client).await;
+    assert!(expired(&connected), "{connected:?}");
+
+    // Back before both: the same configurations shake hands again.
+    client_clock.set(now);
+    let (accepted, connected) = handshake(&server, &client).await;
+    assert_eq!(accepted.unwrap().as_deref(), Some(WEB));
+    connected.unwrap();
 }
 
 /// Writes the agent's current certificate as files for curl and openssl.
