@@ -16,6 +16,7 @@ use lanyard_crds::time::Clock;
 use lanyard_files::volume;
 use lanyard_identity_api::CertifyRequest;
 use lanyard_identity_api::identity_client::IdentityClient;
+use lanyard_runtime::Backoff;
 use lanyard_x509::{Certificate, WorkloadKey, verify_chain};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
@@ -421,12 +422,18 @@ pub fn refresh_delay(now: DateTime<Utc>, not_after: DateTime<Utc>, jitter: f64) 
     remaining.mul_f64(share).clamp(MIN_REFRESH, MAX_REFRESH)
 }
 
-/// How long to wait after the `failures`-th failure in a row: doubling
-/// from [`RETRY_BASE`] up to [`RETRY_MAX`], then between half and all of
-/// that (`jitter` in `[0, 1)`).
+/// The agent's retry schedule, the one shared [`Backoff`]: from
+/// [`RETRY_BASE`], doubling, up to [`RETRY_MAX`].
+pub fn retry_backoff() -> Backoff {
+    Backoff::new(RETRY_BASE, RETRY_MAX)
+}
+
+/// How long to wait after the `failures`-th failure in a row: the
+/// [`retry_backoff`] delay for that count (a count of none waits as the
+/// first failure does), then between half and all of that (`jitter` in
+/// `[0, 1)`).
 pub fn retry_delay(failures: u32, jitter: f64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    let ceiling = RETRY_BASE.saturating_mul(1 << doublings).min(RETRY_MAX);
+    let ceiling = retry_backoff().delay_after(failures.max(1));
     ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
@@ -483,6 +490,39 @@ mod tests {
         assert_eq!(retry_delay(3, 0.0), Duration::from_secs(2));
         assert_eq!(retry_delay(100, 0.0), RETRY_MAX / 2);
         assert!(retry_delay(u32::MAX, 0.999) <= RETRY_MAX);
+    }
+
+    #[test]
+    fn retry_delays_follow_the_shared_backoff_schedule() {
+        let cases = [
+            ("the first failure waits the base", 1, 1),
+            ("a count of none waits as the first failure does", 0, 1),
+            ("the second failure doubles it", 2, 2),
+            ("the sixth is still under the cap", 6, 32),
+            ("the seventh is capped at a minute", 7, 60),
+            (
+                "a count that would overflow a shift is capped too",
+                u32::MAX,
+                60,
+            ),
+        ];
+        for (case, failures, ceiling_s) in cases {
+            let ceiling = Duration::from_secs(ceiling_s);
+            assert_eq!(retry_delay(failures, 1.0), ceiling, "{case}");
+            assert_eq!(retry_delay(failures, 0.0), ceiling / 2, "{case}");
+            if failures > 0 {
+                assert_eq!(retry_backoff().delay_after(failures), ceiling, "{case}");
+            }
+        }
+        // The stateful form of the same Backoff walks the same schedule.
+        let mut backoff = retry_backoff();
+        for failures in 1..=10 {
+            assert_eq!(
+                backoff.next_delay(),
+                retry_delay(failures, 1.0),
+                "{failures}"
+            );
+        }
     }
 
     proptest! {

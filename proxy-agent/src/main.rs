@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lanyard_crds::identity::Identity;
-use lanyard_crds::time::SystemClock;
+use lanyard_crds::time::{Clock, SystemClock};
 use lanyard_policy::{
     DEFAULT_CLUSTER_NETWORKS, DefaultPolicy, Policy, PolicyDir, PolicyOptions, PolicyReload,
     Workload,
@@ -240,7 +240,10 @@ async fn run(args: Args) -> Result<(), String> {
         insecure_plaintext: args.insecure_plaintext_identity,
         timeout: args.identity_timeout,
     };
-    let agent = Agent::new(config, SystemClock, metrics).map_err(|e| e.to_string())?;
+    // The one real clock: the agent's refresh decisions and the proxy's
+    // handshakes read the same `now`.
+    let clock = SystemClock;
+    let agent = Agent::new(config, clock, metrics).map_err(|e| e.to_string())?;
     let (tx, rx) = watch::channel(None);
     // In agent-only mode, ready means the files are written.
     let (written_tx, written_rx) = watch::channel(None);
@@ -273,7 +276,7 @@ async fn run(args: Args) -> Result<(), String> {
                 () = shutdown.wait() => Ok(()),
             }
         }
-        None => proxy(args, rx, proxy_metrics, shutdown).await,
+        None => proxy(args, rx, proxy_metrics, clock, shutdown).await,
     }
 }
 
@@ -283,6 +286,7 @@ async fn proxy(
     args: Args,
     credentials: watch::Receiver<Option<Arc<Credentials>>>,
     metrics: ProxyMetrics,
+    clock: impl Clock + 'static,
     shutdown: Shutdown,
 ) -> Result<(), String> {
     let limits = Limits {
@@ -315,8 +319,12 @@ async fn proxy(
     };
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(initial));
     let bundle = Arc::new(
-        TrustBundle::load(&args.trust_anchors, Arc::new(CurrentCert(credentials)))
-            .map_err(|e| e.to_string())?,
+        TrustBundle::load(
+            &args.trust_anchors,
+            Arc::new(CurrentCert(credentials)),
+            clock,
+        )
+        .map_err(|e| e.to_string())?,
     );
     let drain = Arc::new(Drain::default());
     let inbound = Arc::new(Inbound {

@@ -6,22 +6,25 @@
 
 mod common;
 
+use common::until;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
-use lanyard_crds::time::{Clock, SystemClock};
+use lanyard_crds::time::{Clock, ManualClock, SystemClock};
 use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{KeyAlgorithm, TrustAnchor};
 use lanyard_policy::{Manifests, Policy, PolicyOptions, Workload};
 use lanyard_proxy::identity::{Agent, AgentConfig, Credentials};
 use lanyard_proxy::metrics::AgentMetrics;
 use lanyard_proxy::proxy::metrics::ProxyMetrics;
-use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle};
+use lanyard_proxy::proxy::tls::{CurrentCert, TrustBundle, peer_identity};
 use lanyard_proxy::proxy::{Drain, Inbound, OutboundRoute, serve_inbound, serve_outbound};
 use lanyard_runtime::Shutdown;
 use lanyard_runtime::listen::{BoundedListener, Limits};
@@ -144,7 +147,9 @@ async fn server_side_with(
     policy: Policy,
     limits: Limits,
 ) -> ServerSide {
-    let bundle = Arc::new(TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds))).unwrap());
+    let bundle = Arc::new(
+        TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds)), SystemClock).unwrap(),
+    );
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let metrics = ProxyMetrics::default();
     let inbound = Arc::new(Inbound {
@@ -184,7 +189,9 @@ async fn client_side(
     target: SocketAddr,
     identity: &str,
 ) -> (SocketAddr, Arc<TrustBundle>) {
-    let bundle = Arc::new(TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds))).unwrap());
+    let bundle = Arc::new(
+        TrustBundle::load(&mesh.bundle(), Arc::new(CurrentCert(creds)), SystemClock).unwrap(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let listener = BoundedListener::new(
@@ -367,31 +374,38 @@ async fn certificate_refreshes_and_bundle_changes_fail_no_request() {
     let server = server_side(&mesh, api_rx, app, build(&policy_yaml(WEB))).await;
     let (web_out, client_bundle) = client_side(&mesh, web_rx, server.addr, API).await;
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU32::new(0));
+    let failed = Arc::new(AtomicU32::new(0));
     let load = {
-        let stop = stop.clone();
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, 0u32);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 match get(web_out, "/whoami", "").await {
-                    (200, body) if body == WEB => ok += 1,
+                    (200, body) if body == WEB => ok.fetch_add(1, Ordering::Relaxed),
                     other => {
                         eprintln!("failed: {other:?}");
-                        failed += 1;
+                        failed.fetch_add(1, Ordering::Relaxed)
                     }
-                }
+                };
             }
-            (ok, failed)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each step is taken under load: a few more requests must have
+    // succeeded since the last one.
+    let answered = |what: &'static str| {
+        let ok = ok.clone();
+        let from = ok.load(Ordering::Relaxed);
+        async move { until(what, || ok.load(Ordering::Relaxed) >= from + 5).await }
+    };
+    answered("requests before any change").await;
 
     // Fresh certificates (new keys) for both sides, mid-load.
     let before = api_tx.borrow().as_ref().unwrap().not_after();
     api_tx.send_replace(mesh.agent(API).await.borrow().clone());
     web_tx.send_replace(mesh.agent(WEB).await.borrow().clone());
     assert!(api_tx.borrow().as_ref().unwrap().not_after() >= before);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    answered("requests on the fresh certificates").await;
 
     // A new anchor joins the bundle (rotation's first step): both sides
     // reload it; old-anchor certificates still verify.
@@ -416,10 +430,11 @@ async fn certificate_refreshes_and_bundle_changes_fail_no_request() {
     .unwrap();
     assert!(server.bundle.reload().unwrap());
     assert!(client_bundle.reload().unwrap());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    answered("requests after the bundle reload").await;
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(ok > 10, "{ok} requests");
     assert_eq!(failed, 0, "of {}", ok + failed);
 
@@ -427,6 +442,95 @@ async fn certificate_refreshes_and_bundle_changes_fail_no_request() {
     std::fs::write(mesh.bundle(), "garbage").unwrap();
     assert!(server.bundle.reload().is_err());
     assert_eq!(get(web_out, "/whoami", "").await.0, 200);
+}
+
+/// One handshake between `server`'s and `client`'s current configurations
+/// over an in-memory pipe, the client expecting [`API`]: the identity the
+/// server saw, and how the client fared.
+async fn handshake(
+    server: &TrustBundle,
+    client: &TrustBundle,
+) -> (std::io::Result<Option<String>>, std::io::Result<()>) {
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.current().server.clone());
+    let connector = tokio_rustls::TlsConnector::from(client.current().client.clone());
+    let name = rustls::pki_types::ServerName::try_from(API).unwrap();
+    let (accepted, connected) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(
+            acceptor.accept(server_io),
+            connector.connect(name, client_io)
+        )
+    })
+    .await
+    .expect("the handshake ended one way or the other");
+    (
+        accepted.map(|tls| peer_identity(tls.get_ref().1.peer_certificates())),
+        connected.map(drop),
+    )
+}
+
+/// Whether `result` failed because a certificate had expired.
+fn expired<T: std::fmt::Debug>(result: &std::io::Result<T>) -> bool {
+    use rustls::CertificateError::{Expired, ExpiredContext};
+    let Err(error) = result else {
+        return false;
+    };
+    matches!(
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            Expired | ExpiredContext { .. }
+        ))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handshakes_check_the_peers_validity_at_the_injected_clock() {
+    let mesh = Mesh::start().await;
+    let api = mesh.agent(API).await;
+    let web = mesh.agent(WEB).await;
+    let api_expiry = api.borrow().as_ref().unwrap().not_after();
+    let web_expiry = web.borrow().as_ref().unwrap().not_after();
+    let now = SystemClock.now();
+    // One clock per side, so each side's check can be moved alone.
+    let server_clock = Arc::new(ManualClock::new(now));
+    let client_clock = Arc::new(ManualClock::new(now));
+    let server = TrustBundle::load(
+        &mesh.bundle(),
+        Arc::new(CurrentCert(api)),
+        server_clock.clone(),
+    )
+    .unwrap();
+    let client = TrustBundle::load(
+        &mesh.bundle(),
+        Arc::new(CurrentCert(web)),
+        client_clock.clone(),
+    )
+    .unwrap();
+
+    let (accepted, connected) = handshake(&server, &client).await;
+    assert_eq!(accepted.unwrap().as_deref(), Some(WEB));
+    connected.unwrap();
+
+    // The server's clock passes the client's notAfter: the server refuses
+    // the client's certificate as expired.
+    server_clock.set(web_expiry + TimeDelta::seconds(1));
+    let (accepted, _) = handshake(&server, &client).await;
+    assert!(expired(&accepted), "{accepted:?}");
+
+    // The client's clock passes the server's notAfter: the client refuses
+    // the server's certificate as expired.
+    server_clock.set(now);
+    client_clock.set(api_expiry + TimeDelta::seconds(1));
+    let (_, connected) = handshake(&server, &client).await;
+    assert!(expired(&connected), "{connected:?}");
+
+    // Back before both: the same configurations shake hands again.
+    client_clock.set(now);
+    let (accepted, connected) = handshake(&server, &client).await;
+    assert_eq!(accepted.unwrap().as_deref(), Some(WEB));
+    connected.unwrap();
 }
 
 /// Writes the agent's current certificate as files for curl and openssl.
@@ -542,7 +646,8 @@ async fn curl_and_openssl_get_what_policy_says() {
         !out.ends_with(" 200") && !out.ends_with(" 403"),
         "{out} {err}"
     );
-    let text = metrics_text(&server.metrics);
+    // curl may see the connection close before the proxy counts it.
+    let text = when_counted(&server.metrics, "inbound_http_errors_total").await;
     let errors = series(&text, "inbound_http_errors_total");
     assert!(
         matches!(errors.as_slice(), [(s, count)] if label(s, "error") == "tls"
@@ -572,17 +677,6 @@ async fn a_denied_grpc_client_gets_permission_denied() {
     );
     let status = client.certify(CertifyRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-}
-
-/// Polls `check` every 20 ms, for at most 20 s.
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

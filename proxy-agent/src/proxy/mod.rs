@@ -8,7 +8,9 @@
 //! the application and originates mTLS to a peer proxy, checking that the
 //! peer presents the expected identity.
 
+mod http;
 pub mod metrics;
+mod outbound;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -20,11 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -33,8 +31,10 @@ use lanyard_runtime::listen::{BoundedListener, Slot};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use lanyard_policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
-use metrics::{ClassifiedBody, ConnectionMetrics, Peer, ProxyMetrics, TlsLabel};
+use http::HttpService;
+use lanyard_policy::{Client, Policy, Verdict, Workload};
+use metrics::{Peer, ProxyMetrics, TlsLabel};
+pub use outbound::{OutboundRoute, serve_outbound};
 use tls::TrustBundle;
 
 /// How long the proxy waits for a client's first bytes to tell HTTP from
@@ -103,14 +103,6 @@ pub struct Inbound {
     pub metrics: ProxyMetrics,
     /// Open connections.
     pub drain: Arc<Drain>,
-}
-
-type Body = BoxBody<Bytes, hyper::Error>;
-
-fn full(text: &'static str) -> Body {
-    Full::new(Bytes::from_static(text.as_bytes()))
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 /// Accepts inbound connections until `shutdown`; HTTP connections are
@@ -344,218 +336,6 @@ where
     Ok(())
 }
 
-#[derive(Clone)]
-struct HttpService {
-    client: Arc<Client>,
-    port: u16,
-    policy: Arc<ArcSwap<Policy>>,
-    workload: Arc<Workload>,
-    authority: hyper::http::uri::Authority,
-    metrics: Arc<ConnectionMetrics>,
-    clients: Arc<Clients>,
-}
-
-impl HttpService {
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let request = HttpRequest {
-            path: req.uri().path().to_string(),
-            method: req.method().as_str().to_string(),
-        };
-        let (decision, declared) = {
-            let policy = self.policy.load();
-            let decision =
-                policy.authorize(&self.workload, self.port, &self.client, Some(&request));
-            let declared = app_protocol(
-                policy.server_protocol(&self.workload, self.port),
-                req.version(),
-            );
-            (decision, declared)
-        };
-        let exchange = self.metrics.http_decision(&decision);
-        let grpc = req
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        let Some(exchange) = exchange else {
-            return refuse(&decision, grpc);
-        };
-        if decision.audit {
-            tracing::info!(identity = ?self.client.identity, path = request.path, "audit: would be denied");
-        }
-        // The application learns the verified identity, and only that.
-        let headers = req.headers_mut();
-        headers.remove(CLIENT_ID_HEADER);
-        if let Some(id) = &self.client.identity
-            && let Ok(value) = id.parse()
-        {
-            headers.insert(CLIENT_ID_HEADER, value);
-        }
-        let client_version = req.version();
-        match declared {
-            AppProtocol::Http1 if client_version == hyper::Version::HTTP_2 => {
-                h2_to_h1(&mut req);
-            }
-            AppProtocol::Http2 if client_version != hyper::Version::HTTP_2 => {
-                strip_hop_by_hop(req.headers_mut());
-                *req.version_mut() = hyper::Version::HTTP_2;
-            }
-            _ => {}
-        }
-        let mut parts = hyper::http::uri::Parts::default();
-        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = req.uri().path_and_query().cloned();
-        let Ok(uri) = hyper::Uri::from_parts(parts) else {
-            return status(StatusCode::BAD_REQUEST, "bad request target\n");
-        };
-        *req.uri_mut() = uri;
-        let client = match declared {
-            AppProtocol::Http2 => &self.clients.1,
-            AppProtocol::Http1 => &self.clients.0,
-        };
-        match client.request(req).await {
-            Ok(mut response) => {
-                let h2 = |v: hyper::Version| v == hyper::Version::HTTP_2;
-                if h2(response.version()) != h2(client_version) {
-                    // An HTTP/1 response's connection fields mean nothing
-                    // on the client's HTTP/2 connection (and are illegal
-                    // there); the reverse needs nothing.
-                    if h2(client_version) {
-                        strip_hop_by_hop(response.headers_mut());
-                    }
-                    *response.version_mut() = client_version;
-                }
-                let pending = exchange.responded(grpc, &response);
-                response.map(|b| ClassifiedBody::new(b, pending).boxed())
-            }
-            Err(error) => {
-                exchange.failed();
-                tracing::warn!(%error, "the application did not answer");
-                status(StatusCode::BAD_GATEWAY, "the application did not answer\n")
-            }
-        }
-    }
-}
-
-/// The HTTP version the application is spoken to in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AppProtocol {
-    Http1,
-    Http2,
-}
-
-/// What the application speaks, as Linkerd decides it: the Server's
-/// `proxyProtocol` when it names an HTTP version (`HTTP/1`: HTTP/1.1
-/// whatever the client spoke; `HTTP/2` and `gRPC`: HTTP/2), else the
-/// client's own version.
-fn app_protocol(declared: Option<&str>, client: hyper::Version) -> AppProtocol {
-    match declared {
-        Some("HTTP/1") => AppProtocol::Http1,
-        Some("HTTP/2" | "gRPC") => AppProtocol::Http2,
-        _ if client == hyper::Version::HTTP_2 => AppProtocol::Http2,
-        _ => AppProtocol::Http1,
-    }
-}
-
-/// Turns an HTTP/2 request into an HTTP/1.1 one: `:authority` becomes the
-/// `Host` header (HTTP/1.1 requires one; the request target sent is
-/// origin-form), and split `cookie` fields are joined as HTTP/1 wants them.
-fn h2_to_h1<B>(req: &mut Request<B>) {
-    *req.version_mut() = hyper::Version::HTTP_11;
-    if !req.headers().contains_key(hyper::header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(host) = authority.as_str().parse()
-    {
-        req.headers_mut().insert(hyper::header::HOST, host);
-    }
-    let headers = req.headers_mut();
-    if headers.get_all(hyper::header::COOKIE).iter().count() > 1 {
-        let joined: Vec<&[u8]> = headers
-            .get_all(hyper::header::COOKIE)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        if let Ok(value) = hyper::header::HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
-            headers.insert(hyper::header::COOKIE, value);
-        }
-    }
-}
-
-/// Removes the connection-specific fields HTTP/2 forbids: those named by
-/// `Connection`, and `Connection`, `Keep-Alive`, `Proxy-Connection`,
-/// `Transfer-Encoding`, `Upgrade`, and `TE` other than `trailers`.
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let named: Vec<hyper::header::HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| name.trim().parse().ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
-    let te_trailers_only = headers
-        .get_all(hyper::header::TE)
-        .iter()
-        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers_only {
-        headers.remove(hyper::header::TE);
-    }
-}
-
-fn status(code: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(text));
-    *response.status_mut() = code;
-    response
-}
-
-/// 403 for HTTP, gRPC status 7 (`PERMISSION_DENIED`) in a trailers-only
-/// response for gRPC; 404 / gRPC 12 when no route matches.
-fn refuse(decision: &Decision, grpc: bool) -> Response<Body> {
-    let no_route = decision.verdict == Verdict::NoRoute;
-    if grpc {
-        let mut response = Response::new(full(""));
-        let headers = response.headers_mut();
-        headers.insert(
-            hyper::header::CONTENT_TYPE,
-            "application/grpc".parse().expect("valid"),
-        );
-        headers.insert(
-            "grpc-status",
-            if no_route { "12" } else { "7" }.parse().expect("valid"),
-        );
-        headers.insert(
-            "grpc-message",
-            if no_route {
-                "no route"
-            } else {
-                "unauthorized to access this server"
-            }
-            .parse()
-            .expect("valid"),
-        );
-        response
-    } else if no_route {
-        status(StatusCode::NOT_FOUND, "no route\n")
-    } else {
-        status(
-            StatusCode::FORBIDDEN,
-            "forbidden: unauthorized to access this server\n",
-        )
-    }
-}
-
 /// A stream whose first bytes (read to detect the protocol) are replayed.
 struct Prefixed<S> {
     prefix: Vec<u8>,
@@ -598,70 +378,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// One outbound route: plaintext from the application on a local port,
-/// mTLS to a peer proxy that must present `identity`.
-#[derive(Debug, Clone)]
-pub struct OutboundRoute {
-    /// The peer proxy's inbound address.
-    pub target: SocketAddr,
-    /// The identity the peer must present.
-    pub identity: String,
-}
-
-/// Accepts the application's plaintext connections and carries each over
-/// mTLS to `route.target`, until `shutdown`. Reaching the peer and the
-/// mTLS handshake must finish within the listener's handshake timeout.
-pub async fn serve_outbound(
-    mut listener: BoundedListener,
-    route: OutboundRoute,
-    bundle: Arc<TrustBundle>,
-    metrics: ProxyMetrics,
-    drain: Arc<Drain>,
-    shutdown: Shutdown,
-) {
-    let Ok(name) = rustls::pki_types::ServerName::try_from(route.identity.clone()) else {
-        tracing::error!(
-            identity = route.identity,
-            "not a DNS name; outbound route disabled"
-        );
-        return;
-    };
-    loop {
-        let (mut app, _, slot) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.wait() => return,
-        };
-        let (bundle, metrics, drain, name, target) = (
-            bundle.clone(),
-            metrics.clone(),
-            drain.clone(),
-            name.clone(),
-            route.target,
-        );
-        tokio::spawn(async move {
-            let _active = drain.enter();
-            let connector = tokio_rustls::TlsConnector::from(bundle.current().client.clone());
-            let tcp = match slot.handshake(TcpStream::connect(target)).await {
-                Ok(tcp) => tcp,
-                Err(error) => {
-                    tracing::warn!(%target, %error, "cannot reach the peer proxy");
-                    return;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let mut tls = match slot.handshake(connector.connect(name, tcp)).await {
-                Ok(tls) => tls,
-                Err(error) => {
-                    metrics.outbound_tls_error();
-                    tracing::warn!(%target, %error, "mTLS to the peer proxy failed");
-                    return;
-                }
-            };
-            let _ = tokio::io::copy_bidirectional(&mut app, &mut tls).await;
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,116 +393,5 @@ mod tests {
         assert_eq!(detect(b"PRI"), None);
         assert_eq!(detect(b"\x00\x00\x00\x08"), Some(Protocol::Opaque));
         assert_eq!(detect(b"GEX"), Some(Protocol::Opaque));
-    }
-
-    #[test]
-    fn the_application_is_spoken_to_in_the_servers_protocol_else_the_clients() {
-        use hyper::Version;
-        let cases = [
-            (
-                "HTTP/1 turns HTTP/2 into HTTP/1.1",
-                Some("HTTP/1"),
-                Version::HTTP_2,
-                AppProtocol::Http1,
-            ),
-            (
-                "HTTP/1 keeps HTTP/1.1",
-                Some("HTTP/1"),
-                Version::HTTP_11,
-                AppProtocol::Http1,
-            ),
-            (
-                "HTTP/2 turns HTTP/1.1 into HTTP/2",
-                Some("HTTP/2"),
-                Version::HTTP_11,
-                AppProtocol::Http2,
-            ),
-            (
-                "gRPC is HTTP/2",
-                Some("gRPC"),
-                Version::HTTP_11,
-                AppProtocol::Http2,
-            ),
-            (
-                "detected HTTP/2 stays HTTP/2",
-                None,
-                Version::HTTP_2,
-                AppProtocol::Http2,
-            ),
-            (
-                "detected HTTP/1.1 stays HTTP/1.1",
-                None,
-                Version::HTTP_11,
-                AppProtocol::Http1,
-            ),
-            (
-                "unknown HTTP/2 stays HTTP/2",
-                Some("unknown"),
-                Version::HTTP_2,
-                AppProtocol::Http2,
-            ),
-            (
-                "HTTP/1.0 is HTTP/1",
-                None,
-                Version::HTTP_10,
-                AppProtocol::Http1,
-            ),
-        ];
-        for (case, declared, client, want) in cases {
-            assert_eq!(app_protocol(declared, client), want, "{case}");
-        }
-    }
-
-    #[test]
-    fn an_http2_request_sent_as_http1_carries_its_authority_as_host() {
-        let mut req = Request::builder()
-            .version(hyper::Version::HTTP_2)
-            .uri("https://api.shop:8443/index.html")
-            .header("cookie", "a=1")
-            .header("cookie", "b=2")
-            .body(())
-            .unwrap();
-        h2_to_h1(&mut req);
-        assert_eq!(req.version(), hyper::Version::HTTP_11);
-        assert_eq!(req.headers()["host"], "api.shop:8443");
-        assert_eq!(req.headers()["cookie"], "a=1; b=2");
-        assert_eq!(req.headers().get_all("cookie").iter().count(), 1);
-
-        // A Host the client sent is kept.
-        let mut req = Request::builder()
-            .version(hyper::Version::HTTP_2)
-            .uri("https://api.shop/")
-            .header("host", "other")
-            .body(())
-            .unwrap();
-        h2_to_h1(&mut req);
-        assert_eq!(req.headers()["host"], "other");
-    }
-
-    #[test]
-    fn connection_specific_fields_are_removed_for_http2() {
-        let mut headers = hyper::HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-hop"),
-            ("keep-alive", "timeout=5"),
-            ("x-hop", "1"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("proxy-connection", "keep-alive"),
-            ("te", "gzip"),
-            ("content-type", "text/plain"),
-            ("host", "api"),
-        ] {
-            headers.append(k, v.parse().unwrap());
-        }
-        strip_hop_by_hop(&mut headers);
-        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["content-type", "host"]);
-
-        let mut headers = hyper::HeaderMap::new();
-        headers.insert("te", "trailers".parse().unwrap());
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers["te"], "trailers", "gRPC needs `te: trailers`");
     }
 }

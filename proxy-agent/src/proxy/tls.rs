@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use lanyard_x509::Certificate;
+use lanyard_crds::time::Clock;
+use lanyard_x509::{Certificate, ClockTime};
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::time_provider::TimeProvider;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::sync::watch;
 
@@ -73,8 +75,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds both configurations from the anchors in `pem`.
-pub fn configs(pem: &[u8], path: &Path, cert: Arc<CurrentCert>) -> Result<TlsConfigs, BundleError> {
+/// Builds both configurations from the anchors in `pem`; peers'
+/// certificates are checked at `time`'s current time.
+pub fn configs(
+    pem: &[u8],
+    path: &Path,
+    cert: Arc<CurrentCert>,
+    time: Arc<dyn TimeProvider>,
+) -> Result<TlsConfigs, BundleError> {
     let bad = |reason: String| BundleError {
         path: path.to_path_buf(),
         reason,
@@ -95,13 +103,13 @@ pub fn configs(pem: &[u8], path: &Path, cert: Arc<CurrentCert>) -> Result<TlsCon
         .allow_unauthenticated()
         .build()
         .map_err(|e| bad(e.to_string()))?;
-    let mut server = ServerConfig::builder_with_provider(provider())
+    let mut server = ServerConfig::builder_with_details(provider(), time.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| bad(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert.clone());
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let client = ClientConfig::builder_with_provider(provider())
+    let client = ClientConfig::builder_with_details(provider(), time)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| bad(e.to_string()))?
         .with_root_certificates(roots)
@@ -119,21 +127,29 @@ pub fn configs(pem: &[u8], path: &Path, cert: Arc<CurrentCert>) -> Result<TlsCon
 pub struct TrustBundle {
     path: PathBuf,
     cert: Arc<CurrentCert>,
+    time: Arc<dyn TimeProvider>,
     seen: ArcSwap<Vec<u8>>,
     current: ArcSwap<TlsConfigs>,
 }
 
 impl TrustBundle {
-    /// Loads `path`; fails when it is unusable.
-    pub fn load(path: &Path, cert: Arc<CurrentCert>) -> Result<Self, BundleError> {
+    /// Loads `path`; fails when it is unusable. Handshakes check peers'
+    /// certificates at `clock`'s `now`.
+    pub fn load(
+        path: &Path,
+        cert: Arc<CurrentCert>,
+        clock: impl Clock + 'static,
+    ) -> Result<Self, BundleError> {
         let pem = std::fs::read(path).map_err(|e| BundleError {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let configs = configs(&pem, path, cert.clone())?;
+        let time: Arc<dyn TimeProvider> = Arc::new(ClockTime(clock));
+        let configs = configs(&pem, path, cert.clone(), time.clone())?;
         Ok(TrustBundle {
             path: path.to_path_buf(),
             cert,
+            time,
             seen: ArcSwap::from_pointee(pem),
             current: ArcSwap::from_pointee(configs),
         })
@@ -153,7 +169,7 @@ impl TrustBundle {
         if **self.seen.load() == pem {
             return Ok(false);
         }
-        let result = configs(&pem, &self.path, self.cert.clone());
+        let result = configs(&pem, &self.path, self.cert.clone(), self.time.clone());
         self.seen.store(Arc::new(pem));
         self.current.store(Arc::new(result?));
         Ok(true)

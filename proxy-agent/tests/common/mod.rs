@@ -124,3 +124,15 @@ spec:
 "#
     )
 }
+
+/// Polls `check` every 20 ms until it holds. The minute allowed is only a
+/// bound for a test whose event never comes: nothing is timed.
+pub async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let polled = tokio::time::timeout(Duration::from_secs(60), async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "timed out waiting for {what}");
+}
