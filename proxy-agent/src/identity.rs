@@ -20,7 +20,7 @@ use lanyard_runtime::Backoff;
 use lanyard_x509::{Certificate, WorkloadKey, verify_chain};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::metrics::AgentMetrics;
 
@@ -202,7 +202,7 @@ pub struct Agent<C> {
     client: Option<(Vec<u8>, IdentityClient<Channel>)>,
 }
 
-impl<C: Clock> Agent<C> {
+impl<C: Clock + Clone + 'static> Agent<C> {
     /// Makes the key and the CSR. Nothing is sent yet.
     pub fn new(config: AgentConfig, clock: C, metrics: AgentMetrics) -> Result<Self, AgentError> {
         let key = WorkloadKey::generate()?;
@@ -230,7 +230,7 @@ impl<C: Clock> Agent<C> {
         if anchors.is_empty() {
             return Err(self.anchors_error("no certificate in the file".into()));
         }
-        let mut client = self.client(anchors_pem)?;
+        let mut client = self.client(anchors_pem, &anchors)?;
         let response = client
             .certify(CertifyRequest {
                 identity: self.config.identity.to_string(),
@@ -255,19 +255,98 @@ impl<C: Clock> Agent<C> {
 
     /// The client, rebuilt when the anchors changed. The channel connects
     /// lazily and reconnects by itself.
-    fn client(&mut self, anchors_pem: Vec<u8>) -> Result<IdentityClient<Channel>, AgentError> {
+    fn client(
+        &mut self,
+        anchors_pem: Vec<u8>,
+        anchors: &[Certificate],
+    ) -> Result<IdentityClient<Channel>, AgentError> {
         let stale = self
             .client
             .as_ref()
             .is_none_or(|(pem, _)| *pem != anchors_pem);
         if stale {
-            let channel = self.endpoint(&anchors_pem)?.connect_lazy();
+            let endpoint = self.endpoint()?;
+            let channel = if self.config.insecure_plaintext {
+                endpoint.connect_lazy()
+            } else {
+                // The connector does TLS itself, so rustls verifies the
+                // service's certificate at this agent's clock: tonic is told
+                // to dial `http` (it adds no TLS of its own) while requests
+                // keep the `https` origin.
+                let origin = endpoint.uri().clone();
+                let dial = format!("http://{}", origin.authority().map_or("", |a| a.as_str()));
+                Endpoint::from_shared(dial)
+                    .map_err(|e| self.address_error(e.to_string()))?
+                    .origin(origin)
+                    .timeout(self.config.timeout)
+                    .connect_timeout(self.config.timeout)
+                    .connect_with_connector_lazy(self.tls_connector(anchors)?)
+            };
             self.client = Some((anchors_pem, IdentityClient::new(channel)));
         }
         Ok(self.client.as_ref().expect("set above").1.clone())
     }
 
-    fn endpoint(&self, anchors_pem: &[u8]) -> Result<Endpoint, AgentError> {
+    fn address_error(&self, reason: String) -> AgentError {
+        AgentError::Address {
+            addr: self.config.service_addr.clone(),
+            reason,
+        }
+    }
+
+    /// Dials the identity service over TLS: HTTP/2 by ALPN, its certificate
+    /// verified against `anchors` for the service's identity, at the agent's
+    /// clock.
+    fn tls_connector(
+        &self,
+        anchors: &[Certificate],
+    ) -> Result<
+        impl tower::Service<
+            http::Uri,
+            Response = hyper_util::rt::TokioIo<
+                tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            >,
+            Error = std::io::Error,
+            Future = impl Send,
+        > + Send
+        + 'static,
+        AgentError,
+    > {
+        let mut roots = rustls::RootCertStore::empty();
+        for anchor in anchors {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(
+                    anchor.der().to_vec(),
+                ))
+                .map_err(|e| self.anchors_error(e.to_string()))?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_details(
+            Arc::new(rustls::crypto::ring::default_provider()),
+            Arc::new(lanyard_x509::ClockTime(self.clock.clone())),
+        )
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let server_name =
+            rustls::pki_types::ServerName::try_from(self.config.service_identity.clone())
+                .map_err(|e| self.address_error(e.to_string()))?;
+        Ok(tower::service_fn(move |uri: http::Uri| {
+            let (connector, server_name) = (connector.clone(), server_name.clone());
+            async move {
+                let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+                let port = uri.port_u16().unwrap_or(443);
+                let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, AgentError> {
         let addr = &self.config.service_addr;
         let bad = |reason: String| AgentError::Address {
             addr: addr.clone(),
@@ -292,17 +371,10 @@ impl<C: Clock> Agent<C> {
             }
             None => format!("{scheme}://{addr}"),
         };
-        let mut endpoint = Endpoint::from_shared(url)
+        Ok(Endpoint::from_shared(url)
             .map_err(|e| bad(e.to_string()))?
             .timeout(self.config.timeout)
-            .connect_timeout(self.config.timeout);
-        if !self.config.insecure_plaintext {
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(anchors_pem))
-                .domain_name(self.config.service_identity.clone());
-            endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
-        }
-        Ok(endpoint)
+            .connect_timeout(self.config.timeout))
     }
 
     /// Checks that the answer certifies this key, for this identity, and

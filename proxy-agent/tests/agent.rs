@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use chrono::TimeDelta;
 use lanyard_crds::identity::{Identity, IdentityDomain};
-use lanyard_crds::time::{Clock, SystemClock};
+use lanyard_crds::time::{Clock, ManualClock, SystemClock};
 use lanyard_identity::metrics::IdentityMetrics;
 use lanyard_identity::reload::IssuerReloader;
 use lanyard_identity::serve::{ServeOptions, serve, watch_files};
@@ -127,6 +127,17 @@ impl Service {
     /// An agent for `sa.ns` whose token file holds a token for
     /// `token_for` (namespace, service account).
     fn agent(&self, sa: &str, ns: &str, token_for: (&str, &str)) -> Agent<SystemClock> {
+        self.agent_at(SystemClock, sa, ns, token_for)
+    }
+
+    /// [`Service::agent`], with the agent's clock given.
+    fn agent_at<C: Clock + Clone + 'static>(
+        &self,
+        clock: C,
+        sa: &str,
+        ns: &str,
+        token_for: (&str, &str),
+    ) -> Agent<C> {
         let token_file = self.dir.path().join(format!("{ns}-{sa}.token"));
         let token = self
             .tokens
@@ -148,7 +159,7 @@ impl Service {
             insecure_plaintext: false,
             timeout: Duration::from_secs(5),
         };
-        Agent::new(config, SystemClock, AgentMetrics::new()).unwrap()
+        Agent::new(config, clock, AgentMetrics::new()).unwrap()
     }
 
     fn metrics(&self) -> String {
@@ -167,7 +178,9 @@ impl Service {
 
 /// The first certificate: the service's own certificate appears within a
 /// reload interval, so the first calls may find it not ready yet.
-async fn first_certify(agent: &mut Agent<SystemClock>) -> lanyard_proxy::identity::Credentials {
+async fn first_certify<C: Clock + Clone + 'static>(
+    agent: &mut Agent<C>,
+) -> lanyard_proxy::identity::Credentials {
     let mut last = None;
     for _ in 0..50 {
         match agent.certify().await {
@@ -177,6 +190,35 @@ async fn first_certify(agent: &mut Agent<SystemClock>) -> lanyard_proxy::identit
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no certificate: {last:?}");
+}
+
+/// The agent checks the identity service's certificate at its own clock,
+/// not the system's: an agent whose clock has passed the service
+/// certificate's notAfter refuses the handshake, with no sleeping.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_verifies_the_identity_service_at_its_injected_clock() {
+    let service = start(RateLimit::default()).await;
+    let now = SystemClock.now();
+    let clock = Arc::new(ManualClock::new(now));
+    let mut agent = service.agent_at(clock.clone(), "web", "emojivoto", ("emojivoto", "web"));
+    first_certify(&mut agent).await;
+
+    // The service's own certificate lives 24 hours from about now.
+    let late = Arc::new(ManualClock::new(now + TimeDelta::hours(25)));
+    let mut agent = service.agent_at(late.clone(), "web", "emojivoto", ("emojivoto", "web"));
+    let error = agent.certify().await.unwrap_err();
+    let chain = std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        matches!(error, AgentError::Refused { .. }) && chain.contains("xpired"),
+        "{chain}"
+    );
+
+    // Back at the right time, the same agent is certified.
+    late.set(now);
+    first_certify(&mut agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
