@@ -10,6 +10,7 @@ use std::time::Duration;
 use ::kube::Client;
 use lanyard_crds::api::IssuerKind;
 use lanyard_crds::time::Clock;
+use lanyard_runtime::Backoff;
 
 use super::secret;
 use crate::issuer_ref::DEFAULT_CLUSTER_RESOURCE_NAMESPACE;
@@ -185,12 +186,10 @@ pub async fn infer_client() -> Result<Client, Error> {
     Client::try_default().await.map_err(Error::Client)
 }
 
-/// The delay after `attempts` consecutive API failures.
+/// The delay after `attempts` consecutive API failures: 5s, doubling, at
+/// most 5 minutes (the first delay also for a count of 0).
 pub fn error_backoff(attempts: u32) -> Duration {
-    const FIRST: Duration = Duration::from_secs(5);
-    const MAX: Duration = Duration::from_secs(300);
-    let doublings = attempts.saturating_sub(1).min(16);
-    FIRST.saturating_mul(1 << doublings).min(MAX)
+    Backoff::new(Duration::from_secs(5), Duration::from_secs(300)).delay_after(attempts.max(1))
 }
 
 #[cfg(test)]
