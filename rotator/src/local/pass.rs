@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use lanyard_crds::api::{Certificate, IssuerConfig, IssuerKind};
 use lanyard_crds::time::Clock;
+use rayon::prelude::*;
 
 use super::certificate::Prepared;
 use super::manifests::{ManifestError, Object, ObjectKey};
@@ -199,10 +200,13 @@ impl<C: Clock> LocalController<C> {
             let this = &*self;
             let materials = &materials;
             let certificates = &certificates;
-            super::parallel_map(independent, |index| {
-                (!this.stop.is_triggered())
-                    .then(|| this.prepare_one(&certificates[index], materials, now, false))
-            })
+            independent
+                .into_par_iter()
+                .map(|index| {
+                    (!this.stop.is_triggered())
+                        .then(|| this.prepare_one(&certificates[index], materials, now, false))
+                })
+                .collect::<Vec<_>>()
         };
         let mut prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
         self.check_stop()?;
@@ -227,9 +231,10 @@ impl<C: Clock> LocalController<C> {
         }
         let results = {
             let this = &*self;
-            super::parallel_map(prepared, |p| {
-                (!this.stop.is_triggered()).then(|| this.finish_one(p, false))
-            })
+            prepared
+                .into_par_iter()
+                .map(|p| (!this.stop.is_triggered()).then(|| this.finish_one(p, false)))
+                .collect::<Vec<_>>()
         };
         if fsync
             && wrote

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use super::{Checks, ManifestError, Object, parse};
 
 /// Every object in every `*.yaml` / `*.yml` / `*.json` file of `dir`, by
@@ -87,10 +89,14 @@ impl ManifestCache {
                 (stamp, _) => stale.push((path, stamp)),
             }
         }
-        let parsed = crate::local::parallel_map(stale, |(path, stamp)| {
-            let parsed = parse_file(&path, default_namespace);
-            (path, stamp, parsed)
-        });
+        // Results come back in the files' order.
+        let parsed: Vec<_> = stale
+            .into_par_iter()
+            .map(|(path, stamp)| {
+                let parsed = parse_file(&path, default_namespace);
+                (path, stamp, parsed)
+            })
+            .collect();
         // Stamped before reading, so a write during the read shows up as a
         // changed stamp next time. A file without a stamp vanished between
         // listing and reading: it is gone.
