@@ -289,12 +289,7 @@ mod tests {
         let mut identity_issuer = identity.clone();
         identity_issuer.spec.secret_name = "identity-issuer-tls".into();
 
-        let cases: [(
-            &str,
-            Vec<Certificate>,
-            BTreeMap<IssuerKey, IssuerConfig>,
-            Order,
-        ); 4] = [
+        let cases = [
             (
                 "the identity issuer goes before the leaves it signs, whatever the manifest order",
                 vec![leaf.clone(), identity_issuer.clone(), other_leaf.clone()],
