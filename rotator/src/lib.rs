@@ -5,10 +5,12 @@
 //! and Secret using [`issuing`]. Two shells drive the same core: the local
 //! one ([`local`], `lanyard up`) keeps objects and Secrets in a state
 //! directory, the Kubernetes one ([`kube`], `lanyard controller`) in an API
-//! server. [`metrics`] exports what both see.
+//! server. Both find a Certificate's issuer with [`issuer_ref`];
+//! [`metrics`] exports what both see.
 
 #![forbid(unsafe_code)]
 
+pub mod issuer_ref;
 pub mod issuing;
 pub mod kube;
 pub mod local;

@@ -3,7 +3,7 @@
 //! cert-manager does not export. A deleted Certificate's series disappear.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use lanyard_crds::api::{CertificateSpec, CertificateStatus, GROUP, IssuerKind};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -187,8 +187,19 @@ impl Metrics {
         }
     }
 
+    /// The series each object has. The map only records which series
+    /// exist, and is changed an entry at a time: a panic in a thread that
+    /// held the lock leaves it readable, at worst an entry out of date. So
+    /// the guard of a poisoned lock is recovered, and no update or scrape
+    /// after such a panic panics too.
+    fn known(&self) -> MutexGuard<'_, Known> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn track(&self, labels: &CertificateLabels) {
-        let mut known = self.known.lock().expect("metrics lock");
+        let mut known = self.known();
         let key = (labels.namespace.clone(), labels.name.clone());
         let stale = match known.certificates.get(&key) {
             Some((old, _)) if old != labels => true,
@@ -203,9 +214,7 @@ impl Metrics {
         if stale {
             drop(known);
             self.forget_certificate(&labels.namespace, &labels.name);
-            self.known
-                .lock()
-                .expect("metrics lock")
+            self.known()
                 .certificates
                 .insert(key, (labels.clone(), BTreeSet::new()));
         }
@@ -261,9 +270,7 @@ impl Metrics {
         let labels = Self::certificate_labels(namespace, name, spec);
         self.track(&labels);
         if let Some((_, reasons)) = self
-            .known
-            .lock()
-            .expect("metrics lock")
+            .known()
             .certificates
             .get_mut(&(namespace.to_string(), name.to_string()))
         {
@@ -284,9 +291,7 @@ impl Metrics {
     /// Removes every series of a deleted Certificate.
     pub fn forget_certificate(&self, namespace: &str, name: &str) {
         let removed = self
-            .known
-            .lock()
-            .expect("metrics lock")
+            .known()
             .certificates
             .remove(&(namespace.to_string(), name.to_string()));
         let Some((labels, reasons)) = removed else {
@@ -367,20 +372,17 @@ impl Metrics {
                 series.push(labels);
             }
         }
-        self.known
-            .lock()
-            .expect("metrics lock")
+        self.known()
             .issuers
             .insert((kind, namespace.to_string(), name.to_string()), series);
     }
 
     /// Removes every series of a deleted issuer.
     pub fn forget_issuer(&self, kind: IssuerKind, namespace: &str, name: &str) {
-        let removed = self.known.lock().expect("metrics lock").issuers.remove(&(
-            kind,
-            namespace.to_string(),
-            name.to_string(),
-        ));
+        let removed = self
+            .known()
+            .issuers
+            .remove(&(kind, namespace.to_string(), name.to_string()));
         let Some(series) = removed else { return };
         for condition in CONDITIONS {
             self.issuer_ready.remove(&IssuerLabels {
@@ -397,24 +399,12 @@ impl Metrics {
 
     /// The certificates with series now, as `(namespace, name)`.
     pub fn tracked_certificates(&self) -> Vec<(String, String)> {
-        self.known
-            .lock()
-            .expect("metrics lock")
-            .certificates
-            .keys()
-            .cloned()
-            .collect()
+        self.known().certificates.keys().cloned().collect()
     }
 
     /// The issuers with series now, as `(kind, namespace, name)`.
     pub fn tracked_issuers(&self) -> Vec<(IssuerKind, String, String)> {
-        self.known
-            .lock()
-            .expect("metrics lock")
-            .issuers
-            .keys()
-            .cloned()
-            .collect()
+        self.known().issuers.keys().cloned().collect()
     }
 
     /// The Prometheus text exposition.
@@ -425,3 +415,70 @@ impl Metrics {
 
 /// The Prometheus text exposition of `registry`.
 pub use lanyard_runtime::admin::encode as encode_registry;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_crds::api::{Condition, IssuerRef};
+
+    #[test]
+    fn a_panic_while_the_lock_is_held_does_not_break_later_updates_or_scrapes() {
+        let metrics = Metrics::new();
+        let spec = CertificateSpec::new(
+            "web-tls",
+            IssuerRef {
+                name: "identity".into(),
+                kind: None,
+                group: None,
+            },
+        );
+        metrics.issued("linkerd", "web", &spec);
+
+        // A thread panics while it holds the lock, poisoning it.
+        let panicked = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _held = metrics.known.lock();
+                    panic!("a bug while the metrics lock is held");
+                })
+                .join()
+        });
+        assert!(panicked.is_err());
+        assert!(metrics.known.is_poisoned());
+
+        // Every update that takes the lock still works...
+        let status = CertificateStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: None,
+                message: None,
+                last_transition_time: None,
+                observed_generation: None,
+            }],
+            not_after: Some("2026-01-02T00:00:00Z".parse().unwrap()),
+            ..CertificateStatus::default()
+        };
+        metrics.observe_certificate("linkerd", "web", &spec, &status);
+        metrics.failed("linkerd", "api", &spec, "IssuerNotFound");
+        metrics.observe_issuer(IssuerKind::Issuer, "linkerd", "identity", None);
+        assert_eq!(
+            metrics.tracked_certificates(),
+            [
+                ("linkerd".to_string(), "api".to_string()),
+                ("linkerd".to_string(), "web".to_string())
+            ]
+        );
+        metrics.forget_certificate("linkerd", "api");
+        assert_eq!(metrics.tracked_issuers().len(), 1);
+
+        // ...and so does the scrape, with the series written after the panic.
+        let scrape = metrics.encode();
+        assert!(
+            scrape.contains("lanyard_certificate_expiration_timestamp_seconds{name=\"web\""),
+            "{scrape}"
+        );
+        assert!(scrape.contains("lanyard_issuer_ready_status{"), "{scrape}");
+        assert!(!scrape.contains("name=\"api\""), "{scrape}");
+    }
+}

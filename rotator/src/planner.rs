@@ -13,6 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use lanyard_crds::api::{CertificateSpec, GROUP, IssuerKind};
 use lanyard_crds::usage::PrivateKeyAlgorithm;
 use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey};
+use lanyard_runtime::Backoff;
 
 use crate::secret::{SecretData, TLS_CRT, TLS_KEY, annotations};
 
@@ -147,11 +148,11 @@ pub use lanyard_x509::renewal_time;
 /// How long to wait after `failures` consecutive failures: 10s, doubling,
 /// capped at an hour.
 pub fn backoff(failures: u32) -> TimeDelta {
-    if failures == 0 {
-        return TimeDelta::zero();
-    }
-    let doublings = (failures - 1).min(20);
-    (BACKOFF_BASE * (1_i32 << doublings)).min(BACKOFF_CAP)
+    let schedule = Backoff::new(
+        BACKOFF_BASE.to_std().expect("the base is positive"),
+        BACKOFF_CAP.to_std().expect("the cap is positive"),
+    );
+    TimeDelta::from_std(schedule.delay_after(failures)).expect("at most the cap, an hour")
 }
 
 impl Failures {

@@ -1,0 +1,209 @@
+//! What every reconcile shares ([`Context`]: the client, the clock, the
+//! metrics, the API failure counts behind the error policies' backoff),
+//! and the shell's errors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::kube::Client;
+use lanyard_crds::api::IssuerKind;
+use lanyard_crds::time::Clock;
+use lanyard_runtime::Backoff;
+
+use super::secret;
+use crate::issuer_ref::DEFAULT_CLUSTER_RESOURCE_NAMESPACE;
+use crate::metrics::Metrics;
+
+/// What every reconcile shares: the client, the clock, the metrics.
+pub struct Context<C: Clock> {
+    /// The API client.
+    pub client: Client,
+    /// Where `now` comes from.
+    pub clock: C,
+    /// The controller's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The namespace of ClusterIssuers' CA Secrets.
+    pub cluster_resource_namespace: String,
+    /// API failures per object (kind, namespace, name) since its last
+    /// successful reconcile, for [`error_policy`](super::error_policy)'s backoff.
+    api_failures: Mutex<HashMap<FailureKey, u32>>,
+}
+
+/// Kind, namespace (empty for a ClusterIssuer) and name.
+type FailureKey = (&'static str, String, String);
+
+impl<C: Clock> fmt::Debug for Context<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("clock", &self.clock)
+            .field(
+                "cluster_resource_namespace",
+                &self.cluster_resource_namespace,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Clock> Context<C> {
+    /// A context whose ClusterIssuers keep their CA Secrets in
+    /// [`DEFAULT_CLUSTER_RESOURCE_NAMESPACE`].
+    pub fn new(client: Client, clock: C, metrics: Arc<Metrics>) -> Self {
+        Context {
+            client,
+            clock,
+            metrics,
+            cluster_resource_namespace: DEFAULT_CLUSTER_RESOURCE_NAMESPACE.to_string(),
+            api_failures: Mutex::default(),
+        }
+    }
+
+    /// Sets the namespace of ClusterIssuers' CA Secrets.
+    pub fn with_cluster_resource_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.cluster_resource_namespace = namespace.into();
+        self
+    }
+
+    fn api_failures(&self) -> std::sync::MutexGuard<'_, HashMap<FailureKey, u32>> {
+        // The map only counts; a panic elsewhere cannot leave it invalid.
+        self.api_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn record_api_failure(
+        &self,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    ) -> u32 {
+        let mut failures = self.api_failures();
+        let count = failures.entry((kind, namespace, name)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    pub(super) fn clear_api_failures(&self, kind: &'static str, namespace: &str, name: &str) {
+        self.api_failures()
+            .remove(&(kind, namespace.to_string(), name.to_string()));
+    }
+}
+
+/// Why a reconcile (or the controller) failed. Everything here is the API
+/// server's or the object's fault, not the certificate's: a Certificate
+/// that cannot be issued is a `Ready=False` status, not an `Error`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Certificate came without a namespace.
+    #[error("Certificate `{name}` has no namespace")]
+    NoNamespace {
+        /// The Certificate's name.
+        name: String,
+    },
+    /// Reading an object failed (other than it not existing).
+    #[error("reading {what}: {source}")]
+    Read {
+        /// Kind and `namespace/name` of the object.
+        what: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// The Secret to write could not be built.
+    #[error("building Secret `{namespace}/{name}`: {source}")]
+    BuildSecret {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// What is missing.
+        #[source]
+        source: secret::AppliedSecretError,
+    },
+    /// Applying the Secret failed.
+    #[error("applying Secret `{namespace}/{name}`: {source}")]
+    ApplySecret {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// Writing the Certificate's status failed.
+    #[error("updating the status of Certificate `{namespace}/{name}`: {source}")]
+    PatchStatus {
+        /// The Certificate's namespace.
+        namespace: String,
+        /// The Certificate's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// The status did not serialise.
+    #[error("serialising the status of Certificate `{namespace}/{name}`: {source}")]
+    SerializeStatus {
+        /// The Certificate's namespace.
+        namespace: String,
+        /// The Certificate's name.
+        name: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An Issuer came without a namespace.
+    #[error("Issuer `{name}` has no namespace")]
+    IssuerNoNamespace {
+        /// The Issuer's name.
+        name: String,
+    },
+    /// Writing an Issuer's or ClusterIssuer's status failed.
+    #[error("updating the status of {kind} `{name}`: {source}")]
+    PatchIssuerStatus {
+        /// Issuer or ClusterIssuer.
+        kind: IssuerKind,
+        /// `namespace/name` of an Issuer, the name of a ClusterIssuer.
+        name: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// No API client could be configured.
+    #[error("configuring the Kubernetes client: {0}")]
+    Client(#[source] ::kube::Error),
+}
+
+/// The kind in [`Context`]'s failure counts of a Certificate.
+pub(super) const CERTIFICATE: &str = "Certificate";
+
+/// A client from the environment: the in-cluster service account, else
+/// `$KUBECONFIG` or `~/.kube/config`.
+pub async fn infer_client() -> Result<Client, Error> {
+    Client::try_default().await.map_err(Error::Client)
+}
+
+/// The delay after `attempts` consecutive API failures: 5s, doubling, at
+/// most 5 minutes (the first delay also for a count of 0).
+pub fn error_backoff(attempts: u32) -> Duration {
+    Backoff::new(Duration::from_secs(5), Duration::from_secs(300)).delay_after(attempts.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_backoff_doubles_from_five_seconds_to_five_minutes() {
+        for (attempts, seconds) in [(1, 5), (2, 10), (3, 20), (6, 160), (7, 300), (100, 300)] {
+            assert_eq!(
+                error_backoff(attempts),
+                Duration::from_secs(seconds),
+                "{attempts}"
+            );
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Which Certificates (and issuers) a change to an Issuer, ClusterIssuer
+//! or Secret concerns, from the controller's stores.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ::kube::ResourceExt;
+use ::kube::runtime::reflector::{ObjectRef, Store};
+use k8s_openapi::api::core::v1::Secret;
+use lanyard_crds::api::{
+    API_VERSION, Certificate, ClusterIssuer, Issuer, IssuerConfig, IssuerKind,
+};
+
+use crate::issuer_ref::{issuer_target, resolve_issuer};
+
+/// Finds the Certificates an Issuer, ClusterIssuer or Secret change
+/// concerns, from the controller's stores.
+#[derive(Clone)]
+pub(super) struct Dependents {
+    pub(super) certificates: Store<Certificate>,
+    pub(super) issuers: Store<Issuer>,
+    pub(super) cluster_issuers: Store<ClusterIssuer>,
+    pub(super) cluster_resource_namespace: String,
+}
+
+impl Dependents {
+    pub(super) fn for_issuer(
+        &self,
+        kind: IssuerKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Vec<ObjectRef<Certificate>> {
+        certificates_using_issuer(&self.certificates.state(), kind, namespace, name)
+    }
+
+    /// The issuers that sign with `secret`: Issuers in its namespace
+    /// naming it, and ClusterIssuers naming it when it is in the cluster
+    /// resource namespace.
+    pub(super) fn issuers_using_secret(&self, secret: &Secret) -> SecretUsers {
+        let mut users = SecretUsers::default();
+        let Some(namespace) = secret.namespace() else {
+            return users;
+        };
+        let name = secret.name_any();
+        let signs_with =
+            |kind, issuer_namespace: &str, issuer_name: &str, config: &IssuerConfig| {
+                ca_secret_name(config) == Some(name.as_str())
+                    && issuer_target(
+                        kind,
+                        issuer_namespace,
+                        issuer_name,
+                        &self.cluster_resource_namespace,
+                    )
+                    .secret_namespace
+                        == namespace
+            };
+        for issuer in self.issuers.state() {
+            if let Some(issuer_namespace) = issuer.namespace()
+                && signs_with(
+                    IssuerKind::Issuer,
+                    &issuer_namespace,
+                    &issuer.name_any(),
+                    &issuer.spec.config,
+                )
+            {
+                users.issuers.push(ObjectRef::from_obj(issuer.as_ref()));
+            }
+        }
+        for issuer in self.cluster_issuers.state() {
+            if signs_with(
+                IssuerKind::ClusterIssuer,
+                "",
+                &issuer.name_any(),
+                &issuer.spec.config,
+            ) {
+                users
+                    .cluster_issuers
+                    .push(ObjectRef::from_obj(issuer.as_ref()));
+            }
+        }
+        users
+    }
+
+    /// The Certificates `secret` concerns: the one owning it, those naming
+    /// it, and those whose issuer is one of `users` (from
+    /// [`Dependents::issuers_using_secret`]).
+    pub(super) fn for_secret(
+        &self,
+        secret: &Secret,
+        users: &SecretUsers,
+    ) -> Vec<ObjectRef<Certificate>> {
+        let Some(namespace) = secret.namespace() else {
+            return Vec::new();
+        };
+        let name = secret.name_any();
+        let certificates = self.certificates.state();
+        let mut found: BTreeSet<(String, String)> = BTreeSet::new();
+        // The Certificate that owns it.
+        for owner in secret.owner_references() {
+            if owner.controller == Some(true)
+                && owner.kind == "Certificate"
+                && owner.api_version == API_VERSION
+            {
+                found.insert((namespace.clone(), owner.name.clone()));
+            }
+        }
+        // Certificates naming it (it may predate them, or have lost its
+        // ownerReference).
+        for certificate in &certificates {
+            if certificate.namespace().as_deref() == Some(namespace.as_str())
+                && certificate.spec.secret_name == name
+            {
+                found.insert((namespace.clone(), certificate.name_any()));
+            }
+        }
+        // Certificates whose issuer signs with it.
+        let mut refs = Vec::new();
+        for issuer in &users.issuers {
+            refs.extend(certificates_using_issuer(
+                &certificates,
+                IssuerKind::Issuer,
+                issuer.namespace.as_deref(),
+                &issuer.name,
+            ));
+        }
+        for issuer in &users.cluster_issuers {
+            refs.extend(certificates_using_issuer(
+                &certificates,
+                IssuerKind::ClusterIssuer,
+                None,
+                &issuer.name,
+            ));
+        }
+        for r in refs {
+            found.insert((r.namespace.unwrap_or_default(), r.name));
+        }
+        found
+            .into_iter()
+            .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace))
+            .collect()
+    }
+}
+
+/// The issuers that sign with a Secret.
+#[derive(Debug, Default)]
+pub(super) struct SecretUsers {
+    pub(super) issuers: Vec<ObjectRef<Issuer>>,
+    pub(super) cluster_issuers: Vec<ObjectRef<ClusterIssuer>>,
+}
+
+fn ca_secret_name(config: &IssuerConfig) -> Option<&str> {
+    config.ca.as_ref().map(|ca| ca.secret_name.as_str())
+}
+
+/// The Certificates that name the issuer `kind`/`name` (an Issuer only
+/// from its own `namespace`).
+fn certificates_using_issuer(
+    certificates: &[Arc<Certificate>],
+    kind: IssuerKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<Certificate>> {
+    certificates
+        .iter()
+        .filter(|c| {
+            // Only the issuer matters here, not where its CA Secret is.
+            resolve_issuer(
+                c.namespace().as_deref().unwrap_or_default(),
+                &c.spec.issuer_ref,
+                "",
+            )
+            .is_ok_and(|target| {
+                target.key()
+                    == (
+                        kind,
+                        namespace.unwrap_or_default().to_string(),
+                        name.to_string(),
+                    )
+            })
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::kube::runtime::{reflector, watcher};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use lanyard_crds::api::{CaIssuer, CertificateSpec, ClusterIssuerSpec, IssuerRef, IssuerSpec};
+
+    fn certificate(
+        namespace: &str,
+        name: &str,
+        issuer: &str,
+        kind: Option<&str>,
+    ) -> Arc<Certificate> {
+        let mut spec = CertificateSpec::new(
+            format!("{name}-tls"),
+            IssuerRef {
+                name: issuer.into(),
+                kind: kind.map(Into::into),
+                group: None,
+            },
+        );
+        spec.common_name = Some(name.into());
+        let mut cert = Certificate::new(name, spec);
+        cert.metadata.namespace = Some(namespace.into());
+        Arc::new(cert)
+    }
+
+    fn names(refs: Vec<ObjectRef<Certificate>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_issuer_concerns_certificates_in_its_namespace_and_a_cluster_issuer_all() {
+        let certs = [
+            certificate("a", "one", "ca", None),
+            certificate("a", "two", "ca", Some("ClusterIssuer")),
+            certificate("b", "three", "ca", Some("Issuer")),
+            certificate("b", "four", "other", Some("ClusterIssuer")),
+        ];
+        let issuer = names(certificates_using_issuer(
+            &certs,
+            IssuerKind::Issuer,
+            Some("a"),
+            "ca",
+        ));
+        assert_eq!(issuer.len(), 1);
+        assert!(issuer[0].contains("one"), "{issuer:?}");
+        let cluster = names(certificates_using_issuer(
+            &certs,
+            IssuerKind::ClusterIssuer,
+            None,
+            "ca",
+        ));
+        assert_eq!(cluster.len(), 1);
+        assert!(cluster[0].contains("two"), "{cluster:?}");
+    }
+
+    fn ca(secret_name: &str) -> IssuerConfig {
+        IssuerConfig {
+            ca: Some(CaIssuer {
+                secret_name: secret_name.into(),
+            }),
+            self_signed: None,
+        }
+    }
+
+    fn secret_in(namespace: &str, name: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_ca_secret_maps_to_the_issuers_that_sign_with_it_and_their_certificates() {
+        let (certificates, mut certificate_writer) = reflector::store::<Certificate>();
+        let (issuers, mut issuer_writer) = reflector::store::<Issuer>();
+        let (cluster_issuers, mut cluster_issuer_writer) = reflector::store::<ClusterIssuer>();
+        for cert in [
+            certificate("a", "one", "ns-ca", None),
+            certificate("b", "two", "ns-ca", None),
+            certificate("b", "three", "cluster-ca", Some("ClusterIssuer")),
+        ] {
+            certificate_writer.apply_watcher_event(&watcher::Event::Apply((*cert).clone()));
+        }
+        for (namespace, name, secret) in [("a", "ns-ca", "ca"), ("b", "ns-ca", "other")] {
+            let mut issuer = Issuer::new(name, IssuerSpec { config: ca(secret) });
+            issuer.metadata.namespace = Some(namespace.into());
+            issuer_writer.apply_watcher_event(&watcher::Event::Apply(issuer));
+        }
+        cluster_issuer_writer.apply_watcher_event(&watcher::Event::Apply(ClusterIssuer::new(
+            "cluster-ca",
+            ClusterIssuerSpec { config: ca("ca") },
+        )));
+        let dependents = Dependents {
+            certificates,
+            issuers,
+            cluster_issuers,
+            cluster_resource_namespace: "lanyard".into(),
+        };
+
+        // `a/ca` is the CA of the Issuer `a/ns-ca` only: a ClusterIssuer's
+        // CA Secret lives in the cluster resource namespace.
+        let secret = secret_in("a", "ca");
+        let users = dependents.issuers_using_secret(&secret);
+        assert_eq!(
+            users.issuers,
+            [ObjectRef::new("ns-ca").within("a")],
+            "{users:?}"
+        );
+        assert!(users.cluster_issuers.is_empty(), "{users:?}");
+        let certs = names(dependents.for_secret(&secret, &users));
+        assert_eq!(certs.len(), 1, "{certs:?}");
+        assert!(certs[0].contains("one"), "{certs:?}");
+
+        let secret = secret_in("lanyard", "ca");
+        let users = dependents.issuers_using_secret(&secret);
+        assert!(users.issuers.is_empty(), "{users:?}");
+        assert_eq!(users.cluster_issuers, [ObjectRef::new("cluster-ca")]);
+        let certs = names(dependents.for_secret(&secret, &users));
+        assert_eq!(certs.len(), 1, "{certs:?}");
+        assert!(certs[0].contains("three"), "{certs:?}");
+
+        let secret = secret_in("b", "unrelated");
+        let users = dependents.issuers_using_secret(&secret);
+        assert!(users.issuers.is_empty() && users.cluster_issuers.is_empty());
+    }
+}

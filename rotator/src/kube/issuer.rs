@@ -1,0 +1,340 @@
+//! The issuer reconcile, one controller per kind: read an `Issuer`'s or
+//! `ClusterIssuer`'s CA Secret, load it, and record the result as its
+//! `Ready` condition and in the metrics. Also how a Certificate's reconcile
+//! reads the issuer it names.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::kube::api::{Api, Patch, PatchParams};
+use ::kube::runtime::controller::Action;
+use ::kube::{Client, Resource, ResourceExt};
+use k8s_openapi::api::core::v1::Secret;
+use lanyard_crds::api::{ClusterIssuer, Issuer, IssuerConfig, IssuerKind, IssuerStatus};
+use lanyard_crds::time::Clock;
+use tracing::{debug, info, warn};
+
+use super::certificate::STALE_REQUEUE;
+use super::context::{Context, Error, error_backoff};
+use super::{FIELD_MANAGER, ISSUER_READY_MESSAGE, issuer_status, secret_data};
+use crate::issuer_ref::{IssuerTarget, issuer_target};
+use crate::issuing::{IssuerError, IssuerMaterial, load_issuer};
+use crate::metrics::Metrics;
+use crate::secret::SecretData;
+
+/// How often an issuer is checked again when nothing about it changes: a
+/// CA that is valid now expires, or becomes valid, with time alone.
+pub const ISSUER_REQUEUE: Duration = Duration::from_secs(300);
+
+/// The issuer a Certificate names, as read from the API server.
+pub(super) struct FoundIssuer {
+    pub(super) config: IssuerConfig,
+    /// `namespace/name` of its CA Secret, when it has one.
+    pub(super) ca_secret_ref: String,
+    pub(super) ca_secret: Option<SecretData>,
+}
+
+/// The issuer `target` and its CA Secret; `None` when the issuer does not
+/// exist.
+pub(super) async fn fetch_issuer<C: Clock>(
+    ctx: &Context<C>,
+    target: &IssuerTarget,
+) -> Result<Option<FoundIssuer>, Error> {
+    let read = |what: String| move |source| Error::Read { what, source };
+    let what = format!("{} `{}`", target.kind, target.qualified_name());
+    let config = match target.kind {
+        IssuerKind::Issuer => Api::<Issuer>::namespaced(ctx.client.clone(), &target.namespace)
+            .get_opt(&target.name)
+            .await
+            .map_err(read(what))?
+            .map(|issuer| issuer.spec.config),
+        IssuerKind::ClusterIssuer => Api::<ClusterIssuer>::all(ctx.client.clone())
+            .get_opt(&target.name)
+            .await
+            .map_err(read(what))?
+            .map(|issuer| issuer.spec.config),
+    };
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    fetch_ca_secret(ctx, config, &target.secret_namespace)
+        .await
+        .map(Some)
+}
+
+/// An issuer's config with its CA Secret, read from `secret_namespace`.
+async fn fetch_ca_secret<C: Clock>(
+    ctx: &Context<C>,
+    config: IssuerConfig,
+    secret_namespace: &str,
+) -> Result<FoundIssuer, Error> {
+    let read = |what: String| move |source| Error::Read { what, source };
+    // load_issuer validates the config first; read the Secret only when it
+    // would be used.
+    let secret_name = match (&config.ca, config.validate()) {
+        (Some(ca), Ok(())) => Some(ca.secret_name.clone()),
+        _ => None,
+    };
+    let mut found = FoundIssuer {
+        ca_secret_ref: format!(
+            "{secret_namespace}/{}",
+            secret_name.as_deref().unwrap_or_default()
+        ),
+        config,
+        ca_secret: None,
+    };
+    if let Some(secret_name) = secret_name {
+        found.ca_secret = Api::<Secret>::namespaced(ctx.client.clone(), secret_namespace)
+            .get_opt(&secret_name)
+            .await
+            .map_err(read(format!("Secret `{secret_namespace}/{secret_name}`")))?
+            .as_ref()
+            .map(secret_data);
+    }
+    Ok(found)
+}
+
+/// Records what loading the issuer `target` gave: its series, or none
+/// when it does not exist.
+pub(super) fn observe_issuer(
+    metrics: &Metrics,
+    target: &IssuerTarget,
+    material: &Result<IssuerMaterial, IssuerError>,
+) {
+    let (kind, namespace, name) = (target.kind, target.namespace.as_str(), target.name.as_str());
+    match material {
+        Ok(material) => metrics.observe_issuer(kind, namespace, name, Some(material)),
+        Err(IssuerError::NotFound { .. }) => metrics.forget_issuer(kind, namespace, name),
+        Err(_) => metrics.observe_issuer(kind, namespace, name, None),
+    }
+}
+
+/// What [`reconcile_issuer`] needs of an issuer kind: implemented by
+/// [`Issuer`] and [`ClusterIssuer`].
+pub trait IssuerResource:
+    Resource<DynamicType = ()>
+    + Clone
+    + fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Which kind this is.
+    const KIND: IssuerKind;
+    /// How the issuer signs.
+    fn config(&self) -> &IssuerConfig;
+    /// The status as last written.
+    fn issuer_status(&self) -> Option<&IssuerStatus>;
+    /// The API the issuer is written through: `namespace`'s for an Issuer,
+    /// the cluster's for a ClusterIssuer (which ignores `namespace`).
+    fn api(client: Client, namespace: &str) -> Api<Self>;
+}
+
+impl IssuerResource for Issuer {
+    const KIND: IssuerKind = IssuerKind::Issuer;
+    fn config(&self) -> &IssuerConfig {
+        &self.spec.config
+    }
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+    fn api(client: Client, namespace: &str) -> Api<Self> {
+        Api::namespaced(client, namespace)
+    }
+}
+
+impl IssuerResource for ClusterIssuer {
+    const KIND: IssuerKind = IssuerKind::ClusterIssuer;
+    fn config(&self) -> &IssuerConfig {
+        &self.spec.config
+    }
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+    fn api(client: Client, _namespace: &str) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+/// The body of an issuer's status merge patch, guarded by the
+/// `resourceVersion` the reconcile read (see [`status_patch`]).
+#[derive(Debug, serde::Serialize)]
+struct IssuerStatusPatch<'a> {
+    metadata: VersionGuard<'a>,
+    status: &'a IssuerStatus,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct VersionGuard<'a> {
+    #[serde(rename = "resourceVersion", skip_serializing_if = "Option::is_none")]
+    resource_version: Option<&'a str>,
+}
+
+/// Reconciles one Issuer or ClusterIssuer: read its CA Secret (in the
+/// Issuer's namespace, or [`Context::cluster_resource_namespace`] for a
+/// ClusterIssuer), load it, record the result as the `Ready` condition
+/// (patching the status only when it changed) and in the metrics; check
+/// again after [`ISSUER_REQUEUE`].
+pub async fn reconcile_issuer<K: IssuerResource, C: Clock>(
+    issuer: Arc<K>,
+    ctx: Arc<Context<C>>,
+) -> Result<Action, Error> {
+    let kind = K::KIND;
+    let name = issuer.name_any();
+    // Empty for a ClusterIssuer, as in the metrics' labels.
+    let namespace = issuer.namespace().unwrap_or_default();
+    if kind == IssuerKind::Issuer && namespace.is_empty() {
+        return Err(Error::IssuerNoNamespace { name });
+    }
+    let target = issuer_target(kind, &namespace, &name, &ctx.cluster_resource_namespace);
+    let qualified = target.qualified_name();
+    if issuer.meta().deletion_timestamp.is_some() {
+        // Going away: a status written now would be thrown away with it.
+        return Ok(Action::await_change());
+    }
+    let found = fetch_ca_secret(&ctx, issuer.config().clone(), &target.secret_namespace).await?;
+    let now = ctx.clock.now();
+    let material = load_issuer(
+        kind,
+        &name,
+        &found.config,
+        found.ca_secret.as_ref(),
+        &found.ca_secret_ref,
+        now,
+    );
+    observe_issuer(&ctx.metrics, &target, &material);
+
+    let current = issuer.issuer_status();
+    let status = issuer_status(current, material.as_ref(), issuer.meta().generation, now);
+    if current != Some(&status) {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        let patch = IssuerStatusPatch {
+            metadata: VersionGuard {
+                resource_version: issuer.meta().resource_version.as_deref(),
+            },
+            status: &status,
+        };
+        match K::api(ctx.client.clone(), &namespace)
+            .patch_status(&name, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Read from a stale cached copy: decide again from fresh state.
+            Err(::kube::Error::Api(response)) if response.code == 409 => {
+                debug!(issuer = %qualified, %kind, "status changed since this reconcile read it; looking again");
+                return Ok(Action::requeue(STALE_REQUEUE));
+            }
+            Err(source) => {
+                return Err(Error::PatchIssuerStatus {
+                    kind,
+                    name: qualified.clone(),
+                    source,
+                });
+            }
+        }
+        match &material {
+            Ok(_) => info!(issuer = %qualified, %kind, "issuer is ready: {ISSUER_READY_MESSAGE}"),
+            Err(error) => {
+                warn!(issuer = %qualified, %kind, reason = error.reason(), "issuer is not ready: {error}");
+            }
+        }
+    } else {
+        debug!(issuer = %qualified, %kind, "issuer status is current");
+    }
+    ctx.clear_api_failures(kind.as_str(), &namespace, &name);
+    Ok(Action::requeue(ISSUER_REQUEUE))
+}
+
+/// Backs off an issuer whose reconcile failed against the API server, as
+/// [`error_policy`] does a Certificate.
+pub fn issuer_error_policy<K: IssuerResource, C: Clock>(
+    issuer: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context<C>>,
+) -> Action {
+    let namespace = issuer.namespace().unwrap_or_default();
+    let name = issuer.name_any();
+    let attempts = ctx.record_api_failure(K::KIND.as_str(), namespace.clone(), name.clone());
+    let delay = error_backoff(attempts);
+    warn!(
+        kind = %K::KIND,
+        issuer = %if namespace.is_empty() { name } else { format!("{namespace}/{name}") },
+        attempts,
+        retry_in = ?delay,
+        "reconcile failed: {error}"
+    );
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use lanyard_crds::api::Condition;
+
+    #[test]
+    fn an_issuer_status_keeps_its_transition_time_until_ready_changes() {
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let later = t0 + chrono::TimeDelta::hours(1);
+        let missing = IssuerError::SecretNotFound {
+            secret: "lanyard/ca".into(),
+        };
+
+        let ready = issuer_status(None, Ok(&IssuerMaterial::SelfSigned), Some(1), t0);
+        let [condition] = ready.conditions.as_slice() else {
+            panic!("{ready:?}")
+        };
+        assert_eq!(condition.type_, "Ready");
+        assert!(condition.is_true());
+        assert_eq!(condition.reason.as_deref(), Some("KeyPairVerified"));
+        assert_eq!(condition.message.as_deref(), Some("Signing CA verified"));
+        assert_eq!(condition.observed_generation, Some(1));
+        assert_eq!(condition.last_transition_time, Some(t0));
+
+        // Unchanged: the same status, so no write.
+        let again = issuer_status(
+            Some(&ready),
+            Ok(&IssuerMaterial::SelfSigned),
+            Some(1),
+            later,
+        );
+        assert_eq!(again, ready);
+        // A new generation is recorded, the transition time kept.
+        let next = issuer_status(
+            Some(&ready),
+            Ok(&IssuerMaterial::SelfSigned),
+            Some(2),
+            later,
+        );
+        assert_eq!(next.conditions[0].observed_generation, Some(2));
+        assert_eq!(next.conditions[0].last_transition_time, Some(t0));
+
+        // Not ready: the error's reason and message, a new transition time;
+        // conditions of other types are kept.
+        let mut with_other = ready.clone();
+        with_other.conditions.push(Condition {
+            type_: "Other".into(),
+            status: "True".into(),
+            reason: None,
+            message: None,
+            last_transition_time: None,
+            observed_generation: None,
+        });
+        let failed = issuer_status(Some(&with_other), Err(&missing), Some(1), later);
+        assert_eq!(failed.conditions.len(), 2);
+        let condition = &failed.conditions[0];
+        assert_eq!(condition.status, "False");
+        assert_eq!(condition.reason.as_deref(), Some("CASecretNotFound"));
+        assert_eq!(
+            condition.message.as_deref(),
+            Some("the CA Secret `lanyard/ca` does not exist")
+        );
+        assert_eq!(condition.last_transition_time, Some(later));
+        assert_eq!(failed.conditions[1].type_, "Other");
+    }
+}

@@ -1,0 +1,136 @@
+//! The first start of `lanyard up`: the trust anchor, its CA
+//! ClusterIssuer and the identity issuer Certificate, as Linkerd's
+//! cert-manager guide sets them up by hand.
+
+use lanyard_crds::api::{
+    CaIssuer, Certificate, CertificateSpec, ClusterIssuer, ClusterIssuerSpec, IssuerConfig,
+    IssuerKind, IssuerRef,
+};
+use lanyard_crds::duration::GoDuration;
+use lanyard_crds::identity::IdentityDomain;
+use lanyard_crds::time::Clock;
+use lanyard_crds::usage::{KeyUsage, PrivateKeyAlgorithm};
+use lanyard_issuer::{DEFAULT_ANCHOR_LIFETIME, KeyAlgorithm, TrustAnchor};
+
+use super::secrets::{self, Durability, SecretStoreError};
+use super::{IDENTITY_ISSUER_NAME, LocalController, LocalError, TRUST_ANCHOR_NAME, manifests};
+use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY};
+
+impl<C: Clock> LocalController<C> {
+    /// On first start (no manifests directory yet), sets up what the Linkerd
+    /// mTLS guide sets up by hand: a trust anchor Secret, a CA ClusterIssuer
+    /// `linkerd-trust-anchor` over it, and the identity issuer Certificate
+    /// `<namespace>/linkerd-identity-issuer` (8760h, renewBefore 720h,
+    /// isCA). Returns whether it did anything.
+    pub fn bootstrap(&self) -> Result<bool, LocalError> {
+        let manifests_dir = self.options.manifests_dir();
+        if manifests_dir.exists() {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let domain = &self.options.domain;
+        let anchor = TrustAnchor::generate(
+            domain,
+            DEFAULT_ANCHOR_LIFETIME,
+            KeyAlgorithm::EcdsaP256,
+            now,
+        )?;
+        let mut secret = SecretData::default();
+        let pem = anchor.certificate().to_pem();
+        secret.data.insert(TLS_CRT.into(), pem.clone().into_bytes());
+        secret.data.insert(
+            TLS_KEY.into(),
+            anchor.key().to_pkcs8_pem().as_bytes().to_vec(),
+        );
+        secret.data.insert(CA_CRT.into(), pem.into_bytes());
+        self.secrets.write(
+            &self.options.cluster_resource_namespace,
+            TRUST_ANCHOR_NAME,
+            &secret,
+        )?;
+
+        let mut issuer = ClusterIssuer::new(
+            TRUST_ANCHOR_NAME,
+            ClusterIssuerSpec {
+                config: IssuerConfig {
+                    ca: Some(CaIssuer {
+                        secret_name: TRUST_ANCHOR_NAME.into(),
+                    }),
+                    self_signed: None,
+                },
+            },
+        );
+        issuer.status = None;
+        let certificate = identity_issuer_certificate(domain);
+        let stream = manifests::to_yaml_stream(&[
+            serde_json::to_value(&issuer).expect("API objects serialise"),
+            serde_json::to_value(&certificate).expect("API objects serialise"),
+        ])
+        .map_err(|reason| LocalError::CorruptState {
+            path: manifests_dir.clone(),
+            reason,
+        })?;
+        let header = "# Made by `lanyard up` on first start: the trust anchor's CA ClusterIssuer\n\
+                      # and the identity issuer Certificate, as Linkerd's cert-manager guide sets them up.\n";
+        // The manifests directory appears in one rename, with its file:
+        // an interrupted first start is tried again from scratch.
+        let staging = tempfile::Builder::new()
+            .prefix(".tmp-manifests-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .tempdir_in(&self.options.state_dir)
+            .map_err(|source| SecretStoreError::Io {
+                path: self.options.state_dir.clone(),
+                source,
+            })?;
+        secrets::write_file_atomic(
+            &staging.path().join("linkerd-identity.yaml"),
+            format!("{header}{stream}").as_bytes(),
+            0o644,
+            self.options.durability,
+        )?;
+        let staged = staging.keep();
+        std::fs::rename(&staged, &manifests_dir).map_err(|source| {
+            let _ = std::fs::remove_dir_all(&staged);
+            SecretStoreError::Io {
+                path: manifests_dir.clone(),
+                source,
+            }
+        })?;
+        if self.options.durability == Durability::Fsync {
+            lanyard_files::sync_dir(&self.options.state_dir)?;
+        }
+        Ok(true)
+    }
+}
+
+/// The identity issuer Certificate of Linkerd's cert-manager guide:
+/// `<namespace>/linkerd-identity-issuer`, `identity.<namespace>.<trust
+/// domain>`, ECDSA, 8760h renewed 720h before its end, a CA, signed by the
+/// ClusterIssuer `linkerd-trust-anchor`.
+pub fn identity_issuer_certificate(domain: &IdentityDomain) -> Certificate {
+    let mut spec = CertificateSpec::new(
+        IDENTITY_ISSUER_NAME,
+        IssuerRef {
+            name: TRUST_ANCHOR_NAME.into(),
+            kind: Some(IssuerKind::ClusterIssuer.as_str().into()),
+            group: None,
+        },
+    );
+    spec.common_name = Some(domain.to_string());
+    spec.duration = Some(GoDuration::from_hours(8760));
+    spec.renew_before = Some(GoDuration::from_hours(720));
+    spec.is_ca = true;
+    spec.usages = vec![
+        KeyUsage::CertSign,
+        KeyUsage::CrlSign,
+        KeyUsage::ServerAuth,
+        KeyUsage::ClientAuth,
+    ];
+    spec.private_key = Some(lanyard_crds::api::PrivateKeySpec {
+        algorithm: Some(PrivateKeyAlgorithm::Ecdsa),
+        ..Default::default()
+    });
+    let mut certificate = Certificate::new(IDENTITY_ISSUER_NAME, spec);
+    certificate.metadata.namespace = Some(domain.control_plane_namespace().to_string());
+    certificate
+}

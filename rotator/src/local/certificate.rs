@@ -1,0 +1,310 @@
+//! One Certificate's reconcile in the local shell, in two halves: prepare
+//! (read the Secret, decide, stage the new Secret and status file) and
+//! finish (commit what was staged, count and log it). Passes run the
+//! halves of independent Certificates on every core.
+
+use chrono::{DateTime, Utc};
+use lanyard_crds::api::{Certificate, IssuerKind};
+use lanyard_crds::time::Clock;
+
+use super::manifests::ObjectKey;
+use super::pass::Materials;
+use super::schedule;
+use super::secrets::{self, Durability, SecretStoreError};
+use super::status::Record;
+use super::{LocalController, PassReport};
+use crate::issuer_ref::resolve_issuer;
+use crate::issuing::IssuerError;
+use crate::planner::IssueReason;
+use crate::reconcile::{Event, ResolvedIssuer, reconcile};
+
+/// A reconciled Certificate whose writes are staged, not yet visible.
+pub(super) struct Prepared {
+    pub(super) key: ObjectKey,
+    /// The Certificate as the reconcile saw it (generation, prior status),
+    /// for a storage failure's outcome.
+    pub(super) certificate: Certificate,
+    pub(super) spec_value: serde_json::Value,
+    /// Whether the Secret's current certificate is unexpired; looked at
+    /// only when a new Secret is staged (only then can a write fail).
+    pub(super) current_usable: bool,
+    pub(super) outcome: crate::reconcile::Outcome,
+    pub(super) staged_secret: Option<secrets::StagedSecret>,
+    /// The status record, when it changed, and its staged file (`None`
+    /// when staging failed: the record is kept in memory and written
+    /// again at commit).
+    pub(super) record: Option<(Record, Option<secrets::StagedFile>)>,
+}
+
+impl Prepared {
+    fn new(
+        key: ObjectKey,
+        certificate: Certificate,
+        spec_value: serde_json::Value,
+        outcome: crate::reconcile::Outcome,
+    ) -> Prepared {
+        Prepared {
+            key,
+            certificate,
+            spec_value,
+            current_usable: false,
+            outcome,
+            staged_secret: None,
+            record: None,
+        }
+    }
+
+    /// Records the outcome's status (to be staged).
+    fn with_record(mut self) -> Prepared {
+        let record = Record {
+            generation: self.certificate.metadata.generation.unwrap_or(1),
+            spec: self.spec_value.clone(),
+            status: self.outcome.status.clone(),
+        };
+        self.record = Some((record, None));
+        self
+    }
+
+    /// Turns a read or write error into this Certificate's failure:
+    /// anything staged is discarded (removed), the status says why and the
+    /// next attempt backs off.
+    pub(super) fn storage_failed(
+        mut self,
+        reason: &'static str,
+        error: &SecretStoreError,
+        now: DateTime<Utc>,
+    ) -> Prepared {
+        self.staged_secret = None;
+        self.outcome = crate::reconcile::storage_failed(
+            &self.certificate,
+            self.current_usable,
+            now,
+            reason,
+            error.to_string(),
+        );
+        self.with_record()
+    }
+}
+
+/// One Certificate's reconcile, for the pass to fold in.
+pub(super) struct One {
+    pub(super) key: ObjectKey,
+    pub(super) wrote_secret: bool,
+    pub(super) event: Event,
+    pub(super) requeue_at: DateTime<Utc>,
+    pub(super) record: Option<Record>,
+}
+
+impl<C: Clock> LocalController<C> {
+    /// Reconciles one Certificate, start to finish, flushing as the store's
+    /// durability says.
+    pub(super) fn reconcile_one(
+        &self,
+        certificate: &Certificate,
+        materials: &Materials,
+        now: DateTime<Utc>,
+    ) -> One {
+        let flush = self.secrets.durability() == Durability::Fsync;
+        let prepared = self.prepare_one(certificate, materials, now, flush);
+        self.finish_one(prepared, flush)
+    }
+
+    /// The first half of a reconcile: read the Secret, decide, and stage
+    /// the new Secret and status file if anything changed. Touches nothing
+    /// shared but files of its own, so passes run it in parallel. A read or
+    /// write error fails this Certificate only.
+    pub(super) fn prepare_one(
+        &self,
+        certificate: &Certificate,
+        materials: &Materials,
+        now: DateTime<Utc>,
+        flush: bool,
+    ) -> Prepared {
+        let mut certificate = certificate.clone();
+        let ns = certificate.metadata.namespace.clone().unwrap_or_default();
+        let name = certificate.metadata.name.clone().unwrap_or_default();
+        let key = ObjectKey {
+            kind: "Certificate",
+            namespace: ns.clone(),
+            name: name.clone(),
+        };
+        let spec_value = serde_json::to_value(&certificate.spec).expect("specs serialise");
+        let record = self.records.get(&(ns.clone(), name.clone()));
+        let generation = schedule::generation(record.map(|r| (r.generation, &r.spec)), &spec_value);
+        certificate.metadata.generation = Some(generation);
+        certificate.status = record.map(|r| r.status.clone());
+
+        let issuer_ref = &certificate.spec.issuer_ref;
+        let target = resolve_issuer(&ns, issuer_ref, &self.options.cluster_resource_namespace);
+        let kind = target
+            .as_ref()
+            .map_or(IssuerKind::Issuer, |target| target.kind);
+        let missing = match &target {
+            Ok(target) => IssuerError::NotFound {
+                kind,
+                name: target.qualified_name(),
+            },
+            // A kind or group we do not serve: the core reports the invalid
+            // spec without looking at the issuer.
+            Err(refused) => IssuerError::InvalidSpec {
+                kind,
+                name: issuer_ref.name.clone(),
+                reason: refused.to_string(),
+            },
+        };
+        let material = match target.as_ref().ok().and_then(|t| materials.get(&t.key())) {
+            Some(Ok(m)) => Ok(m),
+            Some(Err(e)) => Err(e),
+            None => Err(&missing),
+        };
+        let secret = match self.secrets.read(&ns, &certificate.spec.secret_name) {
+            Ok(secret) => secret,
+            Err(error) => {
+                let outcome = crate::reconcile::storage_failed(
+                    &certificate,
+                    false,
+                    now,
+                    "ReadFailed",
+                    error.to_string(),
+                );
+                let failed = Prepared::new(key, certificate, spec_value, outcome).with_record();
+                return self.stage_record(failed, flush);
+            }
+        };
+        let outcome = reconcile(
+            &certificate,
+            secret.as_ref(),
+            ResolvedIssuer {
+                kind,
+                name: &certificate.spec.issuer_ref.name,
+                material,
+            },
+            now,
+        );
+        let mut prepared = Prepared::new(key, certificate, spec_value, outcome);
+        // Stage first: nothing is visible until `finish_one` commits.
+        if let Some(new_secret) = &prepared.outcome.secret {
+            prepared.current_usable = crate::reconcile::secret_is_unexpired(secret.as_ref(), now);
+            match self.secrets.stage(
+                &ns,
+                &prepared.certificate.spec.secret_name,
+                new_secret,
+                flush,
+            ) {
+                Ok(staged) => prepared.staged_secret = Some(staged),
+                Err(error) => prepared = prepared.storage_failed("WriteFailed", &error, now),
+            }
+        }
+        let new_record = Record {
+            generation,
+            spec: prepared.spec_value.clone(),
+            status: prepared.outcome.status.clone(),
+        };
+        if record != Some(&new_record) {
+            prepared.record = Some((new_record, None));
+        }
+        self.stage_record(prepared, flush)
+    }
+
+    /// Stages the status record of `prepared`, if it changed. A record that
+    /// cannot be staged stays in memory and is written again at commit.
+    fn stage_record(&self, mut prepared: Prepared, flush: bool) -> Prepared {
+        if let Some((record, staged)) = &mut prepared.record {
+            let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
+            let path = self.record_path(&prepared.key.namespace, &prepared.key.name);
+            *staged = secrets::stage_file(&path, &bytes, 0o644, flush).ok();
+        }
+        prepared
+    }
+
+    /// The second half: makes the staged Secret and status visible (Secret
+    /// first), then counts and logs what happened. A failed commit fails
+    /// this Certificate only.
+    pub(super) fn finish_one(&self, prepared: Prepared, flush: bool) -> One {
+        let now = self.clock.now();
+        let mut prepared = prepared;
+        let mut wrote_secret = false;
+        if let Some(staged) = prepared.staged_secret.take() {
+            match self.secrets.commit(staged, flush) {
+                Ok(()) => wrote_secret = true,
+                Err(error) => prepared = prepared.storage_failed("WriteFailed", &error, now),
+            }
+        }
+        let Prepared {
+            key,
+            certificate,
+            outcome,
+            record,
+            ..
+        } = prepared;
+        let record = record.map(|(record, staged)| {
+            let written = match staged {
+                Some(staged) => staged.commit(flush),
+                None => {
+                    let bytes = serde_json::to_vec_pretty(&record).expect("records serialise");
+                    secrets::write_file_atomic(
+                        &self.record_path(&key.namespace, &key.name),
+                        &bytes,
+                        0o644,
+                        self.secrets.durability(),
+                    )
+                }
+            };
+            if let Err(error) = written {
+                tracing::warn!(certificate = %key, %error, "cannot record status; it is kept in memory");
+            }
+            record
+        });
+        let spec = certificate.spec;
+        let (ns, name) = (&key.namespace, &key.name);
+        match &outcome.event {
+            Event::Issued(reason) => {
+                self.metrics.issued(ns, name, &spec);
+                // One line per event, worded for the operator reading
+                // `lanyard up`'s output.
+                let what = match reason {
+                    IssueReason::Renewing | IssueReason::Expired => "renewed",
+                    IssueReason::IssuerRotated => "reissued: the issuer rotated",
+                    _ => "issued",
+                };
+                tracing::info!(certificate = %key, %reason, not_after = ?outcome.status.not_after, "{what}");
+                if let Some(clamped) = &outcome.clamped {
+                    tracing::warn!(certificate = %key, "{clamped}");
+                }
+            }
+            Event::Failed { reason, message } => {
+                self.metrics.failed(ns, name, &spec, reason);
+                tracing::warn!(certificate = %key, reason, message, "issuance failed");
+            }
+            Event::UpToDate | Event::BackingOff => {}
+        }
+        self.metrics
+            .observe_certificate(ns, name, &spec, &outcome.status);
+        One {
+            key,
+            wrote_secret,
+            event: outcome.event,
+            requeue_at: outcome.requeue_at,
+            record,
+        }
+    }
+
+    /// Folds one result into the pass report and the in-memory records.
+    pub(super) fn absorb(&mut self, one: One, report: &mut PassReport) {
+        match one.event {
+            Event::Issued(reason) => report.issued.push((one.key.clone(), reason)),
+            Event::Failed { reason, message } => {
+                report.failed.push((one.key.clone(), reason, message))
+            }
+            Event::UpToDate | Event::BackingOff => {}
+        }
+        self.requeue.insert(
+            (one.key.namespace.clone(), one.key.name.clone()),
+            one.requeue_at,
+        );
+        if let Some(record) = one.record {
+            self.records
+                .insert((one.key.namespace, one.key.name), record);
+        }
+    }
+}
