@@ -12,7 +12,7 @@ use lanyard_crds::time::Clock;
 use lanyard_crds::usage::{KeyUsage, PrivateKeyAlgorithm};
 use lanyard_issuer::{DEFAULT_ANCHOR_LIFETIME, KeyAlgorithm, TrustAnchor};
 
-use super::secrets::{self, Durability, SecretStoreError};
+use super::secrets::{self, Durability};
 use super::{IDENTITY_ISSUER_NAME, LocalController, LocalError, TRUST_ANCHOR_NAME, manifests};
 use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY};
 
@@ -74,31 +74,14 @@ impl<C: Clock> LocalController<C> {
                       # and the identity issuer Certificate, as Linkerd's cert-manager guide sets them up.\n";
         // The manifests directory appears in one rename, with its file:
         // an interrupted first start is tried again from scratch.
-        let staging = tempfile::Builder::new()
-            .prefix(".tmp-manifests-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .tempdir_in(&self.options.state_dir)
-            .map_err(|source| SecretStoreError::Io {
-                path: self.options.state_dir.clone(),
-                source,
-            })?;
+        let staging = lanyard_files::StagedDir::new(&self.options.state_dir, 0o755)?;
         secrets::write_file_atomic(
             &staging.path().join("linkerd-identity.yaml"),
             format!("{header}{stream}").as_bytes(),
             0o644,
             self.options.durability,
         )?;
-        let staged = staging.keep();
-        std::fs::rename(&staged, &manifests_dir).map_err(|source| {
-            let _ = std::fs::remove_dir_all(&staged);
-            SecretStoreError::Io {
-                path: manifests_dir.clone(),
-                source,
-            }
-        })?;
-        if self.options.durability == Durability::Fsync {
-            lanyard_files::sync_dir(&self.options.state_dir)?;
-        }
+        staging.commit(&manifests_dir, self.options.durability == Durability::Fsync)?;
         Ok(true)
     }
 }
