@@ -51,14 +51,7 @@ pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
             let metrics = metrics.clone();
             move || metrics.encode()
         });
-        let (bound, server) =
-            lanyard_runtime::admin::serve(args.metrics_addr, endpoints, shutdown.clone())
-                .await
-                .map_err(|source| CliError::Read {
-                    path: format!("metrics listener {}", args.metrics_addr).into(),
-                    source,
-                })?;
-        let server = tokio::spawn(server);
+        let (bound, server) = crate::serve_admin(args.metrics_addr, endpoints, &shutdown).await?;
         eprintln!("lanyard: controller starting; metrics on http://{bound}/metrics");
         let ctx = Context::new(client, SystemClock, metrics).with_cluster_resource_namespace(
             args.cluster_resource_namespace

@@ -84,14 +84,8 @@ pub fn identity(args: IdentityArgs) -> Result<ExitCode, CliError> {
         identity_metrics.register(&mut registry);
         let registry = Arc::new(registry);
         let endpoints = lanyard_runtime::admin::Endpoints::registry(registry);
-        let (bound, server) =
-            lanyard_runtime::admin::serve(args.metrics_addr, endpoints, shutdown.clone())
-                .await
-            .map_err(|source| CliError::Read {
-                path: format!("metrics listener {}", args.metrics_addr).into(),
-                source,
-            })?;
-        let metrics_server = tokio::spawn(server);
+        let (bound, metrics_server) =
+            crate::serve_admin(args.metrics_addr, endpoints, &shutdown).await?;
 
         let slot = Arc::new(ArcSwapOption::empty());
         let (watch, source) = match args.issuer_dir {

@@ -95,6 +95,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, ca::CliError> {
         })
 }
 
+/// Serves the admin endpoints (`/metrics`, `/ready`, `/live`) on `addr`
+/// until `shutdown`; returns the bound address and the server's task.
+async fn serve_admin(
+    addr: std::net::SocketAddr,
+    endpoints: lanyard_runtime::admin::Endpoints,
+    shutdown: &lanyard_runtime::Shutdown,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ca::CliError> {
+    let (bound, server) = lanyard_runtime::admin::serve(addr, endpoints, shutdown.clone())
+        .await
+        .map_err(|source| ca::CliError::Read {
+            path: format!("metrics listener {addr}").into(),
+            source,
+        })?;
+    Ok((bound, tokio::spawn(server)))
+}
+
 /// The log filter: `--log-level`, else `LANYARD_LOG`, else the default.
 fn log_filter(flag: Option<&str>) -> Result<EnvFilter, String> {
     let (text, from) = match (flag, std::env::var("LANYARD_LOG")) {

@@ -291,19 +291,7 @@ impl SigningKey {
         chain_der: Vec<Vec<u8>>,
     ) -> Result<rustls::sign::CertifiedKey, Error> {
         let pkcs8 = Zeroizing::new(self.pair.serialize_der());
-        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(
-            rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
-        );
-        let signer =
-            rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| Error::BadKey {
-                what: "TLS key".into(),
-                reason: e.to_string(),
-            })?;
-        let chain = chain_der
-            .into_iter()
-            .map(rustls_pki_types::CertificateDer::from)
-            .collect();
-        Ok(rustls::sign::CertifiedKey::new(chain, signer))
+        Ok(lanyard_x509::certified_key(&pkcs8, chain_der)?)
     }
 
     /// The raw public key (the subjectPublicKey bits of a SubjectPublicKeyInfo).

@@ -4,6 +4,7 @@
 //! tests run against a real API server when `LANYARD_TEST_KUBECONFIG`
 //! names a kubeconfig, and say they were skipped when it does not.
 
+#[path = "../../../rotator/tests/live/mod.rs"]
 mod live;
 
 use std::collections::BTreeMap;

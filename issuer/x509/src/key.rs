@@ -142,20 +142,29 @@ impl WorkloadKey {
         &self,
         chain_der: Vec<Vec<u8>>,
     ) -> Result<rustls::sign::CertifiedKey, Error> {
-        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(
-            rustls::pki_types::PrivatePkcs8KeyDer::from(self.pkcs8.as_slice()),
-        );
-        let signer =
-            rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| Error::BadKey {
-                what: "TLS key".into(),
-                reason: e.to_string(),
-            })?;
-        let chain = chain_der
-            .into_iter()
-            .map(rustls::pki_types::CertificateDer::from)
-            .collect();
-        Ok(rustls::sign::CertifiedKey::new(chain, signer))
+        certified_key(&self.pkcs8, chain_der)
     }
+}
+
+/// A rustls certified key from a PKCS#8 private key and its chain (the
+/// leaf first): what any key of Lanyard's presents in a handshake.
+pub fn certified_key(
+    pkcs8_der: &[u8],
+    chain_der: Vec<Vec<u8>>,
+) -> Result<rustls::sign::CertifiedKey, Error> {
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        pkcs8_der,
+    ));
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| Error::BadKey {
+            what: "TLS key".into(),
+            reason: e.to_string(),
+        })?;
+    let chain = chain_der
+        .into_iter()
+        .map(rustls::pki_types::CertificateDer::from)
+        .collect();
+    Ok(rustls::sign::CertifiedKey::new(chain, signer))
 }
 
 #[cfg(test)]

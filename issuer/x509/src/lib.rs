@@ -16,7 +16,7 @@ mod time;
 
 pub use cert::{CaConstraints, Certificate, CertificateProfile, describe_public_key, hex_colon};
 pub use chain::{ChainError, verify_chain};
-pub use key::WorkloadKey;
+pub use key::{WorkloadKey, certified_key};
 pub use time::{ClockTime, renewal_time};
 
 /// What can go wrong reading a certificate or making a workload key.
