@@ -265,7 +265,7 @@ impl<C: Clock + Clone + 'static> Agent<C> {
             .as_ref()
             .is_none_or(|(pem, _)| *pem != anchors_pem);
         if stale {
-            let endpoint = self.endpoint()?;
+            let endpoint = self.endpoint(self.service_url()?)?;
             let channel = if self.config.insecure_plaintext {
                 endpoint.connect_lazy()
             } else {
@@ -275,11 +275,8 @@ impl<C: Clock + Clone + 'static> Agent<C> {
                 // keep the `https` origin.
                 let origin = endpoint.uri().clone();
                 let dial = format!("http://{}", origin.authority().map_or("", |a| a.as_str()));
-                Endpoint::from_shared(dial)
-                    .map_err(|e| self.address_error(e.to_string()))?
+                self.endpoint(dial)?
                     .origin(origin)
-                    .timeout(self.config.timeout)
-                    .connect_timeout(self.config.timeout)
                     .connect_with_connector_lazy(self.tls_connector(anchors)?)
             };
             self.client = Some((anchors_pem, IdentityClient::new(channel)));
@@ -346,33 +343,33 @@ impl<C: Clock + Clone + 'static> Agent<C> {
         }))
     }
 
-    fn endpoint(&self) -> Result<Endpoint, AgentError> {
+    /// The service's URL: `--identity-addr`, with the scheme the mode
+    /// implies (`https`, or `http` with `--insecure-plaintext-identity`).
+    fn service_url(&self) -> Result<String, AgentError> {
         let addr = &self.config.service_addr;
-        let bad = |reason: String| AgentError::Address {
-            addr: addr.clone(),
-            reason,
-        };
         let scheme = if self.config.insecure_plaintext {
             "http"
         } else {
             "https"
         };
-        let url = match addr.split_once("://") {
-            Some((given, _)) if given == scheme => addr.clone(),
-            Some((given, _)) => {
-                return Err(bad(format!(
-                    "the scheme `{given}` does not match the mode: expected `{scheme}`{}",
-                    if scheme == "https" {
-                        " (plaintext needs --insecure-plaintext-identity)"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-            None => format!("{scheme}://{addr}"),
-        };
+        match addr.split_once("://") {
+            Some((given, _)) if given == scheme => Ok(addr.clone()),
+            Some((given, _)) => Err(self.address_error(format!(
+                "the scheme `{given}` does not match the mode: expected `{scheme}`{}",
+                if scheme == "https" {
+                    " (plaintext needs --insecure-plaintext-identity)"
+                } else {
+                    ""
+                }
+            ))),
+            None => Ok(format!("{scheme}://{addr}")),
+        }
+    }
+
+    /// A channel endpoint for `url`, with the call and connect timeouts.
+    fn endpoint(&self, url: String) -> Result<Endpoint, AgentError> {
         Ok(Endpoint::from_shared(url)
-            .map_err(|e| bad(e.to_string()))?
+            .map_err(|e| self.address_error(e.to_string()))?
             .timeout(self.config.timeout)
             .connect_timeout(self.config.timeout))
     }

@@ -92,6 +92,29 @@ pub fn resolve_issuer(
     ))
 }
 
+/// A Certificate `namespace/name` whose `issuerRef` names `issuer` of
+/// `kind`, for the tests of everything that follows issuer references.
+#[cfg(test)]
+pub(crate) fn certificate_naming(
+    namespace: &str,
+    name: &str,
+    issuer: &str,
+    kind: Option<&str>,
+) -> lanyard_crds::api::Certificate {
+    let mut spec = lanyard_crds::api::CertificateSpec::new(
+        format!("{name}-tls"),
+        IssuerRef {
+            name: issuer.into(),
+            kind: kind.map(Into::into),
+            group: None,
+        },
+    );
+    spec.common_name = Some(name.into());
+    let mut certificate = lanyard_crds::api::Certificate::new(name, spec);
+    certificate.metadata.namespace = Some(namespace.into());
+    certificate
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

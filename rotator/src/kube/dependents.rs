@@ -187,7 +187,7 @@ mod tests {
     use super::*;
     use ::kube::runtime::{reflector, watcher};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use lanyard_crds::api::{CaIssuer, CertificateSpec, ClusterIssuerSpec, IssuerRef, IssuerSpec};
+    use lanyard_crds::api::{CaIssuer, ClusterIssuerSpec, IssuerSpec};
 
     fn certificate(
         namespace: &str,
@@ -195,18 +195,9 @@ mod tests {
         issuer: &str,
         kind: Option<&str>,
     ) -> Arc<Certificate> {
-        let mut spec = CertificateSpec::new(
-            format!("{name}-tls"),
-            IssuerRef {
-                name: issuer.into(),
-                kind: kind.map(Into::into),
-                group: None,
-            },
-        );
-        spec.common_name = Some(name.into());
-        let mut cert = Certificate::new(name, spec);
-        cert.metadata.namespace = Some(namespace.into());
-        Arc::new(cert)
+        Arc::new(crate::issuer_ref::certificate_naming(
+            namespace, name, issuer, kind,
+        ))
     }
 
     fn names(refs: Vec<ObjectRef<Certificate>>) -> Vec<String> {

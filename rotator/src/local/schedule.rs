@@ -180,24 +180,11 @@ pub(super) fn generation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanyard_crds::api::{CaIssuer, CertificateSpec, IssuerRef};
+    use lanyard_crds::api::CaIssuer;
 
     const CLUSTER: &str = "lanyard";
 
-    fn certificate(namespace: &str, name: &str, issuer: &str, kind: Option<&str>) -> Certificate {
-        let mut spec = CertificateSpec::new(
-            format!("{name}-tls"),
-            IssuerRef {
-                name: issuer.into(),
-                kind: kind.map(Into::into),
-                group: None,
-            },
-        );
-        spec.common_name = Some(name.into());
-        let mut certificate = Certificate::new(name, spec);
-        certificate.metadata.namespace = Some(namespace.into());
-        certificate
-    }
+    use crate::issuer_ref::certificate_naming as certificate;
 
     fn ca(secret_name: &str) -> IssuerConfig {
         IssuerConfig {
