@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use lanyard_crds::time::SystemClock;
 use lanyard_rotator::kube::lease::default_identity;
-use lanyard_rotator::kube::{Context, LeaderElection, infer_client, run};
+use lanyard_rotator::kube::{Context, DEFAULT_CONCURRENCY, LeaderElection, infer_client, run};
 use lanyard_rotator::metrics::Metrics;
 
 use crate::ca::CliError;
@@ -29,6 +29,10 @@ pub struct ControllerArgs {
     /// Run without a Lease: only for a single replica.
     #[arg(long)]
     no_leader_elect: bool,
+    /// How many Certificates (and, apart, issuers) are reconciled at once;
+    /// the rest wait in the queue.
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrent_workers: u16,
 }
 
 /// Runs the Kubernetes controller until SIGTERM or Ctrl-C.
@@ -53,10 +57,12 @@ pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
         });
         let (bound, server) = crate::serve_admin(args.metrics_addr, endpoints, &shutdown).await?;
         eprintln!("lanyard: controller starting; metrics on http://{bound}/metrics");
-        let ctx = Context::new(client, SystemClock, metrics).with_cluster_resource_namespace(
-            args.cluster_resource_namespace
-                .unwrap_or_else(|| args.namespace.clone()),
-        );
+        let ctx = Context::new(client, SystemClock, metrics)
+            .with_cluster_resource_namespace(
+                args.cluster_resource_namespace
+                    .unwrap_or_else(|| args.namespace.clone()),
+            )
+            .with_concurrency(args.concurrent_workers);
         let election = (!args.no_leader_elect)
             .then(|| LeaderElection::new(&args.namespace, default_identity()));
         let result = run(Arc::new(ctx), election, shutdown.wait_owned()).await;

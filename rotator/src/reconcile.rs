@@ -16,7 +16,7 @@ use crate::issuing::{IssuerError, IssuerMaterial, issue};
 use crate::planner::{
     CurrentCertificate, Failures, IssueReason, IssuerView, Plan, PlanInput, backoff, plan,
 };
-use crate::secret::SecretData;
+use crate::secret::{SecretData, annotations};
 
 /// The issuer a Certificate names, as the shell found it.
 #[derive(Debug)]
@@ -34,6 +34,14 @@ pub struct ResolvedIssuer<'a> {
 pub enum Event {
     /// A certificate was issued.
     Issued(IssueReason),
+    /// An issuance that reached the Secret but not the status (the status
+    /// write failed after the Secret was written, or the shell stopped in
+    /// between) was found by the revision the Secret records, and the
+    /// status now records it: it counts as an issuance, once.
+    Recorded {
+        /// The revision the Secret records, now also the status's.
+        revision: i64,
+    },
     /// Nothing was due.
     UpToDate,
     /// The last attempts failed; the next waits until the backoff ends.
@@ -183,6 +191,20 @@ pub fn reconcile(
                         .conditions
                         .iter()
                         .any(|c| c.type_ == ISSUING && c.reason.as_deref() == Some("Failed"));
+                if let Some(revision) = unrecorded_revision(secret, &status) {
+                    return Outcome {
+                        status: recorded(
+                            ready(status, generation, current, None, now),
+                            revision,
+                            generation,
+                            now,
+                        ),
+                        secret: None,
+                        requeue_at: current.renewal_time,
+                        event: Event::Recorded { revision },
+                        clamped: None,
+                    };
+                }
                 let status = if settled {
                     status
                 } else {
@@ -214,11 +236,20 @@ pub fn reconcile(
         Plan::Wait { current } => {
             let issuer_end = material.ca().map(lanyard_issuer::Certificate::not_after);
             let clamped = Clamped::of_current(&certificate.spec, current, issuer_end);
+            let unrecorded = unrecorded_revision(secret, &status);
+            let status = ready(status, generation, current, clamped, now);
+            let (status, event) = match unrecorded {
+                Some(revision) => (
+                    recorded(status, revision, generation, now),
+                    Event::Recorded { revision },
+                ),
+                None => (status, Event::UpToDate),
+            };
             Outcome {
-                status: ready(status, generation, current, clamped, now),
+                status,
                 secret: None,
                 requeue_at: current.renewal_time,
-                event: Event::UpToDate,
+                event,
                 clamped,
             }
         }
@@ -240,14 +271,25 @@ pub fn reconcile(
             secret,
             now,
         ) {
-            Ok(issued) => {
+            Ok(mut issued) => {
+                // Past both the status's revision and one the Secret
+                // records that never reached the status.
+                let revision = status
+                    .revision
+                    .unwrap_or(0)
+                    .max(secret_revision(secret).unwrap_or(0))
+                    + 1;
+                issued
+                    .secret
+                    .annotations
+                    .insert(annotations::REVISION.to_string(), revision.to_string());
                 let clamped = issued.clamped_from.map(|requested| Clamped {
                     duration: certificate.spec.duration(),
                     requested,
                     not_after: issued.certificate.not_after,
                 });
                 let mut status = ready(status, generation, issued.certificate, clamped, now);
-                status.revision = Some(status.revision.unwrap_or(0) + 1);
+                status.revision = Some(revision);
                 set_condition(
                     &mut status.conditions,
                     condition(
@@ -278,6 +320,48 @@ pub fn reconcile(
             ),
         },
     }
+}
+
+/// The revision the Secret records (its [`annotations::REVISION`]), if
+/// it records a valid one.
+fn secret_revision(secret: Option<&SecretData>) -> Option<i64> {
+    secret?
+        .annotation(annotations::REVISION)?
+        .parse::<i64>()
+        .ok()
+        .filter(|revision| *revision > 0)
+}
+
+/// The revision the Secret records when the status has not recorded it:
+/// an issuance whose status write never happened.
+fn unrecorded_revision(secret: Option<&SecretData>, status: &CertificateStatus) -> Option<i64> {
+    secret_revision(secret).filter(|revision| *revision > status.revision.unwrap_or(0))
+}
+
+/// `status` (already `Ready` for the certificate in the Secret) with the
+/// issuance of `revision` recorded, as it would have been at the time.
+fn recorded(
+    mut status: CertificateStatus,
+    revision: i64,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> CertificateStatus {
+    status.revision = Some(revision);
+    set_condition(
+        &mut status.conditions,
+        condition(
+            ISSUING,
+            false,
+            "Issued",
+            format!(
+                "issued revision {revision}; recorded from the Secret, as the status was not \
+                 written when it was issued"
+            ),
+            generation,
+            now,
+        ),
+    );
+    status
 }
 
 /// What every decision about `certificate` starts from: `now` at whole

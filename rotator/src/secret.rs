@@ -22,6 +22,10 @@ pub mod annotations {
     pub const DURATION: &str = "lanyard.dev/duration";
     /// The subject common name.
     pub const COMMON_NAME: &str = "lanyard.dev/common-name";
+    /// The revision of the issuance that wrote the Secret: the status's
+    /// `revision` once recorded. Written with the Secret, so an issuance
+    /// whose status write failed is still recorded (and counted) later.
+    pub const REVISION: &str = "lanyard.dev/revision";
 }
 
 /// The contents of a Secret. `Debug` prints key names only, never values,

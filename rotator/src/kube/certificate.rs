@@ -7,17 +7,19 @@ use std::time::Duration;
 use ::kube::ResourceExt;
 use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::runtime::controller::Action;
+use ::kube::runtime::reflector::ObjectRef;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use lanyard_crds::api::{Certificate, CertificateStatus, IssuerKind};
 use lanyard_crds::time::Clock;
 use tracing::{debug, info, warn};
 
+use super::cache::{Caches, LoadedIssuer, MANAGED_LABEL, MANAGED_LABEL_VALUE, strip_secret};
 use super::context::{CERTIFICATE, Context, Error, error_backoff};
-use super::issuer::{fetch_issuer, observe_issuer};
+use super::issuer::{issuer_material, observe_issuer};
 use super::{FIELD_MANAGER, applied_secret, secret, secret_data};
 use crate::issuer_ref::resolve_issuer;
-use crate::issuing::{IssuerError, IssuerMaterial, load_issuer};
+use crate::issuing::IssuerError;
 use crate::reconcile::{Event, ResolvedIssuer, reconcile};
 
 /// The longest a Certificate waits between reconciles even when nothing
@@ -61,52 +63,39 @@ pub async fn reconcile_certificate<C: Clock>(
         .as_ref()
         .map_or(IssuerKind::Issuer, |target| target.kind);
     let target = resolved.ok().filter(|_| valid);
-    let (issuer, current) = match &target {
+    let caches = ctx.caches();
+    let now = ctx.clock.now();
+    let (loaded, current) = match &target {
         Some(target) => {
-            let issuer = fetch_issuer(&ctx, target).await?;
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-            let current =
-                secrets
-                    .get_opt(&spec.secret_name)
-                    .await
-                    .map_err(|source| Error::Read {
-                        what: format!("Secret `{namespace}/{}`", spec.secret_name),
-                        source,
-                    })?;
-            (issuer, current)
+            let loaded = issuer_material(&ctx, &caches, target, now).await?;
+            let current = current_secret(&ctx, &caches, &namespace, &spec.secret_name).await?;
+            (loaded, current)
         }
         None => (None, None),
     };
-    let current_data = current.as_ref().map(secret_data);
+    let current_data = current.as_deref().map(secret_data);
 
-    let now = ctx.clock.now();
-    let material: Result<IssuerMaterial, IssuerError> = match (&target, issuer) {
-        (None, _) => Err(IssuerError::InvalidSpec {
+    let loaded: LoadedIssuer = match (&target, loaded) {
+        (None, _) => Arc::new(Err(IssuerError::InvalidSpec {
             kind,
             name: issuer_name.clone(),
             reason: "the Certificate's spec is invalid; the issuer was not read".to_string(),
-        }),
-        (Some(target), None) => Err(IssuerError::NotFound {
+        })),
+        (Some(target), None) => Arc::new(Err(IssuerError::NotFound {
             kind,
             name: target.qualified_name(),
-        }),
-        (Some(_), Some(found)) => load_issuer(
-            kind,
-            &issuer_name,
-            &found.config,
-            found.ca_secret.as_ref(),
-            &found.ca_secret_ref,
-            now,
-        ),
+        })),
+        (Some(_), Some(loaded)) => loaded,
     };
+    let material = loaded.as_ref();
     if let Some(target) = &target {
-        observe_issuer(&ctx.metrics, target, &material);
+        observe_issuer(&ctx.metrics, target, material);
     }
 
     // A Secret another object controls (cert-manager's Certificate, in a
     // migration) cannot be applied: the API server allows one controller.
     // Say so, count it and back off, rather than fail the apply for ever.
-    let foreign = current.as_ref().and_then(|current| {
+    let foreign = current.as_deref().and_then(|current| {
         secret::foreign_controller(current, &certificate)
             .map(|owner| secret::owner_conflict_message(current, owner))
     });
@@ -130,7 +119,7 @@ pub async fn reconcile_certificate<C: Clock>(
         let applied = applied_secret(
             &certificate,
             issued,
-            current.as_ref().and_then(|s| s.type_.as_deref()),
+            current.as_deref().and_then(|s| s.type_.as_deref()),
         )
         .map_err(|source| Error::BuildSecret {
             namespace: namespace.clone(),
@@ -138,7 +127,7 @@ pub async fn reconcile_certificate<C: Clock>(
             source,
         })?;
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-        secrets
+        let written = secrets
             .patch(
                 &spec.secret_name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -150,6 +139,15 @@ pub async fn reconcile_certificate<C: Clock>(
                 name: spec.secret_name.clone(),
                 source,
             })?;
+        ctx.applied.record(
+            &namespace,
+            &spec.secret_name,
+            written.resource_version().unwrap_or_default(),
+        );
+    } else if let Some(current) = &current
+        && secret::needs_label(current, &certificate)
+    {
+        label_secret(&ctx, &namespace, &spec.secret_name).await?;
     }
 
     if certificate.status.as_ref() != Some(&outcome.status)
@@ -164,6 +162,10 @@ pub async fn reconcile_certificate<C: Clock>(
             if let Some(clamped) = &outcome.clamped {
                 warn!(certificate = %format!("{namespace}/{name}"), "{clamped}");
             }
+            ctx.metrics.issued(&namespace, &name, spec);
+        }
+        Event::Recorded { revision } => {
+            info!(certificate = %format!("{namespace}/{name}"), secret = %spec.secret_name, revision, "issued a certificate (recorded late: its status write had failed)");
             ctx.metrics.issued(&namespace, &name, spec);
         }
         Event::Failed { reason, message } => {
@@ -193,10 +195,10 @@ pub const STALE_REQUEUE: Duration = Duration::from_secs(1);
 /// watch has delivered its previous status write) must not overwrite a
 /// newer status, or `revision`, conditions and failure counts go back.
 ///
-/// On a conflict, an issuance (whose Secret is already written) is
-/// recorded on top of the current status: its revision follows the
-/// current one. Any other outcome is dropped and the Certificate requeued
-/// after [`STALE_REQUEUE`] (`Some`), to be decided again from fresh state.
+/// On a conflict nothing is written and the Certificate is requeued after
+/// [`STALE_REQUEUE`] (`Some`), to be decided again from fresh state. An
+/// issuance whose Secret is already written is not lost: the Secret
+/// records its revision, and the next reconcile records it in the status.
 async fn write_status<C: Clock>(
     ctx: &Context<C>,
     certificate: &Certificate,
@@ -209,61 +211,100 @@ async fn write_status<C: Clock>(
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..PatchParams::default()
     };
-    let patch_error = |source| Error::PatchStatus {
-        namespace: namespace.to_string(),
-        name: name.clone(),
-        source,
-    };
-    let serialize_error = |source| Error::SerializeStatus {
-        namespace: namespace.to_string(),
-        name: name.clone(),
-        source,
-    };
     let patch = status_patch(
         certificate.metadata.resource_version.as_deref(),
         certificate.status.as_ref(),
         &outcome.status,
     )
-    .map_err(serialize_error)?;
+    .map_err(|source| Error::SerializeStatus {
+        namespace: namespace.to_string(),
+        name: name.clone(),
+        source,
+    })?;
     match certificates
         .patch_status(&name, &params, &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => return Ok(None),
-        Err(::kube::Error::Api(response)) if response.code == 409 => {}
-        Err(source) => return Err(patch_error(source)),
+        Ok(_) => Ok(None),
+        Err(::kube::Error::Api(response)) if response.code == 409 => {
+            debug!(certificate = %format!("{namespace}/{name}"), "status changed since this reconcile read it; looking again");
+            Ok(Some(Action::requeue(STALE_REQUEUE)))
+        }
+        Err(source) => Err(Error::PatchStatus {
+            namespace: namespace.to_string(),
+            name,
+            source,
+        }),
     }
-    if !matches!(outcome.event, Event::Issued(_)) {
-        debug!(certificate = %format!("{namespace}/{name}"), "status changed since this reconcile read it; looking again");
-        return Ok(Some(Action::requeue(STALE_REQUEUE)));
+}
+
+/// The Certificate's Secret as the reconcile must see it: from the cache,
+/// unless the cache may be behind (the controller applied a version the
+/// watch has not delivered yet) or holds only its metadata (a Secret the
+/// controller has not labelled: made by someone else, or before the
+/// label), when it is read from the API server.
+async fn current_secret<C: Clock>(
+    ctx: &Context<C>,
+    caches: &Caches,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<Secret>>, Error> {
+    let cached = caches.secrets.get(&ObjectRef::new(name).within(namespace));
+    let pending = ctx.applied.pending(namespace, name);
+    let cached_version = cached.as_ref().and_then(|s| s.resource_version());
+    let read_needed = match &pending {
+        Some(version) if cached_version.as_ref() == Some(version) => {
+            ctx.applied.seen(namespace, name, version);
+            false
+        }
+        Some(_) => true,
+        None => cached.is_none() && caches.has_other_secret(namespace, name),
+    };
+    if !read_needed {
+        return Ok(cached);
     }
-    let current = certificates
-        .get(&name)
+    let mut read = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
         .await
         .map_err(|source| Error::Read {
-            what: format!("Certificate `{namespace}/{name}`"),
+            what: format!("Secret `{namespace}/{name}`"),
             source,
         })?;
-    let mut status = outcome.status.clone();
-    status.revision = Some(
-        current
-            .status
-            .as_ref()
-            .and_then(|s| s.revision)
-            .unwrap_or(0)
-            + 1,
-    );
-    let patch = status_patch(
-        current.metadata.resource_version.as_deref(),
-        current.status.as_ref(),
-        &status,
-    )
-    .map_err(serialize_error)?;
-    certificates
-        .patch_status(&name, &params, &Patch::Merge(&patch))
+    if pending.is_some() && read.as_ref().and_then(|s| s.resource_version()) != pending {
+        ctx.applied.forget(namespace, name);
+    }
+    if let Some(secret) = &mut read {
+        strip_secret(secret);
+    }
+    Ok(read.map(Arc::new))
+}
+
+/// Puts [`MANAGED_LABEL`] on a Secret this Certificate controls that lacks
+/// it (written before the label existed), so its watch caches it. A merge
+/// patch: a server-side apply of the label alone would drop the keys the
+/// controller's earlier applies own.
+async fn label_secret<C: Clock>(
+    ctx: &Context<C>,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "metadata": { "labels": { MANAGED_LABEL: MANAGED_LABEL_VALUE } }
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .patch(name, &params, &Patch::Merge(&patch))
         .await
-        .map_err(patch_error)?;
-    Ok(None)
+        .map_err(|source| Error::ApplySecret {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })?;
+    debug!(secret = %format!("{namespace}/{name}"), "labelled a Secret written before the managed label");
+    Ok(())
 }
 
 /// How long to wait until `at`, clamped to [`MIN_REQUEUE`]..[`MAX_REQUEUE`].

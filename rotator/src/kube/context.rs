@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ::kube::Client;
@@ -12,11 +12,19 @@ use lanyard_crds::api::IssuerKind;
 use lanyard_crds::time::Clock;
 use lanyard_runtime::Backoff;
 
+use super::cache::{AppliedSecrets, Caches, IssuerMaterials};
 use super::secret;
 use crate::issuer_ref::DEFAULT_CLUSTER_RESOURCE_NAMESPACE;
 use crate::metrics::Metrics;
 
-/// What every reconcile shares: the client, the clock, the metrics.
+/// How many reconciles of one kind run at once by default: enough to keep
+/// the API server's write path busy, few enough that a start with
+/// thousands of Certificates due queues them instead of opening thousands
+/// of requests at once.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// What every reconcile shares: the client, the clock, the metrics, the
+/// watch caches.
 pub struct Context<C: Clock> {
     /// The API client.
     pub client: Client,
@@ -26,6 +34,15 @@ pub struct Context<C: Clock> {
     pub metrics: Arc<Metrics>,
     /// The namespace of ClusterIssuers' CA Secrets.
     pub cluster_resource_namespace: String,
+    /// How many reconciles of one kind run at once.
+    pub concurrency: u16,
+    /// The watch caches reconciles read from: replaced each time the
+    /// controller starts (it keeps them only while it leads).
+    caches: RwLock<Caches>,
+    /// Secrets applied whose new version the cache may not hold yet.
+    pub(super) applied: AppliedSecrets,
+    /// The issuers' loaded signing material.
+    pub(super) materials: IssuerMaterials,
     /// API failures per object (kind, namespace, name) since its last
     /// successful reconcile, for [`error_policy`](super::error_policy)'s backoff.
     api_failures: Mutex<HashMap<FailureKey, u32>>,
@@ -55,8 +72,34 @@ impl<C: Clock> Context<C> {
             clock,
             metrics,
             cluster_resource_namespace: DEFAULT_CLUSTER_RESOURCE_NAMESPACE.to_string(),
+            concurrency: DEFAULT_CONCURRENCY,
+            caches: RwLock::new(Caches::new().0),
+            applied: AppliedSecrets::default(),
+            materials: IssuerMaterials::default(),
             api_failures: Mutex::default(),
         }
+    }
+
+    /// Sets how many reconciles of one kind run at once (at least one).
+    pub fn with_concurrency(mut self, concurrency: u16) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The watch caches reconciles read.
+    pub fn caches(&self) -> Caches {
+        self.caches
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Makes reconciles read `caches` (filled by their writers' watches).
+    pub fn use_caches(&self, caches: Caches) {
+        *self
+            .caches
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = caches;
     }
 
     /// Sets the namespace of ClusterIssuers' CA Secrets.
@@ -179,12 +222,6 @@ pub enum Error {
 
 /// The kind in [`Context`]'s failure counts of a Certificate.
 pub(super) const CERTIFICATE: &str = "Certificate";
-
-/// A client from the environment: the in-cluster service account, else
-/// `$KUBECONFIG` or `~/.kube/config`.
-pub async fn infer_client() -> Result<Client, Error> {
-    Client::try_default().await.map_err(Error::Client)
-}
 
 /// The delay after `attempts` consecutive API failures: 5s, doubling, at
 /// most 5 minutes (the first delay also for a count of 0).

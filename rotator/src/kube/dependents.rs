@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ::kube::ResourceExt;
 use ::kube::runtime::reflector::{ObjectRef, Store};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanyard_crds::api::{
     API_VERSION, Certificate, ClusterIssuer, Issuer, IssuerConfig, IssuerKind,
 };
@@ -36,12 +36,12 @@ impl Dependents {
     /// The issuers that sign with `secret`: Issuers in its namespace
     /// naming it, and ClusterIssuers naming it when it is in the cluster
     /// resource namespace.
-    pub(super) fn issuers_using_secret(&self, secret: &Secret) -> SecretUsers {
+    pub(super) fn issuers_using_secret(&self, secret: &ObjectMeta) -> SecretUsers {
         let mut users = SecretUsers::default();
-        let Some(namespace) = secret.namespace() else {
+        let Some(namespace) = secret.namespace.clone() else {
             return users;
         };
-        let name = secret.name_any();
+        let name = secret.name.clone().unwrap_or_default();
         let signs_with =
             |kind, issuer_namespace: &str, issuer_name: &str, config: &IssuerConfig| {
                 ca_secret_name(config) == Some(name.as_str())
@@ -86,17 +86,17 @@ impl Dependents {
     /// [`Dependents::issuers_using_secret`]).
     pub(super) fn for_secret(
         &self,
-        secret: &Secret,
+        secret: &ObjectMeta,
         users: &SecretUsers,
     ) -> Vec<ObjectRef<Certificate>> {
-        let Some(namespace) = secret.namespace() else {
+        let Some(namespace) = secret.namespace.clone() else {
             return Vec::new();
         };
-        let name = secret.name_any();
+        let name = secret.name.clone().unwrap_or_default();
         let certificates = self.certificates.state();
         let mut found: BTreeSet<(String, String)> = BTreeSet::new();
         // The Certificate that owns it.
-        for owner in secret.owner_references() {
+        for owner in secret.owner_references.iter().flatten() {
             if owner.controller == Some(true)
                 && owner.kind == "Certificate"
                 && owner.api_version == API_VERSION
@@ -186,7 +186,6 @@ fn certificates_using_issuer(
 mod tests {
     use super::*;
     use ::kube::runtime::{reflector, watcher};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use lanyard_crds::api::{CaIssuer, ClusterIssuerSpec, IssuerSpec};
 
     fn certificate(
@@ -241,14 +240,11 @@ mod tests {
         }
     }
 
-    fn secret_in(namespace: &str, name: &str) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                namespace: Some(namespace.into()),
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            ..Secret::default()
+    fn secret_in(namespace: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..ObjectMeta::default()
         }
     }
 

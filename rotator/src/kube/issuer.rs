@@ -10,89 +10,88 @@ use std::time::Duration;
 use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::runtime::controller::Action;
 use ::kube::{Client, Resource, ResourceExt};
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use lanyard_crds::api::{ClusterIssuer, Issuer, IssuerConfig, IssuerKind, IssuerStatus};
 use lanyard_crds::time::Clock;
 use tracing::{debug, info, warn};
 
+use super::cache::{Caches, LoadedIssuer};
 use super::certificate::STALE_REQUEUE;
 use super::context::{Context, Error, error_backoff};
 use super::{FIELD_MANAGER, ISSUER_READY_MESSAGE, issuer_status, secret_data};
 use crate::issuer_ref::{IssuerTarget, issuer_target};
 use crate::issuing::{IssuerError, IssuerMaterial, load_issuer};
 use crate::metrics::Metrics;
-use crate::secret::SecretData;
 
 /// How often an issuer is checked again when nothing about it changes: a
 /// CA that is valid now expires, or becomes valid, with time alone.
 pub const ISSUER_REQUEUE: Duration = Duration::from_secs(300);
 
-/// The issuer a Certificate names, as read from the API server.
-pub(super) struct FoundIssuer {
-    pub(super) config: IssuerConfig,
-    /// `namespace/name` of its CA Secret, when it has one.
-    pub(super) ca_secret_ref: String,
-    pub(super) ca_secret: Option<SecretData>,
-}
-
-/// The issuer `target` and its CA Secret; `None` when the issuer does not
-/// exist.
-pub(super) async fn fetch_issuer<C: Clock>(
+/// The signing material of the issuer `target` names, from the caches;
+/// `None` when the issuer does not exist.
+pub(super) async fn issuer_material<C: Clock>(
     ctx: &Context<C>,
+    caches: &Caches,
     target: &IssuerTarget,
-) -> Result<Option<FoundIssuer>, Error> {
-    let read = |what: String| move |source| Error::Read { what, source };
-    let what = format!("{} `{}`", target.kind, target.qualified_name());
-    let config = match target.kind {
-        IssuerKind::Issuer => Api::<Issuer>::namespaced(ctx.client.clone(), &target.namespace)
-            .get_opt(&target.name)
-            .await
-            .map_err(read(what))?
-            .map(|issuer| issuer.spec.config),
-        IssuerKind::ClusterIssuer => Api::<ClusterIssuer>::all(ctx.client.clone())
-            .get_opt(&target.name)
-            .await
-            .map_err(read(what))?
-            .map(|issuer| issuer.spec.config),
-    };
-    let Some(config) = config else {
+    now: DateTime<Utc>,
+) -> Result<Option<LoadedIssuer>, Error> {
+    let Some((config, version)) = caches.issuer(target) else {
         return Ok(None);
     };
-    fetch_ca_secret(ctx, config, &target.secret_namespace)
+    load_material(ctx, caches, target, &config, &version, now)
         .await
         .map(Some)
 }
 
-/// An issuer's config with its CA Secret, read from `secret_namespace`.
-async fn fetch_ca_secret<C: Clock>(
+/// The signing material of the issuer `target` at `issuer_version` (whose
+/// config is `config`): kept from an earlier load while the issuer and its
+/// CA Secret are unchanged, else loaded, reading the CA Secret (whose
+/// contents the caches do not hold) once.
+async fn load_material<C: Clock>(
     ctx: &Context<C>,
-    config: IssuerConfig,
-    secret_namespace: &str,
-) -> Result<FoundIssuer, Error> {
-    let read = |what: String| move |source| Error::Read { what, source };
+    caches: &Caches,
+    target: &IssuerTarget,
+    config: &IssuerConfig,
+    issuer_version: &str,
+    now: DateTime<Utc>,
+) -> Result<LoadedIssuer, Error> {
     // load_issuer validates the config first; read the Secret only when it
     // would be used.
     let secret_name = match (&config.ca, config.validate()) {
-        (Some(ca), Ok(())) => Some(ca.secret_name.clone()),
+        (Some(ca), Ok(())) => Some(ca.secret_name.as_str()),
         _ => None,
     };
-    let mut found = FoundIssuer {
-        ca_secret_ref: format!(
-            "{secret_namespace}/{}",
-            secret_name.as_deref().unwrap_or_default()
-        ),
-        config,
-        ca_secret: None,
+    let namespace = target.secret_namespace.as_str();
+    let secret_ref = format!("{namespace}/{}", secret_name.unwrap_or_default());
+    // A Secret the caches have not seen is missing, without a read: when it
+    // appears, its watch event triggers the issuer and its Certificates.
+    let secret_version = secret_name.and_then(|name| caches.secret_version(namespace, name));
+    let load = async {
+        let ca_secret = match (secret_name, &secret_version) {
+            (Some(name), Some(_)) => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(|source| Error::Read {
+                    what: format!("Secret `{secret_ref}`"),
+                    source,
+                })?
+                .as_ref()
+                .map(secret_data),
+            _ => None,
+        };
+        Ok(load_issuer(
+            target.kind,
+            &target.name,
+            config,
+            ca_secret.as_ref(),
+            &secret_ref,
+            now,
+        ))
     };
-    if let Some(secret_name) = secret_name {
-        found.ca_secret = Api::<Secret>::namespaced(ctx.client.clone(), secret_namespace)
-            .get_opt(&secret_name)
-            .await
-            .map_err(read(format!("Secret `{secret_namespace}/{secret_name}`")))?
-            .as_ref()
-            .map(secret_data);
-    }
-    Ok(found)
+    ctx.materials
+        .get_or_load(target, issuer_version, secret_version.as_deref(), now, load)
+        .await
 }
 
 /// Records what loading the issuer `target` gave: its series, or none
@@ -194,17 +193,18 @@ pub async fn reconcile_issuer<K: IssuerResource, C: Clock>(
         // Going away: a status written now would be thrown away with it.
         return Ok(Action::await_change());
     }
-    let found = fetch_ca_secret(&ctx, issuer.config().clone(), &target.secret_namespace).await?;
     let now = ctx.clock.now();
-    let material = load_issuer(
-        kind,
-        &name,
-        &found.config,
-        found.ca_secret.as_ref(),
-        &found.ca_secret_ref,
+    let loaded = load_material(
+        &ctx,
+        &ctx.caches(),
+        &target,
+        issuer.config(),
+        &issuer.resource_version().unwrap_or_default(),
         now,
-    );
-    observe_issuer(&ctx.metrics, &target, &material);
+    )
+    .await?;
+    let material = loaded.as_ref();
+    observe_issuer(&ctx.metrics, &target, material);
 
     let current = issuer.issuer_status();
     let status = issuer_status(current, material.as_ref(), issuer.meta().generation, now);
@@ -237,7 +237,7 @@ pub async fn reconcile_issuer<K: IssuerResource, C: Clock>(
                 });
             }
         }
-        match &material {
+        match material {
             Ok(_) => info!(issuer = %qualified, %kind, "issuer is ready: {ISSUER_READY_MESSAGE}"),
             Err(error) => {
                 warn!(issuer = %qualified, %kind, reason = error.reason(), "issuer is not ready: {error}");

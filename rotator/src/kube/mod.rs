@@ -20,7 +20,9 @@
 //! loop and the wiring (`run`), and the map from a changed object to the
 //! Certificates it concerns (`dependents`).
 
+pub mod cache;
 mod certificate;
+mod client;
 mod context;
 mod dependents;
 mod issuer;
@@ -28,11 +30,13 @@ pub mod lease;
 mod run;
 pub mod secret;
 
+pub use cache::{Caches, MANAGED_LABEL};
 pub use certificate::{
     MAX_REQUEUE, MIN_REQUEUE, STALE_REQUEUE, error_policy, reconcile_certificate, requeue_after,
     status_patch,
 };
-pub use context::{Context, Error, error_backoff, infer_client};
+pub use client::{client_for, infer_client};
+pub use context::{Context, DEFAULT_CONCURRENCY, Error, error_backoff};
 pub use issuer::{ISSUER_REQUEUE, IssuerResource, issuer_error_policy, reconcile_issuer};
 pub use lease::{LeaderElection, LeaseDecision, LeaseLock, lease_decision};
 pub use run::{STOP_GRACE, run};

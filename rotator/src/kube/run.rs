@@ -3,22 +3,28 @@
 //! kind while it holds it, and stops them within [`STOP_GRACE`] of a
 //! shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::ResourceExt;
 use ::kube::api::Api;
-use ::kube::runtime::controller::{self, Controller, ReconcileRequest};
+use ::kube::core::PartialObjectMeta;
+use ::kube::runtime::controller::{self, ReconcileRequest};
 use ::kube::runtime::reflector::{self, ObjectRef, Store};
 use ::kube::runtime::{WatchStreamExt, watcher};
 use futures::channel::mpsc::unbounded;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanyard_crds::api::{Certificate, ClusterIssuer, Issuer, IssuerKind};
 use lanyard_crds::time::Clock;
 use tracing::{debug, info, warn};
 
+use super::cache::{
+    Caches, MANAGED_LABEL, strip_certificate, strip_issuer, strip_secret, strip_secret_metadata,
+};
 use super::certificate::{error_policy, reconcile_certificate};
 use super::context::{CERTIFICATE, Context, Error};
 use super::dependents::Dependents;
@@ -132,84 +138,165 @@ async fn hold_lease<C: Clock>(lock: &LeaseLock, clock: &C) {
 }
 
 /// The controllers, until each has shut down gracefully on a `stopped()`:
-/// Certificates, plus the Secrets, Issuers and ClusterIssuers they depend
-/// on, each mapped back to its dependents; and one per issuer kind, whose
-/// reflectors also keep the issuer stores the mapping reads.
+/// the watches fill the caches (see [`super::cache`]) and turn each change
+/// into the Certificates and issuers it concerns; once every cache holds
+/// its first list, the Certificate controller and one controller per
+/// issuer kind reconcile what the watches queue, at most
+/// [`Context::concurrency`] at once each.
 async fn run_controller<C, F>(ctx: Arc<Context<C>>, stopped: impl Fn() -> F)
 where
     C: Clock + 'static,
     F: Future<Output = ()> + Send + Sync + 'static,
 {
     let client = ctx.client.clone();
-    let config = watcher::Config::default();
-    let controller = Controller::new(Api::<Certificate>::all(client.clone()), config.clone());
-
-    // The issuers' stores, for mapping a CA Secret to the Certificates
-    // whose issuer signs with it and to the issuers themselves.
-    let (issuers, issuer_writer) = reflector::store::<Issuer>();
-    let (cluster_issuers, cluster_issuer_writer) = reflector::store::<ClusterIssuer>();
-    // CA Secret changes, seen by the Certificate controller's Secret watch,
-    // for the issuer controllers.
-    let (issuer_trigger, issuer_triggered) = unbounded();
-    let (cluster_issuer_trigger, cluster_issuer_triggered) = unbounded();
-    let issuer_controller = run_issuer_controller(
-        ctx.clone(),
-        issuers.clone(),
-        issuer_writer,
-        issuer_triggered,
-        stopped(),
-    );
-    let cluster_issuer_controller = run_issuer_controller(
-        ctx.clone(),
-        cluster_issuers.clone(),
-        cluster_issuer_writer,
-        cluster_issuer_triggered,
-        stopped(),
-    );
-
+    let (caches, writers) = Caches::new();
+    ctx.use_caches(caches.clone());
+    let (certificate_trigger, certificates_triggered) = unbounded::<ObjectRef<Certificate>>();
+    let (issuer_trigger, issuers_triggered) = unbounded::<ObjectRef<Issuer>>();
+    let (cluster_issuer_trigger, cluster_issuers_triggered) =
+        unbounded::<ObjectRef<ClusterIssuer>>();
     let dependents = Dependents {
-        certificates: controller.store(),
-        issuers,
-        cluster_issuers,
+        certificates: caches.certificates.clone(),
+        issuers: caches.issuers.clone(),
+        cluster_issuers: caches.cluster_issuers.clone(),
         cluster_resource_namespace: ctx.cluster_resource_namespace.clone(),
     };
-    let for_issuer = dependents.clone();
-    let for_cluster_issuer = dependents.clone();
-    let for_secret = dependents;
-    let metrics = ctx.metrics.clone();
-    let forget = ctx.clone();
-    let controller = controller
-        // One watch of Secrets serves `owns` (the Certificate's own
-        // Secret), the CA Secrets of the Certificates' issuers, and the
-        // issuer controllers; more identical cluster-wide Secret watches
-        // would multiply the traffic.
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            config.clone(),
-            move |s| {
-                let users = for_secret.issuers_using_secret(&s);
-                // An issuer controller that has stopped needs no trigger.
-                for issuer in &users.issuers {
-                    let _ = issuer_trigger.unbounded_send(issuer.clone());
-                }
-                for issuer in &users.cluster_issuers {
-                    let _ = cluster_issuer_trigger.unbounded_send(issuer.clone());
-                }
-                for_secret.for_secret(&s, &users)
+    let config = watcher::Config::default();
+
+    // A trigger whose controller has stopped is dropped: hence `let _`.
+    let certificates = {
+        let trigger = certificate_trigger.clone();
+        watch(
+            "Certificates",
+            watcher(Api::<Certificate>::all(client.clone()), config.clone()),
+            writers.certificates,
+            strip_certificate,
+            move |certificate: &Certificate| {
+                let _ = trigger.unbounded_send(ObjectRef::from_obj(certificate));
             },
+            stopped(),
         )
-        .watches(
-            Api::<Issuer>::all(client.clone()),
-            config.clone(),
-            move |i| {
-                for_issuer.for_issuer(IssuerKind::Issuer, i.namespace().as_deref(), &i.name_any())
-            },
-        )
-        .watches(Api::<ClusterIssuer>::all(client), config, move |i| {
-            for_cluster_issuer.for_issuer(IssuerKind::ClusterIssuer, None, &i.name_any())
+    };
+    // A Secret concerns the Certificate owning or naming it, and the
+    // issuers that sign with it, with their Certificates.
+    let secret_changed = {
+        let dependents = dependents.clone();
+        let certificate_trigger = certificate_trigger.clone();
+        let issuer_trigger = issuer_trigger.clone();
+        let cluster_issuer_trigger = cluster_issuer_trigger.clone();
+        Arc::new(move |secret: &ObjectMeta| {
+            let users = dependents.issuers_using_secret(secret);
+            for issuer in &users.issuers {
+                let _ = issuer_trigger.unbounded_send(issuer.clone());
+            }
+            for issuer in &users.cluster_issuers {
+                let _ = cluster_issuer_trigger.unbounded_send(issuer.clone());
+            }
+            for certificate in dependents.for_secret(secret, &users) {
+                let _ = certificate_trigger.unbounded_send(certificate);
+            }
         })
-        .graceful_shutdown_on(stopped())
-        .run(reconcile_certificate, error_policy, ctx)
+    };
+    let secrets = {
+        let changed = secret_changed.clone();
+        let ctx = ctx.clone();
+        watch(
+            "Secrets",
+            watcher(
+                Api::<Secret>::all(client.clone()),
+                config.clone().labels(MANAGED_LABEL),
+            ),
+            writers.secrets,
+            strip_secret,
+            move |secret: &Secret| {
+                ctx.applied.seen(
+                    secret.metadata.namespace.as_deref().unwrap_or_default(),
+                    &secret.name_any(),
+                    secret
+                        .metadata
+                        .resource_version
+                        .as_deref()
+                        .unwrap_or_default(),
+                );
+                changed(&secret.metadata);
+            },
+            stopped(),
+        )
+    };
+    let other_secrets = watch(
+        "Secrets (metadata)",
+        watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            config.clone().labels(&format!("!{MANAGED_LABEL}")),
+        ),
+        writers.other_secrets,
+        strip_secret_metadata,
+        move |secret: &PartialObjectMeta<Secret>| secret_changed(&secret.metadata),
+        stopped(),
+    );
+    let issuers = {
+        let dependents = dependents.clone();
+        let certificate_trigger = certificate_trigger.clone();
+        watch(
+            "Issuers",
+            watcher(Api::<Issuer>::all(client.clone()), config.clone()),
+            writers.issuers,
+            strip_issuer,
+            move |issuer: &Issuer| {
+                let _ = issuer_trigger.unbounded_send(ObjectRef::from_obj(issuer));
+                let namespace = issuer.namespace();
+                for certificate in dependents.for_issuer(
+                    IssuerKind::Issuer,
+                    namespace.as_deref(),
+                    &issuer.name_any(),
+                ) {
+                    let _ = certificate_trigger.unbounded_send(certificate);
+                }
+            },
+            stopped(),
+        )
+    };
+    let cluster_issuers = watch(
+        "ClusterIssuers",
+        watcher(Api::<ClusterIssuer>::all(client), config),
+        writers.cluster_issuers,
+        strip_issuer,
+        move |issuer: &ClusterIssuer| {
+            let _ = cluster_issuer_trigger.unbounded_send(ObjectRef::from_obj(issuer));
+            for certificate in
+                dependents.for_issuer(IssuerKind::ClusterIssuer, None, &issuer.name_any())
+            {
+                let _ = certificate_trigger.unbounded_send(certificate);
+            }
+        },
+        stopped(),
+    );
+
+    let controllers = async {
+        // Nothing is decided before every cache holds its first list: a
+        // Secret not yet listed would be taken for missing, and issued
+        // again. What the watches queue meanwhile waits in the channels.
+        tokio::select! {
+            ready = caches.ready() => if ready.is_err() { return; },
+            () = stopped() => return,
+        }
+        info!(
+            certificates = caches.certificates.len(),
+            secrets = caches.secrets.len(),
+            issuers = caches.issuers.len() + caches.cluster_issuers.len(),
+            "caches filled; reconciling"
+        );
+        let config = controller::Config::default().concurrency(ctx.concurrency);
+        let metrics = ctx.metrics.clone();
+        let forget = ctx.clone();
+        let certificate_controller = controller::applier(
+            |certificate, ctx| Box::pin(reconcile_certificate(certificate, ctx)),
+            error_policy,
+            ctx.clone(),
+            caches.certificates.clone(),
+            requests(certificates_triggered, stopped()),
+            config.clone(),
+        )
         .for_each(move |result| {
             match result {
                 Ok((object, _)) => debug!(certificate = %object, "reconciled"),
@@ -227,44 +314,87 @@ where
             }
             std::future::ready(())
         });
-    // Each stops on its own `stopped()`, after its running reconciles.
-    tokio::join!(controller, issuer_controller, cluster_issuer_controller);
+        tokio::join!(
+            certificate_controller,
+            run_issuer_controller(
+                ctx.clone(),
+                caches.issuers.clone(),
+                requests(issuers_triggered, stopped()),
+                config.clone(),
+            ),
+            run_issuer_controller(
+                ctx.clone(),
+                caches.cluster_issuers.clone(),
+                requests(cluster_issuers_triggered, stopped()),
+                config,
+            ),
+        );
+    };
+    // Each stops on its own `stopped()`, the controllers after their
+    // running reconciles.
+    tokio::join!(
+        certificates,
+        secrets,
+        other_secrets,
+        issuers,
+        cluster_issuers,
+        controllers
+    );
 }
 
-/// The controller of one issuer kind, until `stop` (then after its running
-/// reconciles): [`reconcile_issuer`] runs for each issuer its watch sees
-/// change (keeping `store`, through `writer`, for the Certificate
-/// controller's mapping) and for each one `triggers` names (its CA Secret
-/// changed).
-///
-/// Built from kube-runtime's `applier`, as `Controller` is, because
-/// `Controller` takes an external stream of objects to reconcile only
-/// behind an unstable feature, and a Secret watch of its own would repeat
-/// the Certificate controller's.
+/// Feeds `cache` from `stream` (each object cut down by `strip`), calling
+/// `changed` with every object that changed or went, until `stop`. Watch
+/// errors are logged and retried with kube-runtime's default backoff.
+async fn watch<K, S>(
+    what: &'static str,
+    stream: S,
+    cache: reflector::store::Writer<K>,
+    strip: fn(&mut K),
+    mut changed: impl FnMut(&K),
+    stop: impl Future<Output = ()>,
+) where
+    K: ::kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let stream = stream
+        .default_backoff()
+        .modify(strip)
+        .reflect(cache)
+        .touched_objects()
+        .take_until(stop);
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(object) => changed(&object),
+            Err(error) => warn!("watching {what}: {error}"),
+        }
+    }
+}
+
+/// The reconcile requests the watches queue, until `stop`.
+fn requests<K: ::kube::Resource>(
+    triggered: impl Stream<Item = ObjectRef<K>>,
+    stop: impl Future<Output = ()>,
+) -> impl Stream<Item = Result<ReconcileRequest<K>, Infallible>>
+where
+    K::DynamicType: Clone,
+{
+    triggered
+        .map(|object| Ok(ReconcileRequest::from(object)))
+        .take_until(stop)
+}
+
+/// The controller of one issuer kind, until `queue` ends (then after its
+/// running reconciles): [`reconcile_issuer`] runs for each issuer the
+/// watches queue (it changed, or its CA Secret did).
 async fn run_issuer_controller<K: IssuerResource, C: Clock + 'static>(
     ctx: Arc<Context<C>>,
     store: Store<K>,
-    writer: reflector::store::Writer<K>,
-    triggers: impl Stream<Item = ObjectRef<K>> + Send + 'static,
-    stop: impl Future<Output = ()> + Send + 'static,
+    queue: impl Stream<Item = Result<ReconcileRequest<K>, Infallible>>,
+    config: controller::Config,
 ) {
     let kind = K::KIND;
-    let watch = reflector::reflector(
-        writer,
-        watcher(
-            Api::<K>::all(ctx.client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    // Deletions too: the reconcile then finds the issuer gone, and its
-    // series are forgotten at once.
-    .touched_objects();
-    let queue = futures::stream::select(
-        controller::trigger_self(watch, ()),
-        triggers.map(|issuer| Ok(ReconcileRequest::from(issuer))),
-    )
-    .take_until(stop);
     let metrics = ctx.metrics.clone();
     let forget = ctx.clone();
     controller::applier(
@@ -273,7 +403,7 @@ async fn run_issuer_controller<K: IssuerResource, C: Clock + 'static>(
         ctx,
         store,
         queue,
-        controller::Config::default(),
+        config,
     )
     .for_each(move |result| {
         match result {
@@ -281,12 +411,12 @@ async fn run_issuer_controller<K: IssuerResource, C: Clock + 'static>(
             Err(controller::Error::ObjectNotFound(object)) => {
                 let namespace = object.namespace.clone().unwrap_or_default();
                 metrics.forget_issuer(kind, &namespace, &object.name);
+                forget.materials.forget(kind, &namespace, &object.name);
                 forget.clear_api_failures(kind.as_str(), &namespace, &object.name);
                 debug!(%kind, issuer = %object, "deleted; forgot its metrics");
             }
             // issuer_error_policy has logged it.
             Err(controller::Error::ReconcilerFailed(..)) => {}
-            Err(controller::Error::QueueError(error)) => warn!("watching {kind}s: {error}"),
             Err(error) => warn!("{kind} controller: {error}"),
         }
         std::future::ready(())

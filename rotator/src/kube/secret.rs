@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use lanyard_crds::api::Certificate;
 
+use super::cache::{MANAGED_LABEL, MANAGED_LABEL_VALUE};
 use crate::secret::{MANAGED_KEYS, SecretData};
 
 /// The type a Secret the controller creates gets, as cert-manager's do.
@@ -46,7 +47,8 @@ pub enum AppliedSecretError {
 /// The server-side apply configuration for the Certificate's Secret.
 ///
 /// It holds only what the controller manages: the keys in
-/// [`MANAGED_KEYS`], the labels and annotations the core chose, and an
+/// [`MANAGED_KEYS`], the labels and annotations the core chose,
+/// [`MANAGED_LABEL`] (which puts the Secret in the controller's cache), and an
 /// ownerReference (controller=true) to the Certificate. Server-side apply
 /// then leaves every other key, label and annotation to whoever wrote it,
 /// as cert-manager does.
@@ -75,11 +77,13 @@ pub fn applied_secret(
         .map(|(key, value)| (key.clone(), ByteString(value.clone())))
         .collect();
     let non_empty = |map: &BTreeMap<String, String>| (!map.is_empty()).then(|| map.clone());
+    let mut labels = issued.labels.clone();
+    labels.insert(MANAGED_LABEL.to_string(), MANAGED_LABEL_VALUE.to_string());
     Ok(Secret {
         metadata: ObjectMeta {
             name: Some(certificate.spec.secret_name.clone()),
             namespace: Some(namespace),
-            labels: non_empty(&issued.labels),
+            labels: Some(labels),
             annotations: non_empty(&issued.annotations),
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
@@ -112,6 +116,26 @@ pub fn foreign_controller<'a>(
         .iter()
         .flatten()
         .find(|owner| owner.controller == Some(true) && Some(owner.uid.as_str()) != ours)
+}
+
+/// Whether `secret` is this Certificate's (it controls it) but lacks
+/// [`MANAGED_LABEL`]: written before the label existed, so outside the
+/// controller's cache until labelled.
+pub fn needs_label(secret: &Secret, certificate: &Certificate) -> bool {
+    let ours = certificate.metadata.uid.as_deref();
+    let labelled = secret
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|labels| labels.contains_key(MANAGED_LABEL));
+    !labelled
+        && ours.is_some()
+        && secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|owner| owner.controller == Some(true) && Some(owner.uid.as_str()) == ours)
 }
 
 /// Why the Certificate cannot write `secret`, which `owner` controls: the
@@ -173,7 +197,10 @@ mod tests {
         assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
         assert_eq!(secret.metadata.name.as_deref(), Some("web-tls"));
         assert_eq!(secret.metadata.namespace.as_deref(), Some("apps"));
-        assert_eq!(secret.metadata.labels, None);
+        assert_eq!(
+            secret.metadata.labels,
+            Some([(MANAGED_LABEL.to_string(), "true".to_string())].into())
+        );
         assert_eq!(secret.type_.as_deref(), Some(TLS_SECRET_TYPE));
         let owners = secret.metadata.owner_references.unwrap();
         assert_eq!(owners.len(), 1);

@@ -272,6 +272,10 @@ impl<C: Clock> LocalController<C> {
                     tracing::warn!(certificate = %key, "{clamped}");
                 }
             }
+            Event::Recorded { revision } => {
+                self.metrics.issued(ns, name, &spec);
+                tracing::info!(certificate = %key, revision, not_after = ?outcome.status.not_after, "issued (recorded late: the status was not written at the time)");
+            }
             Event::Failed { reason, message } => {
                 self.metrics.failed(ns, name, &spec, reason);
                 tracing::warn!(certificate = %key, reason, message, "issuance failed");
@@ -296,7 +300,7 @@ impl<C: Clock> LocalController<C> {
             Event::Failed { reason, message } => {
                 report.failed.push((one.key.clone(), reason, message))
             }
-            Event::UpToDate | Event::BackingOff => {}
+            Event::Recorded { .. } | Event::UpToDate | Event::BackingOff => {}
         }
         self.requeue.insert(
             (one.key.namespace.clone(), one.key.name.clone()),
