@@ -101,18 +101,22 @@ k() { "$KUBECTL" "$@"; }
 CTRL_PID= PROXY_PID= WATCH_PID=
 cleanup() {
   local rc=$?
+  # Ignore further signals (SIGPIPE from a closed stdout included) while the controller is stopped.
+  trap '' PIPE INT TERM HUP
   if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null || true; fi
-  if [ -n "$PROXY_PID" ]; then kill "$PROXY_PID" 2>/dev/null || true; fi
   if [ -n "$CTRL_PID" ] && kill -0 "$CTRL_PID" 2>/dev/null; then
-    say "stopping the controller (pid $CTRL_PID)"
     kill -TERM "$CTRL_PID" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$CTRL_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$CTRL_PID" 2>/dev/null || true
+    say "stopped the controller (pid $CTRL_PID)" 2>/dev/null || true
   fi
+  if [ -n "$PROXY_PID" ]; then kill "$PROXY_PID" 2>/dev/null || true; fi
   exit $rc
 }
 trap cleanup EXIT
+trap 'exit 129' HUP
 trap 'exit 130' INT
+trap 'exit 141' PIPE
 trap 'exit 143' TERM
 
 pidfile() { local p; p=$(cat "$KUBE_RUN_DIR/$1.pid" 2>/dev/null || true); [ -n "$p" ] && [ -d "/proc/$p" ] && echo "$p" || true; }
@@ -136,34 +140,7 @@ say "binary $LANYARD_BIN ($("$LANYARD_BIN" --version 2>/dev/null || echo '?')); 
 
 # ---------------------------------------------------------------- 1. clean up, CRDs, CA, issuer
 say "cleaning up earlier runs"
-for ns in $NS_CTRL $NAMESPACES; do
-  phase=$(k get namespace "$ns" -o jsonpath='{.status.phase}' 2>/dev/null || true)
-  if [ "$phase" = Terminating ]; then
-    die "namespace $ns is Terminating (this API server has no namespace controller, so it stays so): restart the API server with fresh data (start.sh stop; start.sh)"
-  fi
-done
-have_crd=$(k get crd certificates.lanyard.dev -o name 2>/dev/null || true)
-if [ -n "$have_crd" ]; then
-  # One DELETE of the collection per namespace (deletecollection), repeated while anything is left.
-  for _ in 1 2 3 4 5; do
-    left=0
-    for ns in $NAMESPACES; do
-      k get namespace "$ns" >/dev/null 2>&1 || continue
-      k delete --raw "/apis/lanyard.dev/v1/namespaces/$ns/certificates" >/dev/null 2>&1 || true
-      k delete --raw "/api/v1/namespaces/$ns/secrets" >/dev/null 2>&1 || true
-    done
-    left=$(k get certificates.lanyard.dev -A --no-headers --chunk-size=0 2>/dev/null | grep -c . || true)
-    [ "$left" -eq 0 ] && break
-    say "$left Certificates left; deleting again"
-  done
-  [ "$left" -eq 0 ] || die "could not delete the Certificates of an earlier run ($left left)"
-  k delete clusterissuers.lanyard.dev scale-ca --ignore-not-found >/dev/null
-fi
-for ns in $NAMESPACES; do
-  k get namespace "$ns" >/dev/null 2>&1 && k delete --raw "/api/v1/namespaces/$ns/secrets" >/dev/null 2>&1 || true
-done
-k delete lease lanyard-controller -n "$NS_CTRL" --ignore-not-found >/dev/null 2>&1 || true
-k delete secret scale-ca -n "$NS_CTRL" --ignore-not-found >/dev/null 2>&1 || true
+$PY clean --proxy "$PROXY" --controller-namespace "$NS_CTRL"
 
 say "applying the CRDs"
 if "$LANYARD_BIN" crds > "$WORKDIR/crds.yaml" 2>/dev/null && [ -s "$WORKDIR/crds.yaml" ]; then

@@ -27,10 +27,10 @@ use kube::{Client, ResourceExt};
 use lanyard_crds::api::{Certificate, ClusterIssuer, ClusterIssuerSpec};
 use lanyard_crds::time::{Clock, SystemClock};
 use lanyard_issuer::Certificate as X509;
-use lanyard_rotator::kube::{Context, LeaderElection, LeaseDecision, LeaseLock, run};
+use lanyard_rotator::kube::{Context, LeaderElection, LeaseDecision, LeaseLock, client_for, run};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_rotator::secret::SecretData;
-use live::{live_client, unique};
+use live::{live_client, live_config, unique};
 use support::{anchor_secret, ca_config, identity_issuer_spec};
 
 async fn apply_crds(client: &Client) {
@@ -143,11 +143,15 @@ fn ready(certificate: &Certificate) -> bool {
 
 #[tokio::test]
 async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster() {
-    let Some(client) =
-        live_client("a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster").await
+    let Some(config) =
+        live_config("a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster").await
     else {
         return;
     };
+    // The test's own requests go through kube-rs' client; the controller's
+    // through its own, which speaks HTTP/2 to a real API server.
+    let client = Client::try_from(config.clone()).expect("a client from the kubeconfig");
+    let controller_client = client_for(config).expect("the controller's client");
     apply_crds(&client).await;
     let namespace = unique("lanyard-live");
     let issuer_name = unique("lanyard-live-anchor");
@@ -205,7 +209,7 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
         }
 
         let ctx = Arc::new(
-            Context::new(client.clone(), SystemClock, Arc::new(Metrics::new()))
+            Context::new(controller_client, SystemClock, Arc::new(Metrics::new()))
                 .with_cluster_resource_namespace(&namespace),
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

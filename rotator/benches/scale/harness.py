@@ -3,6 +3,7 @@
 
 Subcommands (all print or write JSON; scale.sh drives them):
   gen             write N Certificates as multi-document YAML chunks
+  clean           delete what earlier runs left in the scale namespaces (never the namespaces)
   snap            snapshot the API server's request counters and the CPU time of processes
   ready           one readiness poll: how many Certificates are Ready=True
   watch           sample a running controller every 0.5 s (sockets, VmRSS, VmHWM, CPU) and,
@@ -210,6 +211,50 @@ def ready_poll(proxy):
     col = [c["name"] for c in t["columnDefinitions"]].index("Ready")
     rows = t.get("rows") or []
     return len(rows), sum(1 for r in rows if r["cells"][col] == "True")
+
+
+def cmd_clean(a):
+    """Deletes what earlier runs left: the Certificates and Secrets in the scale namespaces
+    (one deletecollection per namespace and kind, repeated while anything is left), the
+    ClusterIssuer and its CA Secret, and the controller's Lease. Namespaces are kept (an API
+    server without a namespace controller leaves a deleted namespace Terminating for ever)."""
+    spaces = {
+        m["metadata"]["name"]: (m.get("status") or {}).get("phase")
+        for m in api_get(a.proxy, "/api/v1/namespaces")["items"]
+    }
+    wanted = [ns_name(i) for i in range(NAMESPACES)] + [a.controller_namespace]
+    stuck = [ns for ns in wanted if spaces.get(ns) == "Terminating"]
+    if stuck:
+        raise SystemExit(
+            "namespace(s) %s Terminating (an API server without a namespace controller keeps them so): "
+            "start the API server afresh (its etcd data wiped)" % ", ".join(stuck)
+        )
+    present = [ns_name(i) for i in range(NAMESPACES) if ns_name(i) in spaces]
+    have_crd = api_request(a.proxy, "/apis/lanyard.dev/v1", ok=(200, 404))[0] == 200
+    gone = lambda path: api_request(a.proxy, path, method="DELETE", ok=(200, 404))
+    for attempt in range(10):
+        for ns in present:
+            if have_crd:
+                gone("/apis/lanyard.dev/v1/namespaces/%s/certificates" % ns)
+            gone("/api/v1/namespaces/%s/secrets" % ns)
+        left = 0
+        if have_crd:
+            t = api_get(a.proxy, "/apis/lanyard.dev/v1/certificates?includeObject=None", TABLE)
+            left += len(t.get("rows") or [])
+        for ns in present:
+            t = api_get(a.proxy, "/api/v1/namespaces/%s/secrets?includeObject=None" % ns, TABLE)
+            left += len(t.get("rows") or [])
+        if left == 0:
+            break
+        print("%d objects left; deleting again" % left, file=sys.stderr)
+        time.sleep(1)
+    else:
+        raise SystemExit("could not delete the objects of an earlier run")
+    if have_crd:
+        gone("/apis/lanyard.dev/v1/clusterissuers/%s" % a.issuer)
+    if a.controller_namespace in spaces:
+        gone("/apis/coordination.k8s.io/v1/namespaces/%s/leases/lanyard-controller" % a.controller_namespace)
+        gone("/api/v1/namespaces/%s/secrets/%s" % (a.controller_namespace, a.issuer))
 
 
 def cmd_ready(a):
@@ -674,6 +719,10 @@ def main():
     s.add_argument("--apiserver-pid")
     s.add_argument("--etcd-pid")
     s.add_argument("--controller-pid")
+    c = sub.add_parser("clean")
+    c.add_argument("--proxy", required=True)
+    c.add_argument("--issuer", default="scale-ca")
+    c.add_argument("--controller-namespace", default="lanyard")
     r = sub.add_parser("ready")
     r.add_argument("--proxy", required=True)
     w = sub.add_parser("watch")
@@ -705,6 +754,7 @@ def main():
     {
         "gen": cmd_gen,
         "snap": cmd_snap,
+        "clean": cmd_clean,
         "ready": cmd_ready,
         "watch": cmd_watch,
         "delete-secrets": cmd_delete_secrets,

@@ -1,5 +1,6 @@
-//! The Certificate reconcile: gather a Certificate's inputs from the API
-//! server, run the pure core, apply the Secret and write the status.
+//! The Certificate reconcile: gather a Certificate's inputs from the watch
+//! caches, run the pure core, apply the Secret and write the status (only
+//! when it changed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +30,10 @@ pub const MAX_REQUEUE: Duration = Duration::from_secs(3_600);
 /// The shortest requeue, so a renewal due now does not spin.
 pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
 
-/// Reconciles one Certificate: read its issuer, the issuer's CA Secret and
-/// its own Secret; run the core; apply the Secret if the core issued one;
-/// record the status; requeue at the renewal time (at most
+/// Reconciles one Certificate: take its issuer's signing material (loaded
+/// once per version of the issuer and its CA Secret) and its own Secret
+/// from the caches; run the core; apply the Secret if the core issued one;
+/// record the status if it changed; requeue at the renewal time (at most
 /// [`MAX_REQUEUE`] away).
 pub async fn reconcile_certificate<C: Clock>(
     certificate: Arc<Certificate>,

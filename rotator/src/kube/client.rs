@@ -9,7 +9,7 @@ use std::time::Duration;
 use ::kube::client::ConfigExt;
 use ::kube::{Client, Config};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{BoxError, ServiceBuilder};
 
 use super::context::Error;
@@ -51,6 +51,8 @@ pub fn client_for(config: Config) -> Result<Client, ::kube::Error> {
         .enable_all_versions()
         .wrap_connector(http);
     let connection = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .http2_keep_alive_while_idle(true)

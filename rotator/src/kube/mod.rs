@@ -1,6 +1,7 @@
 //! The Kubernetes shell (`lanyard controller`), in kube-rs' controller-rs
 //! layout: [`reconcile_certificate`] gathers a Certificate's inputs from
-//! the API server (its issuer, the issuer's CA Secret, its own Secret),
+//! the watch caches ([`cache`]: its issuer, the issuer's signing material,
+//! its own Secret),
 //! hands them to the pure [`crate::reconcile::reconcile`], and writes what
 //! it returns; [`error_policy`] backs off when the API server fails; [`run`]
 //! wires both into a kube-runtime `Controller` that runs only while this
@@ -15,7 +16,8 @@
 //! `lanyard`, holding only the keys the controller manages, so keys,
 //! labels and annotations written by others are never removed.
 //!
-//! The pieces: [`Context`] and [`Error`] (`context`), the Certificate
+//! The pieces: the watch caches (`cache`), the one HTTP/2 API client
+//! (`client`), [`Context`] and [`Error`] (`context`), the Certificate
 //! reconcile (`certificate`), the issuer reconcile (`issuer`), the leader
 //! loop and the wiring (`run`), and the map from a changed object to the
 //! Certificates it concerns (`dependents`).

@@ -12,6 +12,13 @@ pub const ENV: &str = "LANYARD_TEST_KUBECONFIG";
 /// The client for `$LANYARD_TEST_KUBECONFIG`, or `None` (after saying the
 /// test is skipped) when it is not set.
 pub async fn live_client(test: &str) -> Option<Client> {
+    let config = live_config(test).await?;
+    Some(Client::try_from(config).expect("a client from the kubeconfig"))
+}
+
+/// The configuration `$LANYARD_TEST_KUBECONFIG` names, or `None` (after
+/// saying the test is skipped) when it is not set.
+pub async fn live_config(test: &str) -> Option<kube::Config> {
     let Some(path) = std::env::var_os(ENV).filter(|p| !p.is_empty()) else {
         // Straight to the process's stderr, past the test harness's output
         // capture, so the skip shows in every `cargo test` log.
@@ -27,7 +34,7 @@ pub async fn live_client(test: &str) -> Option<Client> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap_or_else(|e| panic!("loading {ENV}={}: {e}", path.to_string_lossy()));
-    Some(Client::try_from(config).expect("a client from the kubeconfig"))
+    Some(config)
 }
 
 /// A name no earlier run used.
