@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ::kube::ResourceExt;
 use ::kube::core::PartialObjectMeta;
@@ -208,43 +209,53 @@ pub fn strip_secret_metadata(secret: &mut PartialObjectMeta<Secret>) {
     }
 }
 
-/// The Secrets the controller has applied whose new version its cache may
-/// not have delivered yet: `namespace/name` to the resourceVersion the
-/// apply returned. A reconcile that finds an older version cached reads the
-/// Secret from the API server instead, so a Secret it just wrote is never
-/// taken for missing or stale (and issued again). An entry goes when the
-/// watch delivers that version, or a read finds a newer one.
+/// Objects the controller has written whose new version its cache may not
+/// have delivered yet: `namespace/name` to the resourceVersion the write
+/// returned. A reconcile that finds an older version cached must not decide
+/// from it: a Secret it just wrote would be taken for missing or stale (and
+/// issued again), a status it just wrote for one to write again. An entry
+/// goes when the watch delivers that version, when a read finds another,
+/// or after [`WRITTEN_PATIENCE`] (a watch that relisted may never deliver
+/// it).
 #[derive(Debug, Default)]
-pub struct AppliedSecrets(Mutex<HashMap<(String, String), String>>);
+pub struct Written(Mutex<HashMap<(String, String), (String, Instant)>>);
 
-impl AppliedSecrets {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+/// How long an entry of [`Written`] is trusted.
+pub const WRITTEN_PATIENCE: Duration = Duration::from_secs(60);
+
+impl Written {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, Instant)>> {
         // Only versions; a panic elsewhere cannot leave the map invalid.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records that `namespace/name` was written at `version`.
     pub fn record(&self, namespace: &str, name: &str, version: String) {
-        self.lock()
-            .insert((namespace.to_string(), name.to_string()), version);
+        self.lock().insert(
+            (namespace.to_string(), name.to_string()),
+            (version, Instant::now()),
+        );
     }
 
     /// The version written last, if the cache may still lag behind it.
     pub fn pending(&self, namespace: &str, name: &str) -> Option<String> {
-        self.lock()
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        let mut written = self.lock();
+        let key = (namespace.to_string(), name.to_string());
+        let (version, at) = written.get(&key)?;
+        if at.elapsed() > WRITTEN_PATIENCE {
+            written.remove(&key);
+            return None;
+        }
+        Some(version.clone())
     }
 
     /// The cache has delivered `version` of `namespace/name`: forget the
     /// entry when it is that version.
     pub fn seen(&self, namespace: &str, name: &str, version: &str) {
-        let mut applied = self.lock();
+        let mut written = self.lock();
         let key = (namespace.to_string(), name.to_string());
-        if applied.get(&key).is_some_and(|v| v == version) {
-            applied.remove(&key);
+        if written.get(&key).is_some_and(|(v, _)| v == version) {
+            written.remove(&key);
         }
     }
 
@@ -449,7 +460,7 @@ mod tests {
 
     #[test]
     fn an_applied_version_is_pending_until_the_cache_or_a_read_sees_it() {
-        let applied = AppliedSecrets::default();
+        let applied = Written::default();
         applied.record("apps", "web-tls", "9".into());
         // An older version delivered by the watch does not clear it.
         applied.seen("apps", "web-tls", "8");

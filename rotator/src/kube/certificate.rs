@@ -48,6 +48,17 @@ pub async fn reconcile_certificate<C: Clock>(
         // only write a Secret the garbage collector is about to delete.
         return Ok(Action::await_change());
     }
+    // The cache has not delivered this reconcile's own last status write
+    // yet: deciding from the older copy would only write again (and be
+    // refused). The watch event of that write triggers the next look.
+    if let Some(written) = ctx.statuses.pending(&namespace, &name) {
+        if certificate.metadata.resource_version.as_ref() == Some(&written) {
+            ctx.statuses.seen(&namespace, &name, &written);
+        } else {
+            debug!(certificate = %format!("{namespace}/{name}"), "the cache lags the status written last; looking again");
+            return Ok(Action::requeue(STALE_REQUEUE));
+        }
+    }
     let spec = &certificate.spec;
     let issuer_name = spec.issuer_ref.name.clone();
 
@@ -227,7 +238,14 @@ async fn write_status<C: Clock>(
         .patch_status(&name, &params, &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(None),
+        Ok(written) => {
+            ctx.statuses.record(
+                namespace,
+                &name,
+                written.resource_version().unwrap_or_default(),
+            );
+            Ok(None)
+        }
         Err(::kube::Error::Api(response)) if response.code == 409 => {
             debug!(certificate = %format!("{namespace}/{name}"), "status changed since this reconcile read it; looking again");
             Ok(Some(Action::requeue(STALE_REQUEUE)))

@@ -12,7 +12,7 @@ use lanyard_crds::api::IssuerKind;
 use lanyard_crds::time::Clock;
 use lanyard_runtime::Backoff;
 
-use super::cache::{AppliedSecrets, Caches, IssuerMaterials};
+use super::cache::{Caches, IssuerMaterials, Written};
 use super::secret;
 use crate::issuer_ref::DEFAULT_CLUSTER_RESOURCE_NAMESPACE;
 use crate::metrics::Metrics;
@@ -40,7 +40,10 @@ pub struct Context<C: Clock> {
     /// controller starts (it keeps them only while it leads).
     caches: RwLock<Caches>,
     /// Secrets applied whose new version the cache may not hold yet.
-    pub(super) applied: AppliedSecrets,
+    pub(super) applied: Written,
+    /// Certificates whose status was written at a version the cache may
+    /// not hold yet.
+    pub(super) statuses: Written,
     /// The issuers' loaded signing material.
     pub(super) materials: IssuerMaterials,
     /// API failures per object (kind, namespace, name) since its last
@@ -74,7 +77,8 @@ impl<C: Clock> Context<C> {
             cluster_resource_namespace: DEFAULT_CLUSTER_RESOURCE_NAMESPACE.to_string(),
             concurrency: DEFAULT_CONCURRENCY,
             caches: RwLock::new(Caches::new().0),
-            applied: AppliedSecrets::default(),
+            applied: Written::default(),
+            statuses: Written::default(),
             materials: IssuerMaterials::default(),
             api_failures: Mutex::default(),
         }

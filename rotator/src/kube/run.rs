@@ -166,12 +166,18 @@ where
     // A trigger whose controller has stopped is dropped: hence `let _`.
     let certificates = {
         let trigger = certificate_trigger.clone();
+        let ctx = ctx.clone();
         watch(
             "Certificates",
             watcher(Api::<Certificate>::all(client.clone()), config.clone()),
             writers.certificates,
             strip_certificate,
             move |certificate: &Certificate| {
+                ctx.statuses.seen(
+                    certificate.metadata.namespace.as_deref().unwrap_or_default(),
+                    &certificate.name_any(),
+                    certificate.metadata.resource_version.as_deref().unwrap_or_default(),
+                );
                 let _ = trigger.unbounded_send(ObjectRef::from_obj(certificate));
             },
             stopped(),
