@@ -562,22 +562,30 @@ fn identity_issuer() -> Certificate {
     cert
 }
 
-/// The Certificate with the patched status, as the API server answers a
-/// status patch.
-fn with_status(certificate: Certificate) -> impl FnOnce(&Value) -> Value {
-    move |body| {
-        let mut answer = serde_json::to_value(certificate).unwrap();
-        answer["status"] = body["status"].clone();
-        answer
-    }
+/// The resourceVersion after `version` (a write moves it on).
+fn next_version(version: Option<&str>) -> String {
+    let version: u64 = version
+        .unwrap_or("0")
+        .parse()
+        .expect("a numeric resourceVersion");
+    (version + 1).to_string()
 }
 
-/// `certificate` as its watch delivers it after the status patch `patch`
-/// was written: the status patched, at resourceVersion `version`.
-fn status_written(certificate: &Certificate, patch: &Received, version: &str) -> Certificate {
+/// The Certificate with the patched status, at its next resourceVersion,
+/// as the API server answers a status patch.
+fn with_status(certificate: Certificate) -> impl FnOnce(&Value) -> Value {
+    move |body| serde_json::to_value(status_written(&certificate, body)).unwrap()
+}
+
+/// `certificate` after the status patch `body` was written: the status
+/// patched, at its next resourceVersion (as the API server answers the
+/// patch, and the Certificate watch then delivers it).
+fn status_written(certificate: &Certificate, body: &Value) -> Certificate {
     let mut written = certificate.clone();
-    written.status = Some(serde_json::from_value(patch.body["status"].clone()).unwrap());
-    written.metadata.resource_version = Some(version.into());
+    written.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
+    written.metadata.resource_version = Some(next_version(
+        certificate.metadata.resource_version.as_deref(),
+    ));
     written
 }
 
@@ -1050,26 +1058,70 @@ async fn a_secret_just_applied_is_read_back_until_the_cache_holds_the_applied_ve
     // The status write comes back through the Certificate watch before the
     // Secret watch delivers version 21: the Secret is read, found current,
     // and nothing is written.
-    let recorded = status_written(&cert, &status, "8");
+    let recorded = status_written(&cert, &status.body);
     let answer = applied.clone();
     let (result, ()) = scenario
         .reconcile(&recorded, async move |server| {
             server.get(SECRET_PATH, answer).await;
         })
         .await;
-    result.expect("the reconcile succeeds");
+    let up_to_date = Action::requeue(Duration::from_secs(3_600));
+    assert_eq!(result.expect("the reconcile succeeds"), up_to_date);
 
     // Once the cache holds version 21, nothing is read.
     scenario.cache(Cached::default().secret(applied));
     let (result, ()) = scenario.reconcile(&recorded, async |_| {}).await;
-    result.expect("the reconcile succeeds");
+    assert_eq!(result.expect("the reconcile succeeds"), up_to_date);
     scenario.finish().await;
 }
 
-/// As above, for a renewal: the cache holds the version the apply
-/// replaced, whose certificate is due. Trusted, it would be renewed again.
+/// The Secret watch may deliver the controller's apply before the
+/// Certificate watch delivers its status write: the reconcile that event
+/// triggers finds the Certificate cached as it was before the write, and
+/// decides nothing from it (it would only write the status again, and be
+/// refused); the Certificate watch's event triggers the next look.
 #[tokio::test]
-async fn a_renewed_secret_is_read_back_while_the_cache_holds_the_version_it_replaced() {
+async fn a_certificate_cached_as_it_was_before_its_own_status_write_is_looked_at_again_without_a_request()
+ {
+    let anchor = anchor_secret("Lanyard Test Anchor", t0());
+    let now = t0() + hours(1);
+    let anchor_json = secret_json("lanyard", ANCHOR, &anchor, "kubernetes.io/tls");
+    let cert = identity_issuer();
+    let mut scenario = scenario(now, with_anchor(&anchor_json));
+    let answer = with_status(cert.clone());
+    let (result, (applied, status)) = scenario
+        .reconcile(&cert, async move |server| {
+            server.get(ANCHOR_SECRET_PATH, anchor_json).await;
+            let applied = server.patch(SECRET_PATH, echo).await;
+            let status = server.patch(STATUS_PATH, answer).await;
+            (applied, status)
+        })
+        .await;
+    result.expect("the reconcile succeeds");
+
+    // The applied Secret is cached; the Certificate still at version 7.
+    scenario.cache(Cached::default().secret(echo(&applied.body)));
+    let (result, ()) = scenario.reconcile(&cert, async |_| {}).await;
+    assert_eq!(
+        result.expect("a lagging cache is not an API failure"),
+        Action::requeue(STALE_REQUEUE)
+    );
+    // The status write arrives (version 8): up to date, nothing to do.
+    let recorded = status_written(&cert, &status.body);
+    assert_eq!(recorded.metadata.resource_version.as_deref(), Some("8"));
+    let (result, ()) = scenario.reconcile(&recorded, async |_| {}).await;
+    assert_eq!(
+        result.expect("the reconcile succeeds"),
+        Action::requeue(Duration::from_secs(3_600))
+    );
+    scenario.finish().await;
+}
+
+/// A renewal about to happen: the Certificate, issued revision 1 at `t0`
+/// (its status recorded), is due at `now`; the managed-Secret cache holds
+/// its Secret at version 20. Returns the CA Secret, the Certificate, the
+/// cached Secret and `now`.
+fn due_for_renewal() -> (Value, Certificate, Value, DateTime<Utc>) {
     let anchor = anchor_secret("Lanyard Test Anchor", t0());
     let material = ca_issuer(&anchor, t0());
     let mut first = support::issued_secret(&identity_issuer_spec(), &material, t0());
@@ -1098,6 +1150,14 @@ async fn a_renewed_secret_is_read_back_while_the_cache_holds_the_version_it_repl
         labelled(secret_json(NAMESPACE, NAME, &first, "kubernetes.io/tls")),
         "20",
     );
+    (anchor_json, cert, replaced, now)
+}
+
+/// As above, for a renewal: the cache holds the version the apply
+/// replaced, whose certificate is due. Trusted, it would be renewed again.
+#[tokio::test]
+async fn a_renewed_secret_is_read_back_while_the_cache_holds_the_version_it_replaced() {
+    let (anchor_json, cert, replaced, now) = due_for_renewal();
     let mut scenario = scenario(now, with_anchor(&anchor_json).secret(replaced));
     let metrics = scenario.ctx.metrics.clone();
     let answer = with_status(cert.clone());
@@ -1119,7 +1179,7 @@ async fn a_renewed_secret_is_read_back_while_the_cache_holds_the_version_it_repl
 
     // The Certificate watch delivers the status; the Secret cache still
     // holds version 20. The Secret is read, not renewed again.
-    let renewed = status_written(&identity_issuer(), &status, "8");
+    let renewed = status_written(&cert, &status.body);
     let answer = applied.clone();
     let (result, ()) = scenario
         .reconcile(&renewed, async move |server| {
@@ -1133,6 +1193,48 @@ async fn a_renewed_secret_is_read_back_while_the_cache_holds_the_version_it_repl
     let (result, ()) = scenario.reconcile(&renewed, async |_| {}).await;
     result.expect("the reconcile succeeds");
     assert_eq!(issued_total(&metrics), 1, "one renewal");
+    scenario.finish().await;
+}
+
+/// As above, when someone else writes the Secret between the apply and the
+/// read back (a label, say): the read finds version 22, not the 21
+/// applied. The cache, still at 20, has caught up with neither, so the next
+/// reconcile must read again rather than renew the certificate of 20.
+#[tokio::test]
+async fn a_renewed_secret_changed_by_someone_else_is_still_read_back_while_the_cache_holds_the_version_it_replaced()
+ {
+    let (anchor_json, cert, replaced, now) = due_for_renewal();
+    let mut scenario = scenario(now, with_anchor(&anchor_json).secret(replaced));
+    let answer = with_status(cert.clone());
+    let (result, (applied, status)) = scenario
+        .reconcile(&cert, async move |server| {
+            server.get(ANCHOR_SECRET_PATH, anchor_json).await;
+            let applied = server.patch(SECRET_PATH, echo).await;
+            let status = server.patch(STATUS_PATH, answer).await;
+            (applied, status)
+        })
+        .await;
+    result.expect("the reconcile succeeds");
+    let mut changed = echo(&applied.body);
+    changed["metadata"]["labels"]["team"] = json!("identity");
+    let changed = at_version(changed, "22");
+
+    let renewed = status_written(&cert, &status.body);
+    let answer = changed.clone();
+    let (result, ()) = scenario
+        .reconcile(&renewed, async move |server| {
+            server.get(SECRET_PATH, answer).await;
+        })
+        .await;
+    result.expect("the reconcile succeeds");
+    // Looked at again (someone edits the Certificate's labels, or a
+    // requeue) before the Secret watch delivers 21 or 22.
+    let (result, ()) = scenario
+        .reconcile(&renewed, async move |server| {
+            server.get(SECRET_PATH, changed).await;
+        })
+        .await;
+    result.expect("the reconcile succeeds");
     scenario.finish().await;
 }
 
@@ -1224,7 +1326,7 @@ async fn a_secret_controlled_by_another_object_is_not_applied_and_the_status_nam
     // Within the backoff, a second look writes nothing at all. (Changed
     // with the watch caches: on the same context the CA is not read again;
     // the Secret, still not labelled, is.)
-    let backing_off = status_written(&identity_issuer(), &status_patch, "8");
+    let backing_off = status_written(&identity_issuer(), &status_patch.body);
     scenario.ctx.clock.set(t0() + chrono::TimeDelta::seconds(5));
     let (result, ()) = scenario
         .reconcile(&backing_off, async move |server| {
@@ -1307,7 +1409,7 @@ async fn a_secret_this_certificate_wrote_before_the_managed_label_gets_the_label
     // The watches deliver the labelled Secret (it moves to the managed
     // cache) and the status: nothing is read or written.
     scenario.cache(Cached::default().secret(at_version(labelled(legacy), "22")));
-    let recorded = status_written(&cert, &status_patch, "8");
+    let recorded = status_written(&cert, &status_patch.body);
     let (result, ()) = scenario.reconcile(&recorded, async |_| {}).await;
     result.expect("the reconcile succeeds");
     scenario.finish().await;

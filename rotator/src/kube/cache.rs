@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use ::kube::ResourceExt;
 use ::kube::core::PartialObjectMeta;
@@ -218,31 +217,35 @@ pub fn strip_secret_metadata(secret: &mut PartialObjectMeta<Secret>) {
 /// or after [`WRITTEN_PATIENCE`] (a watch that relisted may never deliver
 /// it).
 #[derive(Debug, Default)]
-pub struct Written(Mutex<HashMap<(String, String), (String, Instant)>>);
+pub struct Written(Mutex<HashMap<(String, String), (String, DateTime<Utc>)>>);
 
 /// How long an entry of [`Written`] is trusted.
-pub const WRITTEN_PATIENCE: Duration = Duration::from_secs(60);
+pub const WRITTEN_PATIENCE: TimeDelta = TimeDelta::seconds(60);
 
 impl Written {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, Instant)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, DateTime<Utc>)>> {
         // Only versions; a panic elsewhere cannot leave the map invalid.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records that `namespace/name` was written at `version`.
-    pub fn record(&self, namespace: &str, name: &str, version: String) {
-        self.lock().insert(
-            (namespace.to_string(), name.to_string()),
-            (version, Instant::now()),
-        );
+    /// Records that `namespace/name` was written (or read) at `version`,
+    /// at `now`.
+    pub fn record(&self, namespace: &str, name: &str, version: String, now: DateTime<Utc>) {
+        self.lock()
+            .insert((namespace.to_string(), name.to_string()), (version, now));
     }
 
-    /// The version written last, if the cache may still lag behind it.
-    pub fn pending(&self, namespace: &str, name: &str) -> Option<String> {
+    /// The version written last, if the cache may still lag behind it at
+    /// `now`.
+    pub fn pending(&self, namespace: &str, name: &str, now: DateTime<Utc>) -> Option<String> {
         let mut written = self.lock();
         let key = (namespace.to_string(), name.to_string());
         let (version, at) = written.get(&key)?;
-        if at.elapsed() > WRITTEN_PATIENCE {
+        if now - *at > WRITTEN_PATIENCE || now < *at - WRITTEN_PATIENCE {
             written.remove(&key);
             return None;
         }
@@ -461,14 +464,32 @@ mod tests {
     #[test]
     fn an_applied_version_is_pending_until_the_cache_or_a_read_sees_it() {
         let applied = Written::default();
-        applied.record("apps", "web-tls", "9".into());
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        applied.record("apps", "web-tls", "9".into(), t0);
         // An older version delivered by the watch does not clear it.
         applied.seen("apps", "web-tls", "8");
-        assert_eq!(applied.pending("apps", "web-tls").as_deref(), Some("9"));
+        assert_eq!(applied.pending("apps", "web-tls", t0).as_deref(), Some("9"));
         applied.seen("apps", "web-tls", "9");
         assert!(applied.is_empty());
-        applied.record("apps", "web-tls", "9".into());
+        applied.record("apps", "web-tls", "9".into(), t0);
         applied.forget("apps", "web-tls");
+        assert!(applied.is_empty());
+        // Trusted for a while only: a watch that relisted may never deliver it.
+        applied.record("apps", "web-tls", "9".into(), t0);
+        assert!(
+            applied
+                .pending("apps", "web-tls", t0 + WRITTEN_PATIENCE)
+                .is_some()
+        );
+        assert!(
+            applied
+                .pending(
+                    "apps",
+                    "web-tls",
+                    t0 + WRITTEN_PATIENCE + TimeDelta::seconds(1)
+                )
+                .is_none()
+        );
         assert!(applied.is_empty());
     }
 }

@@ -51,7 +51,7 @@ pub async fn reconcile_certificate<C: Clock>(
     // The cache has not delivered this reconcile's own last status write
     // yet: deciding from the older copy would only write again (and be
     // refused). The watch event of that write triggers the next look.
-    if let Some(written) = ctx.statuses.pending(&namespace, &name) {
+    if let Some(written) = ctx.statuses.pending(&namespace, &name, ctx.clock.now()) {
         if certificate.metadata.resource_version.as_ref() == Some(&written) {
             ctx.statuses.seen(&namespace, &name, &written);
         } else {
@@ -156,6 +156,7 @@ pub async fn reconcile_certificate<C: Clock>(
             &namespace,
             &spec.secret_name,
             written.resource_version().unwrap_or_default(),
+            ctx.clock.now(),
         );
     } else if let Some(current) = &current
         && secret::needs_label(current, &certificate)
@@ -243,6 +244,7 @@ async fn write_status<C: Clock>(
                 namespace,
                 &name,
                 written.resource_version().unwrap_or_default(),
+                ctx.clock.now(),
             );
             Ok(None)
         }
@@ -270,7 +272,8 @@ async fn current_secret<C: Clock>(
     name: &str,
 ) -> Result<Option<Arc<Secret>>, Error> {
     let cached = caches.secrets.get(&ObjectRef::new(name).within(namespace));
-    let pending = ctx.applied.pending(namespace, name);
+    let now = ctx.clock.now();
+    let pending = ctx.applied.pending(namespace, name, now);
     let cached_version = cached.as_ref().and_then(|s| s.resource_version());
     let read_needed = match &pending {
         Some(version) if cached_version.as_ref() == Some(version) => {
@@ -290,8 +293,17 @@ async fn current_secret<C: Clock>(
             what: format!("Secret `{namespace}/{name}`"),
             source,
         })?;
-    if pending.is_some() && read.as_ref().and_then(|s| s.resource_version()) != pending {
-        ctx.applied.forget(namespace, name);
+    // The cache must now catch up with what was read: a version newer than
+    // the one written (someone wrote after the controller) becomes the one
+    // waited for; a Secret gone since has no version to wait for.
+    if pending.is_some() {
+        match read.as_ref().and_then(|s| s.resource_version()) {
+            Some(version) if Some(&version) != pending.as_ref() => {
+                ctx.applied.record(namespace, name, version, now);
+            }
+            Some(_) => {}
+            None => ctx.applied.forget(namespace, name),
+        }
     }
     if let Some(secret) = &mut read {
         strip_secret(secret);

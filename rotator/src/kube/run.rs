@@ -174,9 +174,17 @@ where
             strip_certificate,
             move |certificate: &Certificate| {
                 ctx.statuses.seen(
-                    certificate.metadata.namespace.as_deref().unwrap_or_default(),
+                    certificate
+                        .metadata
+                        .namespace
+                        .as_deref()
+                        .unwrap_or_default(),
                     &certificate.name_any(),
-                    certificate.metadata.resource_version.as_deref().unwrap_or_default(),
+                    certificate
+                        .metadata
+                        .resource_version
+                        .as_deref()
+                        .unwrap_or_default(),
                 );
                 let _ = trigger.unbounded_send(ObjectRef::from_obj(certificate));
             },
