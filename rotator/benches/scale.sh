@@ -238,13 +238,25 @@ log_counts() { # $1 = log file -> "issued warn"
 
 ready_now() { $PY ready --proxy "$PROXY" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ready"])'; }
 
-write_extra() { # $1 = dir, issued, warn, exit_s, exit_code, ready_after
-  python3 - "$1/extra.json" "$2" "$3" "$4" "$5" "$6" <<'EOF'
-import json, sys
-f, issued, warn, exit_s, code, ready = sys.argv[1:]
+write_extra() { # $1 = dir, issued, warn, exit_s, exit_code, ready_after (the log is $1/controller.log)
+  python3 - "$1" "$2" "$3" "$4" "$5" "$6" <<'EOF'
+import datetime, json, sys
+d, issued, warn, exit_s, code, ready = sys.argv[1:]
 num = lambda s: None if s in ("", "None") else (float(s) if "." in s else int(s))
+# The timestamp of the last of the first `issued` "issued a certificate" lines (later ones are
+# the delete-secrets phase's).
+last, seen = None, 0
+with open(d + "/controller.log", errors="replace") as f:
+    for line in f:
+        if "issued a certificate" in line and seen < (num(issued) or 0):
+            seen += 1
+            try:
+                last = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                pass
 json.dump({"issued_lines": num(issued), "warn_lines": num(warn), "exit_s": num(exit_s),
-           "exit_code": num(code), "ready_after": num(ready)}, open(f, "w"))
+           "exit_code": num(code), "ready_after": num(ready), "last_issued_epoch": last},
+          open(d + "/extra.json", "w"))
 EOF
 }
 

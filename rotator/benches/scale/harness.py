@@ -206,8 +206,10 @@ METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.i
 
 def ready_poll(proxy):
     """One LIST of Certificates, as a server-side Table without the objects
-    (the Ready printer column only). Returns (total, ready)."""
-    t = api_get(proxy, "/apis/lanyard.dev/v1/certificates?includeObject=None", TABLE)
+    (the Ready printer column only). Returns (total, ready); raises on failure."""
+    # resourceVersion=0: served from the watch cache as it is, without the consistent read's wait
+    # for the cache to catch up (under load that wait ran into the API server's 60 s timeout).
+    t = api_get(proxy, "/apis/lanyard.dev/v1/certificates?resourceVersion=0&includeObject=None", TABLE)
     col = [c["name"] for c in t["columnDefinitions"]].index("Ready")
     rows = t.get("rows") or []
     return len(rows), sum(1 for r in rows if r["cells"][col] == "True")
@@ -407,15 +409,21 @@ def cmd_delete_secrets(a):
     deleted_s = time.time() - t0
     secrets_back_s = done_s = None
     grace_from = None
-    polls = 0
+    polls = cert_polls = failures = 0
     while True:
         now = time.time()
         if now - t0 > a.timeout:
             break
-        secrets = api_get(a.proxy, "/api/v1/secrets", METADATA_LIST)["items"]
-        present = {(m["metadata"]["namespace"], m["metadata"]["name"]) for m in secrets}
-        certs = api_get(a.proxy, "/apis/lanyard.dev/v1/certificates")["items"]
-        polls += 1
+        try:
+            secrets = api_get(a.proxy, "/api/v1/secrets?resourceVersion=0", METADATA_LIST)["items"]
+            polls += 1
+            certs = api_get(a.proxy, "/apis/lanyard.dev/v1/certificates?resourceVersion=0")["items"]
+            cert_polls += 1
+        except (RuntimeError, OSError, ValueError) as e:
+            failures += 1
+            print("delete-secrets poll failed: %s" % e, file=sys.stderr)
+            time.sleep(a.poll)
+            continue
         by_key = {(c["metadata"]["namespace"], c["metadata"]["name"]): c for c in certs}
         n_back = n_ready = n_rev = 0
         for t in targets:
@@ -444,7 +452,9 @@ def cmd_delete_secrets(a):
                 break
         time.sleep(a.poll)
     harness["LIST|secrets"] = polls
-    harness["LIST|certificates"] += polls
+    harness["LIST|certificates"] += cert_polls
+    if failures:
+        harness["failed polls (not subtracted)"] = failures
     plus_one = sum(1 for t in targets if t["rev0"] is not None and t.get("rev1") == t["rev0"] + 1)
     deltas = {}
     for t in targets:
@@ -463,7 +473,8 @@ def cmd_delete_secrets(a):
         "plus_one": plus_one,
         "revision_deltas": deltas,
         "polls": polls,
-        "harness": harness,
+        "harness": {k: v for k, v in harness.items() if "|" in k},
+        "failed_polls": failures,
         "targets": targets,
     }
     with open(a.out, "w") as f:
@@ -492,7 +503,7 @@ def delta_requests(before, after, harness):
             d[k] = v
     own = {}
     for vr, count in (harness or {}).items():
-        k = vr + "|2xx"
+        k = vr if vr.count("|") == 2 else vr + "|2xx"
         own[k] = count
         d[k] = d.get(k, 0) - count
         if d[k] == 0:
@@ -532,6 +543,13 @@ def phase_figures(d, name, n):
     f["final_rss_mib"] = mib(rss[-1]) if rss else None
     f["threads"] = samples[-1].get("threads") if samples else None
     harness = {}
+    # When the controller last worked: the last 0.5 s sample with more than 10% of a core.
+    busy = None
+    for s0, s1 in zip(samples, samples[1:]):
+        if s0["cpu"] is not None and s1["cpu"] is not None and s1["t"] > s0["t"]:
+            if (s1["cpu"] - s0["cpu"]) / (s1["t"] - s0["t"]) > 0.10:
+                busy = s1["t"]
+    f["busy_until_s"] = busy
     if w["mode"] == "until-ready":
         f["all_ready_s"] = w.get("all_ready_s")
         f["rate"] = (n / w["all_ready_s"]) if w.get("all_ready_s") else None
@@ -540,7 +558,12 @@ def phase_figures(d, name, n):
         f["polls"] = len(w["polls"])
         f["poll_s"] = (sum(p[1] - p[0] for p in w["polls"]) / len(w["polls"])) if w["polls"] else None
         f["cpu_at_all_ready"] = w.get("cpu_at_all_ready")
-        harness["LIST|certificates"] = len(w["polls"])
+        ok = sum(1 for q in w["polls"] if q[2] >= 0)
+        harness["LIST|certificates"] = ok
+        if len(w["polls"]) > ok:
+            # A poll that failed timed out in the API server (504) or the proxy.
+            harness["LIST|certificates|5xx"] = len(w["polls"]) - ok
+        f["failed_polls"] = len(w["polls"]) - ok
         prog = []
         for frac in (0.01, 0.1, 0.5, 0.9, 1.0):
             hit = next((p for p in w["polls"] if p[3] >= frac * n and p[3] > 0), None)
@@ -565,6 +588,7 @@ def phase_figures(d, name, n):
         f[p + "_cpu_s"] = (ca[p] - cb[p]) if (ca.get(p) is not None and cb.get(p) is not None) else None
     f["wall_s"] = a_["t"] - b["t"]
     f["issued_lines"] = d.get("issued_lines")
+    f["last_issued_s"] = (d["last_issued_epoch"] - w["t0"]) if d.get("last_issued_epoch") else None
     f["warn_lines"] = d.get("warn_lines")
     f["exit_s"] = d.get("exit_s")
     f["exit_code"] = d.get("exit_code")
@@ -627,6 +651,8 @@ def cmd_report(a):
     col = lambda key, unit="", prec=1: [fmt(f.get(key), unit, prec) for _, f in phases]
     rows.append(["time to all Ready (controller start -> last Ready=True seen by the poll)"] + col("all_ready_s", " s"))
     rows.append(["Certificates/s"] + col("rate", "", 1))
+    rows.append(["last `issued a certificate` line (s after start, from its timestamp)"] + col("last_issued_s", " s"))
+    rows.append(["controller last busy (last 0.5 s sample with > 10% CPU, s after start)"] + col("busy_until_s", " s"))
     rows.append(["observation window"] + [fmt(f.get("window_s") or (f.get("all_ready_s") or 0) + (f.get("settle_s") or 0), " s") for _, f in phases])
     rows.append(["API requests (resource, harness's own subtracted)"] + [fmt(f.get("total"), "", 0) if f.get("total") is not None else "n/a" for _, f in phases])
     rows.append(["API requests per Certificate"] + col("per_cert", "", 2))
@@ -644,6 +670,7 @@ def cmd_report(a):
     rows.append(["SIGTERM to exit"] + col("exit_s", " s", 2))
     rows.append(["exit status"] + col("exit_code"))
     rows.append(["readiness polls by the harness (LIST certificates)"] + col("polls"))
+    rows.append(["readiness polls that failed"] + col("failed_polls"))
     rows.append(["mean poll duration"] + col("poll_s", " s", 2))
     rows.append(["Ready=True after the phase (of %s)" % n] + col("ready_after"))
     if phases:

@@ -217,15 +217,16 @@ pub fn strip_secret_metadata(secret: &mut PartialObjectMeta<Secret>) {
 /// or after [`WRITTEN_PATIENCE`] (a watch that relisted may never deliver
 /// it).
 #[derive(Debug, Default)]
-pub struct Written(Mutex<HashMap<(String, String), (String, DateTime<Utc>)>>);
+pub struct Written(Mutex<HashMap<ObjectKey, (String, DateTime<Utc>)>>);
+
+/// Namespace and name.
+type ObjectKey = (String, String);
 
 /// How long an entry of [`Written`] is trusted.
 pub const WRITTEN_PATIENCE: TimeDelta = TimeDelta::seconds(60);
 
 impl Written {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, DateTime<Utc>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, (String, DateTime<Utc>)>> {
         // Only versions; a panic elsewhere cannot leave the map invalid.
         self.0
             .lock()
