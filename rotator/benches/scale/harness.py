@@ -108,6 +108,14 @@ def proc_sockets(pid):
     return n
 
 
+def machine_busy_s():
+    """CPU time the whole machine spent busy (all CPUs, all processes), in seconds."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / HZ
+
+
 def read_pid(path):
     try:
         with open(path) as f:
@@ -120,11 +128,35 @@ def read_pid(path):
 # ---------------------------------------------------------------- API server counters
 
 SERIES = re.compile(r"^(apiserver_request_total|apiserver_longrunning_requests)\{(.*)\} (\S+)$")
+# Watch health: watchers the API server closed because they did not read their events
+# (apiserver_terminated_watchers_total), and consistent reads the watch cache could not serve
+# (apiserver_watch_cache_consistent_read_total{fallback="true"}: it was behind etcd).
+OTHER = re.compile(r"^(apiserver_terminated_watchers_total|apiserver_watch_cache_consistent_read_total)\{(.*)\} (\S+)$")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
+def parse_other(text):
+    other = {}
+    for line in text.splitlines():
+        m = OTHER.match(line)
+        if not m:
+            continue
+        labels = dict(LABEL.findall(m.group(2)))
+        if m.group(1) == "apiserver_terminated_watchers_total":
+            key = "terminated watchers|%s" % labels.get("resource", "")
+        else:
+            if labels.get("fallback") != "true":
+                continue
+            key = "consistent reads fallen back to etcd|%s|%s" % (
+                labels.get("resource", ""),
+                "ok" if labels.get("success") == "true" else "failed",
+            )
+        other[key] = other.get(key, 0) + float(m.group(3))
+    return other
+
+
 def parse_metrics(text):
-    requests, longrunning = {}, {}
+    requests, longrunning, codes = {}, {}, {}
     for line in text.splitlines():
         m = SERIES.match(line)
         if not m:
@@ -144,25 +176,31 @@ def parse_metrics(text):
             code = labels.get("code", "")
             key = "%s|%s|%s" % (labels.get("verb", ""), what, (code[:1] + "xx") if code else "?")
             requests[key] = requests.get(key, 0) + value
+            exact = "%s|%s|%s" % (labels.get("verb", ""), what, code)
+            codes[exact] = codes.get(exact, 0) + value
         else:
             key = "%s|%s" % (labels.get("verb", ""), what)
             longrunning[key] = longrunning.get(key, 0) + value
-    return requests, longrunning
+    return requests, longrunning, codes
 
 
 def cmd_snap(a):
     t = time.time()
     text = api_request(a.proxy, "/metrics", "text/plain")[1].decode()
-    requests, longrunning = parse_metrics(text)
+    requests, longrunning, codes = parse_metrics(text)
     snap = {
         "t": t,
         "requests": requests,
+        "codes": codes,
+        "other": parse_other(text),
         "longrunning": longrunning,
         "cpu": {
             "apiserver": proc_cpu_s(a.apiserver_pid),
             "etcd": proc_cpu_s(a.etcd_pid),
             "controller": proc_cpu_s(a.controller_pid),
+            "machine": machine_busy_s(),
         },
+        "loadavg": open("/proc/loadavg").read().split()[:3],
     }
     with open(a.out, "w") as f:
         json.dump(snap, f)
@@ -207,9 +245,10 @@ METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.i
 def ready_poll(proxy):
     """One LIST of Certificates, as a server-side Table without the objects
     (the Ready printer column only). Returns (total, ready); raises on failure."""
-    # resourceVersion=0: served from the watch cache as it is, without the consistent read's wait
-    # for the cache to catch up (under load that wait ran into the API server's 60 s timeout).
-    t = api_get(proxy, "/apis/lanyard.dev/v1/certificates?resourceVersion=0&includeObject=None", TABLE)
+    # A consistent read (no resourceVersion): what etcd holds. resourceVersion=0 would be cheaper
+    # but answers from the watch cache as it is, and under load the cache was seen minutes behind
+    # etcd (objects Ready in etcd still without status in the cache).
+    t = api_get(proxy, "/apis/lanyard.dev/v1/certificates?includeObject=None", TABLE)
     col = [c["name"] for c in t["columnDefinitions"]].index("Ready")
     rows = t.get("rows") or []
     return len(rows), sum(1 for r in rows if r["cells"][col] == "True")
@@ -240,10 +279,14 @@ def cmd_clean(a):
                 gone("/apis/lanyard.dev/v1/namespaces/%s/certificates" % ns)
             gone("/api/v1/namespaces/%s/secrets" % ns)
         left = 0
-        if have_crd:
-            t = api_get(a.proxy, "/apis/lanyard.dev/v1/certificates?includeObject=None", TABLE)
-            left += len(t.get("rows") or [])
         for ns in present:
+            if have_crd:
+                t = api_get(
+                    a.proxy,
+                    "/apis/lanyard.dev/v1/namespaces/%s/certificates?includeObject=None" % ns,
+                    TABLE,
+                )
+                left += len(t.get("rows") or [])
             t = api_get(a.proxy, "/api/v1/namespaces/%s/secrets?includeObject=None" % ns, TABLE)
             left += len(t.get("rows") or [])
         if left == 0:
@@ -323,19 +366,59 @@ def cmd_watch(a):
 
     result = {"t0": t0, "n": a.n, "mode": "window" if a.window else "until-ready"}
     if a.window:
-        end = time.time() + a.window
-        while time.time() < end and alive():
+        # At least --window seconds, then until the controller has settled: less than 10% of a
+        # core over the last --idle seconds; at most --window-max seconds.
+        def settled():
+            recent = [x for x in samples if x["t"] >= samples[-1]["t"] - a.idle and x["cpu"] is not None]
+            if len(recent) < 2 or recent[-1]["t"] - recent[0]["t"] < a.idle - SAMPLE_INTERVAL:
+                return False
+            return (recent[-1]["cpu"] - recent[0]["cpu"]) / (recent[-1]["t"] - recent[0]["t"]) < 0.10
+
+        result["settled"] = False
+        next_progress = t0 + 60
+        while alive():
             sample()
+            now = time.time()
+            if now >= t0 + a.window and settled():
+                result["settled"] = True
+                break
+            if now >= t0 + a.window_max:
+                break
+            if now >= next_progress:
+                next_progress += 60
+                sm = samples[-1]
+                print("  %4.0f s: not settled yet; %s sockets, VmRSS %s MiB, CPU %.1f s"
+                      % (now - t0, sm["sockets"], "%.0f" % (sm["rss"] / 1024.0) if sm["rss"] else "?",
+                         sm["cpu"] or 0), file=sys.stderr, flush=True)
             time.sleep(SAMPLE_INTERVAL)
-        sample()
         result["window_s"] = a.window
+        result["window_max_s"] = a.window_max
     else:
         th = threading.Thread(target=poller, daemon=True)
         th.start()
         deadline = t0 + a.timeout
         settled_sample = None
+        next_progress = t0 + 30
         while alive():
             sample()
+            if time.time() >= next_progress:
+                next_progress += 30
+                last = next((q for q in reversed(polls) if q[3] >= 0), None)
+                sm = samples[-1]
+                print(
+                    "  %4.0f s: %s of %d Ready (poll ended at %s s), %s sockets, VmRSS %s MiB, CPU %.1f s"
+                    % (
+                        time.time() - t0,
+                        last[3] if last else "?",
+                        a.n,
+                        "%.0f" % last[1] if last else "?",
+                        sm["sockets"],
+                        "%.0f" % (sm["rss"] / 1024.0) if sm["rss"] else "?",
+                        sm["cpu"] or 0,
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
             if state["all_ready_at"] is not None:
                 if time.time() >= state["all_ready_at"] + a.settle:
                     settled_sample = samples[-1]
@@ -415,9 +498,10 @@ def cmd_delete_secrets(a):
         if now - t0 > a.timeout:
             break
         try:
-            secrets = api_get(a.proxy, "/api/v1/secrets?resourceVersion=0", METADATA_LIST)["items"]
+            secrets = api_get(a.proxy, "/api/v1/secrets", METADATA_LIST)["items"]
             polls += 1
-            certs = api_get(a.proxy, "/apis/lanyard.dev/v1/certificates?resourceVersion=0")["items"]
+            present = {(m["metadata"]["namespace"], m["metadata"]["name"]) for m in secrets}
+            certs = api_get(a.proxy, "/apis/lanyard.dev/v1/certificates")["items"]
             cert_polls += 1
         except (RuntimeError, OSError, ValueError) as e:
             failures += 1
@@ -475,6 +559,7 @@ def cmd_delete_secrets(a):
         "polls": polls,
         "harness": {k: v for k, v in harness.items() if "|" in k},
         "failed_polls": failures,
+        "poll_s": a.poll,
         "targets": targets,
     }
     with open(a.out, "w") as f:
@@ -511,6 +596,19 @@ def delta_requests(before, after, harness):
     return d, own
 
 
+def delta_codes(before, after):
+    """Exact status codes of the requests that were not 2xx: {"VERB|resource|NXX": "409: 12"}."""
+    out = {}
+    b, a = before.get("codes") or {}, after.get("codes") or {}
+    for k in sorted(set(a) | set(b)):
+        d = a.get(k, 0) - b.get(k, 0)
+        verb, what, code = k.split("|")
+        if d and not code.startswith("2"):
+            cls = "%s|%s|%sxx" % (verb, what, code[:1])
+            out[cls] = (out[cls] + ", " if cls in out else "") + "%s: %d" % (code, d)
+    return out
+
+
 def longrunning_now(snap):
     return {k: v for k, v in snap["longrunning"].items() if v}
 
@@ -518,6 +616,8 @@ def longrunning_now(snap):
 def fmt(v, unit="", prec=1):
     if v is None:
         return "n/a"
+    if isinstance(v, str):
+        return v
     if isinstance(v, float):
         return ("%." + str(prec) + "f%s") % (v, unit)
     return "%s%s" % (v, unit)
@@ -550,9 +650,25 @@ def phase_figures(d, name, n):
             if (s1["cpu"] - s0["cpu"]) / (s1["t"] - s0["t"]) > 0.10:
                 busy = s1["t"]
     f["busy_until_s"] = busy
+    f["observed_s"] = samples[-1]["t"] if samples else None
+    if w["mode"] == "window" and "settled" in w and f["observed_s"] is not None:
+        f["observed_s"] = "%.1f s (%s)" % (
+            f["observed_s"], "settled" if w["settled"] else "NOT settled: stopped at the maximum")
+    other_b, other_a = b.get("other") or {}, a_.get("other") or {}
+    f["other"] = {
+        k: other_a.get(k, 0) - other_b.get(k, 0)
+        for k in set(other_a) | set(other_b)
+        if other_a.get(k, 0) - other_b.get(k, 0)
+    }
+    f["terminated_watchers"] = int(sum(v for k, v in f["other"].items() if k.startswith("terminated"))) if (
+        "other" in a_) else None
     if w["mode"] == "until-ready":
         f["all_ready_s"] = w.get("all_ready_s")
-        f["rate"] = (n / w["all_ready_s"]) if w.get("all_ready_s") else None
+        if w.get("timeout"):
+            last = next((q for q in reversed(w["polls"]) if q[3] >= 0), None)
+            f["all_ready_s"] = "TIMEOUT after %.0f s: %s Ready" % (
+                samples[-1]["t"] if samples else 0, last[3] if last else "?")
+        f["rate"] = (n / w["all_ready_s"]) if w.get("all_ready_s") and not w.get("timeout") else None
         f["settled_sockets"] = (w.get("settled") or {}).get("sockets")
         f["settle_s"] = w.get("settle_s")
         f["polls"] = len(w["polls"])
@@ -577,6 +693,7 @@ def phase_figures(d, name, n):
             harness[k] = harness.get(k, 0) + v
     reqs, own = delta_requests(b, a_, harness)
     f["requests"] = reqs
+    f["codes"] = delta_codes(b, a_)
     f["harness"] = own
     f["total"] = sum(v for k, v in reqs.items() if "(non-resource)" not in k)
     f["per_cert"] = f["total"] / n if n else None
@@ -584,8 +701,14 @@ def phase_figures(d, name, n):
     f["longrunning_before"] = longrunning_now(b)
     cb, ca = b["cpu"], a_["cpu"]
     f["controller_cpu_s"] = ca.get("controller")
-    for p in ("apiserver", "etcd"):
+    for p in ("apiserver", "etcd", "machine"):
         f[p + "_cpu_s"] = (ca[p] - cb[p]) if (ca.get(p) is not None and cb.get(p) is not None) else None
+    # What else ran meanwhile (the other work on a shared machine, and the harness itself): the
+    # machine's busy time minus the controller's (it started with the phase), the API server's
+    # and etcd's.
+    if f["machine_cpu_s"] is not None and None not in (f["apiserver_cpu_s"], f["etcd_cpu_s"], ca.get("controller")):
+        f["other_cpu_s"] = f["machine_cpu_s"] - f["apiserver_cpu_s"] - f["etcd_cpu_s"] - ca["controller"]
+    f["loadavg_end"] = " ".join(a_.get("loadavg") or []) or None
     f["wall_s"] = a_["t"] - b["t"]
     f["issued_lines"] = d.get("issued_lines")
     f["last_issued_s"] = (d["last_issued_epoch"] - w["t0"]) if d.get("last_issued_epoch") else None
@@ -593,6 +716,9 @@ def phase_figures(d, name, n):
     f["exit_s"] = d.get("exit_s")
     f["exit_code"] = d.get("exit_code")
     f["ready_after"] = d.get("ready_after")
+    if w["mode"] == "until-ready" and w.get("timeout"):
+        last = next((q for q in reversed(w["polls"]) if q[3] >= 0), None)
+        f["ready_after"] = last[3] if last else None
     return f
 
 
@@ -609,7 +735,8 @@ def requests_table(f):
     rows = []
     for k in sorted(f["requests"], key=lambda k: (k.split("|")[1], k.split("|")[0], k.split("|")[2])):
         verb, what, cls = k.split("|")
-        rows.append([verb, what, cls, "%d" % f["requests"][k]])
+        codes = (f.get("codes") or {}).get(k)
+        rows.append([verb, what, cls + (" (%s)" % codes if codes else ""), "%d" % f["requests"][k]])
     rows.append(["", "total (resource requests)", "", "%d" % f["total"]])
     return table(rows, ["verb", "resource", "code", "requests"], ["<", "<", "<", ">"])
 
@@ -653,7 +780,7 @@ def cmd_report(a):
     rows.append(["Certificates/s"] + col("rate", "", 1))
     rows.append(["last `issued a certificate` line (s after start, from its timestamp)"] + col("last_issued_s", " s"))
     rows.append(["controller last busy (last 0.5 s sample with > 10% CPU, s after start)"] + col("busy_until_s", " s"))
-    rows.append(["observation window"] + [fmt(f.get("window_s") or (f.get("all_ready_s") or 0) + (f.get("settle_s") or 0), " s") for _, f in phases])
+    rows.append(["observation window (controller start to last sample)"] + col("observed_s", " s"))
     rows.append(["API requests (resource, harness's own subtracted)"] + [fmt(f.get("total"), "", 0) if f.get("total") is not None else "n/a" for _, f in phases])
     rows.append(["API requests per Certificate"] + col("per_cert", "", 2))
     rows.append(["peak sockets"] + col("peak_sockets"))
@@ -664,7 +791,11 @@ def cmd_report(a):
     rows.append(["controller CPU (utime+stime, at end of phase)"] + col("controller_cpu_s", " s", 2))
     rows.append(["controller CPU at all Ready"] + col("cpu_at_all_ready", " s", 2))
     rows.append(["kube-apiserver CPU delta"] + col("apiserver_cpu_s", " s", 2))
+    rows.append(["watchers the API server closed as unresponsive"] + col("terminated_watchers"))
     rows.append(["etcd CPU delta"] + col("etcd_cpu_s", " s", 2))
+    rows.append(["machine CPU busy, all processes (%d CPUs)" % (os.cpu_count() or 0)] + col("machine_cpu_s", " s", 2))
+    rows.append(["  of which other processes (harness, other work on the machine)"] + col("other_cpu_s", " s", 2))
+    rows.append(["load average at the end of the phase"] + col("loadavg_end"))
     rows.append(["`issued a certificate` log lines"] + col("issued_lines"))
     rows.append(["WARN/ERROR log lines"] + col("warn_lines"))
     rows.append(["SIGTERM to exit"] + col("exit_s", " s", 2))
@@ -682,7 +813,7 @@ def cmd_report(a):
         p("-- %s: API requests by verb and resource (delta of apiserver_request_total over %.1f s, "
           "system_client=\"\" only) --" % (title, f["wall_s"]))
         if f.get("harness"):
-            p("   subtracted, the harness's own: " + ", ".join("%s %d" % (k.rsplit("|", 1)[0].replace("|", " "), v)
+            p("   subtracted, the harness's own: " + ", ".join("%s %d" % (k.replace("|2xx", "").replace("|", " "), v)
                                                           for k, v in sorted(f["harness"].items())))
         p(requests_table(f))
         keys = set(f["longrunning"]) | set(f["longrunning_before"])
@@ -690,13 +821,17 @@ def cmd_report(a):
         lr = {k: v for k, v in lr.items() if v}
         p("   open long-running requests (watches), change over the phase (apiserver_longrunning_requests): "
           + (", ".join("%s %+d" % (k.replace("|", " "), v) for k, v in sorted(lr.items())) or "none"))
+        if f.get("other"):
+            p("   watch health (deltas): " + ", ".join(
+                "%s %d" % (k.replace("|", " "), v) for k, v in sorted(f["other"].items())))
         if f.get("progress"):
             p("   Ready progress (first poll reaching, s after start): "
               + ", ".join("%d%% %s" % (fr * 100, fmt(t, " s")) for fr, t in f["progress"]))
         p("")
     ds = load(os.path.join(a.dir, "delete-secrets.json"))
     if ds:
-        p("-- delete-secrets: %d Secrets deleted while the restarted controller ran --" % ds["k"])
+        p("-- delete-secrets: %d Secrets deleted while the restarted controller ran (polled every %s s) --"
+          % (ds["k"], ds.get("poll_s", "?")))
         rows = [
             ["deleting them took (one DELETE each, 10 at a time)", fmt(ds["delete_s"], " s", 2)],
             ["all Secrets back, after the first DELETE", fmt(ds["secrets_back_s"], " s", 1)],
@@ -717,16 +852,17 @@ def cmd_report(a):
         if dsr:
             p("   API requests during it (harness's own subtracted: %s):" %
               ", ".join("%s %d" % (k.replace("|", " "), v) for k, v in sorted(ds["harness"].items())))
-            f = {"requests": dsr["requests"], "total": dsr["total"]}
+            f = {"requests": dsr["requests"], "total": dsr["total"], "codes": dsr.get("codes")}
             p(requests_table(f))
         p("")
     p("Notes: WATCH requests are counted by the API server when they end, so watches still open at the")
     p("end of a phase appear only as open long-running requests; the first controller's watches end when")
     p("it is stopped, between the phases, and are in neither table. The harness talks to the API server")
-    p("through one `kubectl proxy`; readiness is polled with one LIST of Certificates as a server-side")
-    p("Table without the objects (the Ready column), one poll at a time, the next POLL_INTERVAL s after the")
-    p("previous one ended; those LISTs are subtracted above, and the time to all Ready is the end of the")
-    p("first poll that saw all Ready (late by up to one poll interval plus the poll's duration).")
+    p("through one `kubectl proxy`; readiness is polled with one consistent LIST of Certificates (no")
+    p("resourceVersion) as a server-side Table without the objects (the Ready column), one poll at a time,")
+    p("the next POLL_INTERVAL s after the previous one ended; those LISTs are subtracted above (a poll")
+    p("that failed is taken to have failed in the API server, 5xx), and the time to all Ready is the end")
+    p("of the first poll that saw all Ready (late by up to one poll interval plus the poll's duration).")
     p("Non-resource requests (the /metrics snapshots) are the harness's and are not in the totals. The API")
     p("server's and etcd's CPU include the cost of the polls.")
     text = "\n".join(out) + "\n"
@@ -743,7 +879,7 @@ def cmd_delta(a):
     reqs, own = delta_requests(b, af, harness)
     total = sum(v for k, v in reqs.items() if "(non-resource)" not in k)
     with open(a.out, "w") as f:
-        json.dump({"requests": reqs, "own": own, "total": total}, f)
+        json.dump({"requests": reqs, "own": own, "total": total, "codes": delta_codes(b, af)}, f)
 
 
 def main():
@@ -773,7 +909,9 @@ def main():
     w.add_argument("--poll", type=float, default=2.0)
     w.add_argument("--timeout", type=float, default=1200)
     w.add_argument("--settle", type=float, default=10)
-    w.add_argument("--window", type=float)
+    w.add_argument("--window", type=float, help="observe at least this long, then until settled")
+    w.add_argument("--window-max", type=float, default=900)
+    w.add_argument("--idle", type=float, default=5)
     w.add_argument("--out", required=True)
     d = sub.add_parser("delete-secrets")
     d.add_argument("--k", type=int, default=100)

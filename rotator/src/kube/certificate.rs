@@ -43,15 +43,26 @@ pub async fn reconcile_certificate<C: Clock>(
     let namespace = certificate
         .namespace()
         .ok_or_else(|| Error::NoNamespace { name: name.clone() })?;
+    // The cache has not delivered this reconcile's own last status write
+    // yet: deciding from the older copy would only write again (and be
+    // refused). The watch event of that write triggers the next look. The
+    // copy decided from is the cache's newest (the one this reconcile was
+    // handed may predate an event that arrived while it waited for a
+    // worker), read after the pending write: the watch forgets a write only
+    // once the cache holds it, so a newest copy read after finding none
+    // pending is at least as new as every status written.
+    let written = ctx.statuses.pending(&namespace, &name, ctx.clock.now());
+    let caches = ctx.caches();
+    let certificate = caches
+        .certificates
+        .get(&ObjectRef::from_obj(certificate.as_ref()))
+        .unwrap_or(certificate);
     if certificate.metadata.deletion_timestamp.is_some() {
         // Going away (someone else's finalizer holds it): issuing now would
         // only write a Secret the garbage collector is about to delete.
         return Ok(Action::await_change());
     }
-    // The cache has not delivered this reconcile's own last status write
-    // yet: deciding from the older copy would only write again (and be
-    // refused). The watch event of that write triggers the next look.
-    if let Some(written) = ctx.statuses.pending(&namespace, &name, ctx.clock.now()) {
+    if let Some(written) = written {
         if certificate.metadata.resource_version.as_ref() == Some(&written) {
             ctx.statuses.seen(&namespace, &name, &written);
         } else {
@@ -76,7 +87,6 @@ pub async fn reconcile_certificate<C: Clock>(
         .as_ref()
         .map_or(IssuerKind::Issuer, |target| target.kind);
     let target = resolved.ok().filter(|_| valid);
-    let caches = ctx.caches();
     let now = ctx.clock.now();
     let (loaded, current) = match &target {
         Some(target) => {
