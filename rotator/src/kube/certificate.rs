@@ -111,7 +111,11 @@ pub async fn reconcile_certificate<C: Clock>(
         (Some(_), Some(loaded)) => loaded,
     };
     let material = loaded.as_ref();
-    if let Some(target) = &target {
+    // A loaded issuer's series were recorded when it was loaded; one that
+    // does not exist has none.
+    if let Some(target) = &target
+        && matches!(material, Err(IssuerError::NotFound { .. }))
+    {
         observe_issuer(&ctx.metrics, target, material);
     }
 

@@ -1,8 +1,8 @@
 //! Which Certificates (and issuers) a change to an Issuer, ClusterIssuer
 //! or Secret concerns, from the controller's stores.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use ::kube::ResourceExt;
 use ::kube::runtime::reflector::{ObjectRef, Store};
@@ -21,9 +21,73 @@ pub(super) struct Dependents {
     pub(super) issuers: Store<Issuer>,
     pub(super) cluster_issuers: Store<ClusterIssuer>,
     pub(super) cluster_resource_namespace: String,
+    /// Which Certificates name which Secret, kept by the Certificate
+    /// watch: a Secret's event finds them without a scan of every
+    /// Certificate (a scan per event made a start with N Certificates cost
+    /// N² comparisons).
+    pub(super) secret_names: Arc<Mutex<SecretNames>>,
+}
+
+/// The Certificates naming each Secret (`namespace/secretName`), and the
+/// Secret each Certificate names.
+#[derive(Debug, Default)]
+pub(super) struct SecretNames {
+    by_secret: HashMap<(String, String), BTreeSet<String>>,
+    by_certificate: HashMap<(String, String), String>,
+}
+
+impl SecretNames {
+    /// Records that the Certificate `namespace/name` names the Secret
+    /// `secret_name`, or, with `None`, that it is gone.
+    pub(super) fn update(&mut self, namespace: &str, name: &str, secret_name: Option<&str>) {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(old) = self.by_certificate.remove(&key) {
+            let secret = (namespace.to_string(), old);
+            if let Some(names) = self.by_secret.get_mut(&secret) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_secret.remove(&secret);
+                }
+            }
+        }
+        if let Some(secret_name) = secret_name {
+            self.by_certificate.insert(key, secret_name.to_string());
+            self.by_secret
+                .entry((namespace.to_string(), secret_name.to_string()))
+                .or_default()
+                .insert(name.to_string());
+        }
+    }
+
+    /// The Certificates naming the Secret `namespace/secret_name`.
+    fn naming(&self, namespace: &str, secret_name: &str) -> impl Iterator<Item = &String> {
+        self.by_secret
+            .get(&(namespace.to_string(), secret_name.to_string()))
+            .into_iter()
+            .flatten()
+    }
 }
 
 impl Dependents {
+    /// Keeps [`SecretNames`] up to date with `certificate`, just changed in
+    /// the cache (or deleted from it).
+    pub(super) fn certificate_changed(&self, certificate: &Certificate) {
+        let namespace = certificate.namespace().unwrap_or_default();
+        let name = certificate.name_any();
+        let live = self
+            .certificates
+            .get(&ObjectRef::new(&name).within(&namespace))
+            .is_some();
+        self.secret_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .update(
+                &namespace,
+                &name,
+                live.then_some(certificate.spec.secret_name.as_str()),
+            );
+    }
+
     pub(super) fn for_issuer(
         &self,
         kind: IssuerKind,
@@ -93,7 +157,6 @@ impl Dependents {
             return Vec::new();
         };
         let name = secret.name.clone().unwrap_or_default();
-        let certificates = self.certificates.state();
         let mut found: BTreeSet<(String, String)> = BTreeSet::new();
         // The Certificate that owns it.
         for owner in secret.owner_references.iter().flatten() {
@@ -106,14 +169,21 @@ impl Dependents {
         }
         // Certificates naming it (it may predate them, or have lost its
         // ownerReference).
-        for certificate in &certificates {
-            if certificate.namespace().as_deref() == Some(namespace.as_str())
-                && certificate.spec.secret_name == name
-            {
-                found.insert((namespace.clone(), certificate.name_any()));
-            }
+        for certificate in self
+            .secret_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .naming(&namespace, &name)
+        {
+            found.insert((namespace.clone(), certificate.clone()));
         }
-        // Certificates whose issuer signs with it.
+        // Certificates whose issuer signs with it (a CA Secret: rare, so a
+        // scan).
+        let certificates = if users.issuers.is_empty() && users.cluster_issuers.is_empty() {
+            Vec::new()
+        } else {
+            self.certificates.state()
+        };
         let mut refs = Vec::new();
         for issuer in &users.issuers {
             refs.extend(certificates_using_issuer(
@@ -274,6 +344,7 @@ mod tests {
             issuers,
             cluster_issuers,
             cluster_resource_namespace: "lanyard".into(),
+            secret_names: Arc::default(),
         };
 
         // `a/ca` is the CA of the Issuer `a/ns-ca` only: a ClusterIssuer's
@@ -301,5 +372,49 @@ mod tests {
         let secret = secret_in("b", "unrelated");
         let users = dependents.issuers_using_secret(&secret);
         assert!(users.issuers.is_empty() && users.cluster_issuers.is_empty());
+    }
+
+    #[test]
+    fn a_secret_concerns_the_certificates_naming_it_as_they_are_now() {
+        let (certificates, mut writer) = reflector::store::<Certificate>();
+        let (issuers, _issuer_writer) = reflector::store::<Issuer>();
+        let (cluster_issuers, _cluster_issuer_writer) = reflector::store::<ClusterIssuer>();
+        let dependents = Dependents {
+            certificates,
+            issuers,
+            cluster_issuers,
+            cluster_resource_namespace: "lanyard".into(),
+            secret_names: Arc::default(),
+        };
+        let apply = |writer: &mut reflector::store::Writer<Certificate>, cert: Certificate| {
+            writer.apply_watcher_event(&watcher::Event::Apply(cert.clone()));
+            dependents.certificate_changed(&cert);
+        };
+        let named = |namespace: &str, secret: &str| {
+            names(dependents.for_secret(&secret_in(namespace, secret), &SecretUsers::default()))
+        };
+        // `certificate_naming` names the Secret `<name>-tls`.
+        let mut web = (*certificate("a", "web", "ca", None)).clone();
+        apply(&mut writer, web.clone());
+        apply(&mut writer, (*certificate("a", "api", "ca", None)).clone());
+        apply(&mut writer, (*certificate("b", "web", "ca", None)).clone());
+        assert_eq!(named("a", &web.spec.secret_name).len(), 1, "only a/web");
+        assert!(named("a", &web.spec.secret_name)[0].contains("web"));
+        assert!(
+            named("c", &web.spec.secret_name).is_empty(),
+            "another namespace"
+        );
+
+        // Renamed: the old Secret no longer concerns it, the new one does.
+        let old = web.spec.secret_name.clone();
+        web.spec.secret_name = "renamed".into();
+        apply(&mut writer, web.clone());
+        assert!(named("a", &old).is_empty());
+        assert_eq!(named("a", "renamed").len(), 1);
+
+        // Deleted: gone from the index with it.
+        writer.apply_watcher_event(&watcher::Event::Delete(web.clone()));
+        dependents.certificate_changed(&web);
+        assert!(named("a", "renamed").is_empty());
     }
 }

@@ -80,14 +80,17 @@ async fn load_material<C: Clock>(
                 .map(secret_data),
             _ => None,
         };
-        Ok(load_issuer(
+        let material = load_issuer(
             target.kind,
             &target.name,
             config,
             ca_secret.as_ref(),
             &secret_ref,
             now,
-        ))
+        );
+        // Its series change only when it is loaded again.
+        observe_issuer(&ctx.metrics, target, &material);
+        Ok(material)
     };
     ctx.materials
         .get_or_load(target, issuer_version, secret_version.as_deref(), now, load)

@@ -160,6 +160,7 @@ where
         issuers: caches.issuers.clone(),
         cluster_issuers: caches.cluster_issuers.clone(),
         cluster_resource_namespace: ctx.cluster_resource_namespace.clone(),
+        secret_names: Arc::default(),
     };
     let config = watcher::Config::default();
 
@@ -167,12 +168,14 @@ where
     let certificates = {
         let trigger = certificate_trigger.clone();
         let ctx = ctx.clone();
+        let dependents = dependents.clone();
         watch(
             "Certificates",
             watcher(Api::<Certificate>::all(client.clone()), config.clone()),
             writers.certificates,
             strip_certificate,
             move |certificate: &Certificate| {
+                dependents.certificate_changed(certificate);
                 ctx.statuses.seen(
                     certificate
                         .metadata
