@@ -123,10 +123,10 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
+trap 'say "SIGHUP: stopping" || true; exit 129' HUP
+trap 'say "SIGINT: stopping" || true; exit 130' INT
 trap 'exit 141' PIPE
-trap 'exit 143' TERM
+trap 'say "SIGTERM: stopping" || true; exit 143' TERM
 
 pidfile() { local p; p=$(cat "$KUBE_RUN_DIR/$1.pid" 2>/dev/null || true); [ -n "$p" ] && [ -d "/proc/$p" ] && echo "$p" || true; }
 APISERVER_PID=$(pidfile kube-apiserver)
