@@ -196,6 +196,7 @@ pub fn reconcile(
                         status: recorded(
                             ready(status, generation, current, None, now),
                             revision,
+                            recorded_late(revision),
                             generation,
                             now,
                         ),
@@ -240,7 +241,7 @@ pub fn reconcile(
             let status = ready(status, generation, current, clamped, now);
             let (status, event) = match unrecorded {
                 Some(revision) => (
-                    recorded(status, revision, generation, now),
+                    recorded(status, revision, recorded_late(revision), generation, now),
                     Event::Recorded { revision },
                 ),
                 None => (status, Event::UpToDate),
@@ -288,18 +289,12 @@ pub fn reconcile(
                     requested,
                     not_after: issued.certificate.not_after,
                 });
-                let mut status = ready(status, generation, issued.certificate, clamped, now);
-                status.revision = Some(revision);
-                set_condition(
-                    &mut status.conditions,
-                    condition(
-                        ISSUING,
-                        false,
-                        "Issued",
-                        format!("issued because {reason}: {message}"),
-                        generation,
-                        now,
-                    ),
+                let status = recorded(
+                    ready(status, generation, issued.certificate, clamped, now),
+                    revision,
+                    format!("issued because {reason}: {message}"),
+                    generation,
+                    now,
                 );
                 Outcome {
                     requeue_at: issued.certificate.renewal_time,
@@ -339,29 +334,30 @@ fn unrecorded_revision(secret: Option<&SecretData>, status: &CertificateStatus) 
 }
 
 /// `status` (already `Ready` for the certificate in the Secret) with the
-/// issuance of `revision` recorded, as it would have been at the time.
+/// issuance of `revision` recorded: the revision, and `Issuing=False`
+/// with reason `Issued` and `message`.
 fn recorded(
     mut status: CertificateStatus,
     revision: i64,
+    message: String,
     generation: Option<i64>,
     now: DateTime<Utc>,
 ) -> CertificateStatus {
     status.revision = Some(revision);
     set_condition(
         &mut status.conditions,
-        condition(
-            ISSUING,
-            false,
-            "Issued",
-            format!(
-                "issued revision {revision}; recorded from the Secret, as the status was not \
-                 written when it was issued"
-            ),
-            generation,
-            now,
-        ),
+        condition(ISSUING, false, "Issued", message, generation, now),
     );
     status
+}
+
+/// The `Issuing` message of an issuance recorded from the Secret's
+/// revision after its status write was lost.
+fn recorded_late(revision: i64) -> String {
+    format!(
+        "issued revision {revision}; recorded from the Secret, as the status was not \
+         written when it was issued"
+    )
 }
 
 /// What every decision about `certificate` starts from: `now` at whole

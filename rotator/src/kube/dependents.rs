@@ -17,15 +17,15 @@ use crate::issuer_ref::{issuer_target, resolve_issuer};
 /// concerns, from the controller's stores.
 #[derive(Clone)]
 pub(super) struct Dependents {
-    pub(super) certificates: Store<Certificate>,
-    pub(super) issuers: Store<Issuer>,
-    pub(super) cluster_issuers: Store<ClusterIssuer>,
-    pub(super) cluster_resource_namespace: String,
+    certificates: Store<Certificate>,
+    issuers: Store<Issuer>,
+    cluster_issuers: Store<ClusterIssuer>,
+    cluster_resource_namespace: String,
     /// Which Certificates name which Secret, kept by the Certificate
     /// watch: a Secret's event finds them without a scan of every
     /// Certificate (a scan per event made a start with N Certificates cost
     /// N² comparisons).
-    pub(super) secret_names: Arc<Mutex<SecretNames>>,
+    secret_names: Arc<Mutex<SecretNames>>,
 }
 
 /// The Certificates naming each Secret (`namespace/secretName`), and the
@@ -69,6 +69,23 @@ impl SecretNames {
 }
 
 impl Dependents {
+    /// Finds dependents in these stores, with an empty [`SecretNames`]
+    /// (the Certificate watch fills it).
+    pub(super) fn new(
+        certificates: Store<Certificate>,
+        issuers: Store<Issuer>,
+        cluster_issuers: Store<ClusterIssuer>,
+        cluster_resource_namespace: String,
+    ) -> Self {
+        Dependents {
+            certificates,
+            issuers,
+            cluster_issuers,
+            cluster_resource_namespace,
+            secret_names: Arc::default(),
+        }
+    }
+
     /// Keeps [`SecretNames`] up to date with `certificate`, just changed in
     /// the cache (or deleted from it).
     pub(super) fn certificate_changed(&self, certificate: &Certificate) {
@@ -339,13 +356,7 @@ mod tests {
             "cluster-ca",
             ClusterIssuerSpec { config: ca("ca") },
         )));
-        let dependents = Dependents {
-            certificates,
-            issuers,
-            cluster_issuers,
-            cluster_resource_namespace: "lanyard".into(),
-            secret_names: Arc::default(),
-        };
+        let dependents = Dependents::new(certificates, issuers, cluster_issuers, "lanyard".into());
 
         // `a/ca` is the CA of the Issuer `a/ns-ca` only: a ClusterIssuer's
         // CA Secret lives in the cluster resource namespace.
@@ -379,13 +390,7 @@ mod tests {
         let (certificates, mut writer) = reflector::store::<Certificate>();
         let (issuers, _issuer_writer) = reflector::store::<Issuer>();
         let (cluster_issuers, _cluster_issuer_writer) = reflector::store::<ClusterIssuer>();
-        let dependents = Dependents {
-            certificates,
-            issuers,
-            cluster_issuers,
-            cluster_resource_namespace: "lanyard".into(),
-            secret_names: Arc::default(),
-        };
+        let dependents = Dependents::new(certificates, issuers, cluster_issuers, "lanyard".into());
         let apply = |writer: &mut reflector::store::Writer<Certificate>, cert: Certificate| {
             writer.apply_watcher_event(&watcher::Event::Apply(cert.clone()));
             dependents.certificate_changed(&cert);

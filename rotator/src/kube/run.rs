@@ -155,13 +155,12 @@ where
     let (issuer_trigger, issuers_triggered) = unbounded::<ObjectRef<Issuer>>();
     let (cluster_issuer_trigger, cluster_issuers_triggered) =
         unbounded::<ObjectRef<ClusterIssuer>>();
-    let dependents = Dependents {
-        certificates: caches.certificates.clone(),
-        issuers: caches.issuers.clone(),
-        cluster_issuers: caches.cluster_issuers.clone(),
-        cluster_resource_namespace: ctx.cluster_resource_namespace.clone(),
-        secret_names: Arc::default(),
-    };
+    let dependents = Dependents::new(
+        caches.certificates.clone(),
+        caches.issuers.clone(),
+        caches.cluster_issuers.clone(),
+        ctx.cluster_resource_namespace.clone(),
+    );
     let config = watcher::Config::default();
 
     // A trigger whose controller has stopped is dropped: hence `let _`.
