@@ -345,7 +345,12 @@ pub struct IssuerStatus {
 pub fn custom_resource_definitions()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    vec![Certificate::crd(), Issuer::crd(), ClusterIssuer::crd()]
+    vec![
+        Certificate::crd(),
+        Issuer::crd(),
+        ClusterIssuer::crd(),
+        crate::trust_bundle::TrustBundle::crd(),
+    ]
 }
 
 /// One thing wrong with a Certificate's spec.

@@ -13,4 +13,6 @@ pub mod identity;
 pub mod quote;
 pub mod secret;
 pub mod time;
+#[cfg(feature = "api")]
+pub mod trust_bundle;
 pub mod usage;

@@ -81,7 +81,30 @@ pub struct Metrics {
     issuer_ready: Family<IssuerLabels, Gauge>,
     ca_expiration: Family<CaLabels, Gauge>,
     passes: Family<PassLabels, Counter>,
+    bundle_anchors: Family<BundleLabels, Gauge>,
+    bundle_updated: Family<BundleLabels, Gauge>,
+    bundle_errors: Family<BundleLabels, Counter>,
+    rotation_phase: Family<PhaseLabels, Gauge>,
+    rotation_phase_since: Family<AnchorLabels, Gauge>,
+    rotation_step_due: Family<AnchorLabels, Gauge>,
+    rotations: Family<AnchorLabels, Counter>,
     known: Mutex<Known>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BundleLabels {
+    bundle: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    anchor: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnchorLabels {
+    anchor: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +131,13 @@ impl Metrics {
             issuer_ready: Family::default(),
             ca_expiration: Family::default(),
             passes: Family::default(),
+            bundle_anchors: Family::default(),
+            bundle_updated: Family::default(),
+            bundle_errors: Family::default(),
+            rotation_phase: Family::default(),
+            rotation_phase_since: Family::default(),
+            rotation_step_due: Family::default(),
+            rotations: Family::default(),
             known: Mutex::default(),
             registry: Registry::default(),
         };
@@ -151,7 +181,113 @@ impl Metrics {
             "Passes of the local controller: scope=full (every Certificate) or due (only those whose time has come)",
             m.passes.clone(),
         );
+        registry.register(
+            "lanyard_trust_bundle_anchors",
+            "The anchors a trust bundle holds",
+            m.bundle_anchors.clone(),
+        );
+        registry.register(
+            "lanyard_trust_bundle_last_update_timestamp_seconds",
+            "When a trust bundle's content last changed, as a Unix timestamp",
+            m.bundle_updated.clone(),
+        );
+        registry.register(
+            "lanyard_trust_bundle_errors",
+            "Failed assemblies or writes of a trust bundle (its targets keep what they hold)",
+            m.bundle_errors.clone(),
+        );
+        registry.register(
+            "lanyard_trust_anchor_rotation_phase",
+            "The phase of the trust anchor's rotation (a state set: 1 for the current phase)",
+            m.rotation_phase.clone(),
+        );
+        registry.register(
+            "lanyard_trust_anchor_rotation_phase_since_timestamp_seconds",
+            "When the trust anchor's rotation entered its current phase, as a Unix timestamp",
+            m.rotation_phase_since.clone(),
+        );
+        registry.register(
+            "lanyard_trust_anchor_rotation_step_due_timestamp_seconds",
+            "When the rotation's next step is due by the clock (a gate that waits on an event counts as due now); a time well past means the rotation is stuck",
+            m.rotation_step_due.clone(),
+        );
+        registry.register(
+            "lanyard_trust_anchor_rotations",
+            "Trust anchor rotations completed",
+            m.rotations.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Records a trust bundle's content: how many anchors, and when it
+    /// last changed.
+    pub fn observe_bundle(&self, bundle: &str, anchors: usize, updated: chrono::DateTime<chrono::Utc>) {
+        let labels = BundleLabels {
+            bundle: bundle.to_string(),
+        };
+        self.bundle_anchors
+            .get_or_create(&labels)
+            .set(i64::try_from(anchors).unwrap_or(i64::MAX));
+        self.bundle_updated
+            .get_or_create(&labels)
+            .set(updated.timestamp());
+    }
+
+    /// Counts a failed assembly or write of a trust bundle.
+    pub fn bundle_failed(&self, bundle: &str) {
+        self.bundle_errors
+            .get_or_create(&BundleLabels {
+                bundle: bundle.to_string(),
+            })
+            .inc();
+    }
+
+    /// Removes a deleted trust bundle's series.
+    pub fn forget_bundle(&self, bundle: &str) {
+        let labels = BundleLabels {
+            bundle: bundle.to_string(),
+        };
+        self.bundle_anchors.remove(&labels);
+        self.bundle_updated.remove(&labels);
+        self.bundle_errors.remove(&labels);
+    }
+
+    /// Records an anchor rotation's phase (a state set), when it was
+    /// entered, and when its next step is due.
+    pub fn observe_rotation(
+        &self,
+        anchor: &str,
+        phase: &'static str,
+        phases: &[&'static str],
+        since: chrono::DateTime<chrono::Utc>,
+        due: chrono::DateTime<chrono::Utc>,
+    ) {
+        for p in phases {
+            self.rotation_phase
+                .get_or_create(&PhaseLabels {
+                    anchor: anchor.to_string(),
+                    phase: p,
+                })
+                .set(i64::from(*p == phase));
+        }
+        let labels = AnchorLabels {
+            anchor: anchor.to_string(),
+        };
+        self.rotation_phase_since
+            .get_or_create(&labels)
+            .set(since.timestamp());
+        self.rotation_step_due
+            .get_or_create(&labels)
+            .set(due.timestamp());
+    }
+
+    /// Counts a completed anchor rotation.
+    pub fn rotated(&self, anchor: &str) {
+        self.rotations
+            .get_or_create(&AnchorLabels {
+                anchor: anchor.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one pass of the local controller (`full` or `due`).

@@ -16,7 +16,7 @@ use crate::issuing::{IssuerError, IssuerMaterial, issue};
 use crate::planner::{
     CurrentCertificate, Failures, IssueReason, IssuerView, Plan, PlanInput, backoff, plan,
 };
-use crate::secret::{SecretData, annotations};
+use crate::secret::{CA_CRT, SecretData, annotations};
 
 /// The issuer a Certificate names, as the shell found it.
 #[derive(Debug)]
@@ -42,6 +42,10 @@ pub enum Event {
         /// The revision the Secret records, now also the status's.
         revision: i64,
     },
+    /// The certificate stands, but the Secret's `ca.crt` no longer held
+    /// the issuer's live anchors (a trust anchor rotation added or removed
+    /// one): `ca.crt` alone is rewritten, the key and certificate kept.
+    TrustUpdated,
     /// Nothing was due.
     UpToDate,
     /// The last attempts failed; the next waits until the backoff ends.
@@ -60,7 +64,8 @@ pub enum Event {
 pub struct Outcome {
     /// The status to record (unchanged when nothing happened).
     pub status: CertificateStatus,
-    /// The Secret to write, when a certificate was issued.
+    /// The Secret to write: a certificate was issued, or `ca.crt` is
+    /// brought up to the issuer's live anchors.
     pub secret: Option<SecretData>,
     /// When to look again if nothing else changes: the renewal time, or
     /// the end of the backoff after a failure.
@@ -239,16 +244,18 @@ pub fn reconcile(
             let clamped = Clamped::of_current(&certificate.spec, current, issuer_end);
             let unrecorded = unrecorded_revision(secret, &status);
             let status = ready(status, generation, current, clamped, now);
-            let (status, event) = match unrecorded {
-                Some(revision) => (
+            let trust = secret.and_then(|s| with_live_anchors(s, material));
+            let (status, event) = match (unrecorded, &trust) {
+                (Some(revision), _) => (
                     recorded(status, revision, recorded_late(revision), generation, now),
                     Event::Recorded { revision },
                 ),
-                None => (status, Event::UpToDate),
+                (None, Some(_)) => (status, Event::TrustUpdated),
+                (None, None) => (status, Event::UpToDate),
             };
             Outcome {
                 status,
-                secret: None,
+                secret: trust,
                 requeue_at: current.renewal_time,
                 event,
                 clamped,
@@ -315,6 +322,23 @@ pub fn reconcile(
             ),
         },
     }
+}
+
+/// The Secret with `ca.crt` holding the issuer's live anchors, when it
+/// holds anything else (the anchors rotated since it was written); `None`
+/// when it is current or the issuer is self-signed (its `ca.crt` is the
+/// certificate itself).
+fn with_live_anchors(secret: &SecretData, material: &IssuerMaterial) -> Option<SecretData> {
+    let IssuerMaterial::Ca { roots, .. } = material else {
+        return None;
+    };
+    let live: String = roots.iter().map(lanyard_issuer::Certificate::to_pem).collect();
+    if secret.get(CA_CRT) == Some(live.as_bytes()) {
+        return None;
+    }
+    let mut updated = secret.clone();
+    updated.data.insert(CA_CRT.into(), live.into_bytes());
+    Some(updated)
 }
 
 /// The revision the Secret records (its [`annotations::REVISION`]), if

@@ -25,7 +25,7 @@ use lanyard_crds::api::{Certificate, ClusterIssuer, Issuer, IssuerConfig, Issuer
 
 use crate::issuer_ref::IssuerTarget;
 use crate::issuing::{IssuerError, IssuerMaterial};
-use crate::secret::{TLS_CRT, TLS_KEY};
+use crate::secret::{CA_CRT, TLS_CRT, TLS_KEY};
 
 /// The label on every Secret the controller writes: the Secret watch that
 /// keeps whole objects selects on it, so Secrets Lanyard does not manage
@@ -184,13 +184,15 @@ pub fn strip_issuer<K: ::kube::Resource>(issuer: &mut K) {
     strip_metadata(issuer.meta_mut());
 }
 
-/// A managed Secret as cached: `tls.crt` and `tls.key` only (the
-/// certificate in force and the key it must match), no `managedFields`.
-/// `ca.crt` and keys others added are not read by a reconcile.
+/// A managed Secret as cached: `tls.crt`, `tls.key` and `ca.crt` only
+/// (the certificate in force, the key it must match, and the anchors a
+/// reconcile keeps equal to the issuer's live ones through an anchor
+/// rotation), no `managedFields`. Keys others added are not read by a
+/// reconcile.
 pub fn strip_secret(secret: &mut Secret) {
     strip_metadata(&mut secret.metadata);
     if let Some(data) = &mut secret.data {
-        data.retain(|key, _| key == TLS_CRT || key == TLS_KEY);
+        data.retain(|key, _| key == TLS_CRT || key == TLS_KEY || key == CA_CRT);
     }
     secret.string_data = None;
 }
@@ -421,7 +423,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_managed_secret_keeps_the_certificate_and_key_and_its_annotations() {
+    fn a_cached_managed_secret_keeps_the_certificate_key_anchors_and_its_annotations() {
         let mut secret = Secret {
             metadata: meta(),
             data: Some(
@@ -435,7 +437,7 @@ mod tests {
         };
         strip_secret(&mut secret);
         let keys: Vec<&String> = secret.data.iter().flatten().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["tls.crt", "tls.key"]);
+        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
         assert_eq!(secret.metadata.managed_fields, None);
         let annotations = secret.metadata.annotations.unwrap();
         assert!(!annotations.contains_key(LAST_APPLIED));

@@ -203,6 +203,9 @@ pub async fn reconcile_certificate<C: Clock>(
         Event::BackingOff => {
             debug!(certificate = %format!("{namespace}/{name}"), until = %outcome.requeue_at, "backing off");
         }
+        Event::TrustUpdated => {
+            info!(certificate = %format!("{namespace}/{name}"), secret = %spec.secret_name, "ca.crt now holds the issuer's live trust anchors");
+        }
         Event::UpToDate => {
             debug!(certificate = %format!("{namespace}/{name}"), renewal = %outcome.requeue_at, "up to date");
         }

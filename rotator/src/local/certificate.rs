@@ -280,6 +280,9 @@ impl<C: Clock> LocalController<C> {
                 self.metrics.failed(ns, name, &spec, reason);
                 tracing::warn!(certificate = %key, reason, message, "issuance failed");
             }
+            Event::TrustUpdated => {
+                tracing::info!(certificate = %key, "ca.crt now holds the issuer's live trust anchors");
+            }
             Event::UpToDate | Event::BackingOff => {}
         }
         self.metrics
@@ -300,7 +303,10 @@ impl<C: Clock> LocalController<C> {
             Event::Failed { reason, message } => {
                 report.failed.push((one.key.clone(), reason, message))
             }
-            Event::Recorded { .. } | Event::UpToDate | Event::BackingOff => {}
+            Event::Recorded { .. }
+            | Event::TrustUpdated
+            | Event::UpToDate
+            | Event::BackingOff => {}
         }
         self.requeue.insert(
             (one.key.namespace.clone(), one.key.name.clone()),
