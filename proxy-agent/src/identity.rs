@@ -5,6 +5,11 @@
 //!
 //! Every answer is checked before it is used: the leaf must certify this
 //! process's key for exactly this identity and chain to the trust anchors.
+//!
+//! Between refreshes the trust-anchors file is looked at every
+//! [`ANCHORS_POLL`]: a trust-anchor rotation ends by removing the old
+//! anchor, and a certificate that no longer chains to any anchor left
+//! ([`anchors_verdict`]) is replaced at once instead of at its refresh time.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use lanyard_files::volume;
 use lanyard_identity_api::CertifyRequest;
 use lanyard_identity_api::identity_client::IdentityClient;
 use lanyard_runtime::Backoff;
-use lanyard_x509::{Certificate, WorkloadKey, verify_chain};
+use lanyard_x509::{Certificate, ChainError, WorkloadKey, verify_chain};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -38,6 +43,9 @@ pub const REFRESH_JITTER: f64 = 0.1;
 pub const RETRY_BASE: Duration = Duration::from_secs(1);
 /// ...up to this.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
+/// While a certificate is held, the trust-anchors file is read this often;
+/// it is parsed only when its bytes changed.
+pub const ANCHORS_POLL: Duration = Duration::from_secs(1);
 
 /// Where the agent gets its identity and how it proves it.
 #[derive(Debug, Clone)]
@@ -51,7 +59,9 @@ pub struct AgentConfig {
     pub service_identity: String,
     /// PEM file of the trust anchors: the service's certificate and the
     /// agent's leaves must chain to one of them. Read again on each call,
-    /// so a distributed bundle takes effect without a restart.
+    /// so a distributed bundle takes effect without a restart, and every
+    /// [`ANCHORS_POLL`] between calls, so a certificate the new bundle no
+    /// longer trusts is replaced at once.
     pub trust_anchors: PathBuf,
     /// The token file: a projected ServiceAccount token in a cluster, a
     /// `lanyard token create` token locally. Read again on each call.
@@ -220,6 +230,12 @@ impl<C: Clock + Clone + 'static> Agent<C> {
     /// One `Certify` call: reads the token and anchors, asks the service,
     /// and checks the answer.
     pub async fn certify(&mut self) -> Result<Credentials, AgentError> {
+        Ok(self.certify_with_anchors().await?.0)
+    }
+
+    /// [`Agent::certify`], also returning the anchors file's bytes the
+    /// answer was checked against.
+    async fn certify_with_anchors(&mut self) -> Result<(Credentials, Vec<u8>), AgentError> {
         let token = read_token(&self.config.token_file).await?;
         let anchors_pem = tokio::fs::read(&self.config.trust_anchors)
             .await
@@ -230,7 +246,7 @@ impl<C: Clock + Clone + 'static> Agent<C> {
         if anchors.is_empty() {
             return Err(self.anchors_error("no certificate in the file".into()));
         }
-        let mut client = self.client(anchors_pem, &anchors)?;
+        let mut client = self.client(anchors_pem.clone(), &anchors)?;
         let response = client
             .certify(CertifyRequest {
                 identity: self.config.identity.to_string(),
@@ -243,7 +259,7 @@ impl<C: Clock + Clone + 'static> Agent<C> {
                 message: status.message().to_string(),
             })?
             .into_inner();
-        self.check(response, anchors)
+        Ok((self.check(response, anchors)?, anchors_pem))
     }
 
     fn anchors_error(&self, reason: String) -> AgentError {
@@ -421,14 +437,17 @@ impl<C: Clock + Clone + 'static> Agent<C> {
 
     /// Gets a certificate and keeps it fresh, forever: refreshes at
     /// [`REFRESH_AT`] of the remaining lifetime (with jitter, within
-    /// [`MIN_REFRESH`]..[`MAX_REFRESH`]), retries failures with backoff,
-    /// and keeps the current certificate until it expires. `tx` holds the
-    /// current certificate, `None` before the first and after expiry.
+    /// [`MIN_REFRESH`]..[`MAX_REFRESH`]), or at once when the trust anchors
+    /// change so that the certificate no longer chains to any of them;
+    /// retries failures with backoff, and keeps the current certificate
+    /// until it expires. `tx` holds the current certificate, `None` before
+    /// the first and after expiry.
     pub async fn run(mut self, tx: watch::Sender<Option<Arc<Credentials>>>) {
         let mut failures: u32 = 0;
+        let mut seen = AnchorsSeen::default();
         loop {
-            let delay = match self.certify().await {
-                Ok(credentials) => {
+            match self.certify_with_anchors().await {
+                Ok((credentials, anchors_pem)) => {
                     failures = 0;
                     let now = self.clock.now();
                     tracing::info!(
@@ -438,8 +457,17 @@ impl<C: Clock + Clone + 'static> Agent<C> {
                     );
                     self.metrics.refreshed(credentials.not_after());
                     let delay = refresh_delay(now, credentials.not_after(), jitter());
-                    tx.send_replace(Some(Arc::new(credentials)));
-                    delay
+                    let credentials = Arc::new(credentials);
+                    tx.send_replace(Some(credentials.clone()));
+                    // The file as this certificate was checked against it:
+                    // only a change from here is looked at.
+                    seen.0 = Some(Ok(anchors_pem));
+                    if self
+                        .wait_for_refresh(delay, credentials.chain(), &mut seen)
+                        .await
+                    {
+                        self.metrics.anchors_changed();
+                    }
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -453,11 +481,120 @@ impl<C: Clock + Clone + 'static> Agent<C> {
                     } else {
                         tracing::warn!(%error, failures, "cannot refresh the certificate; will retry");
                     }
-                    retry_delay(failures, jitter())
+                    tokio::time::sleep(retry_delay(failures, jitter())).await;
                 }
-            };
-            tokio::time::sleep(delay).await;
+            }
         }
+    }
+
+    /// Sleeps `delay`, reading the trust-anchors file every
+    /// [`ANCHORS_POLL`] meanwhile. Returns `true`, early, when a change of
+    /// the file leaves `chain` with no anchor; `false` when the refresh is
+    /// simply due.
+    async fn wait_for_refresh(
+        &self,
+        delay: Duration,
+        chain: &[Certificate],
+        seen: &mut AnchorsSeen,
+    ) -> bool {
+        let refresh = tokio::time::sleep(delay);
+        tokio::pin!(refresh);
+        loop {
+            tokio::select! {
+                () = &mut refresh => return false,
+                () = tokio::time::sleep(ANCHORS_POLL) => {
+                    if self.anchors_dropped(chain, seen).await {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the trust-anchors file; when its contents (or the error
+    /// reading it) differ from what was `seen` last, decides by
+    /// [`anchors_verdict`] and logs the outcome, once per distinct content.
+    /// `true` when the certificate must be replaced now.
+    async fn anchors_dropped(&self, chain: &[Certificate], seen: &mut AnchorsSeen) -> bool {
+        let path = &self.config.trust_anchors;
+        let read = tokio::fs::read(path).await.map_err(|e| e.to_string());
+        if seen.0.as_ref() == Some(&read) {
+            return false;
+        }
+        let verdict = match &read {
+            Ok(pem) => anchors_verdict(chain, pem, &path.display().to_string(), self.clock.now()),
+            Err(reason) => AnchorsVerdict::Unusable(format!("cannot read the file: {reason}")),
+        };
+        seen.0 = Some(read);
+        match verdict {
+            AnchorsVerdict::Keep => {
+                tracing::info!(
+                    path = %path.display(),
+                    "the trust anchors changed; the certificate still chains to them"
+                );
+                false
+            }
+            AnchorsVerdict::Unusable(reason) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    %reason,
+                    "the trust anchors changed but cannot be used; keeping the certificate"
+                );
+                false
+            }
+            AnchorsVerdict::Recertify(error) => {
+                tracing::info!(
+                    path = %path.display(),
+                    %error,
+                    "the trust anchors changed and the certificate no longer chains to them; re-certifying"
+                );
+                true
+            }
+        }
+    }
+}
+
+/// The trust-anchors file as last read between refreshes: its bytes, or
+/// why it could not be read. An unchanged file costs a read and a
+/// comparison, and each distinct content is judged and logged once.
+#[derive(Debug, Default)]
+struct AnchorsSeen(Option<Result<Vec<u8>, String>>);
+
+/// What a changed trust-anchors file means for the certificate held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AnchorsVerdict {
+    /// The chain still verifies against an anchor in the file (an anchor
+    /// added beside the old one, say): the certificate stays.
+    Keep,
+    /// No anchor in the file verifies the chain (the old anchor was
+    /// removed): certify again now rather than at the refresh time.
+    Recertify(ChainError),
+    /// The file holds no usable anchor. The certificate stays: a `Certify`
+    /// would fail on the same file, and the proxy's peers still hold the
+    /// anchors they had.
+    Unusable(String),
+}
+
+/// Judges the trust anchors `anchors_pem` (the file named `what`) for the
+/// certificate `chain` (leaf first, then intermediates) at `now`, with the
+/// check every `Certify` answer passes ([`verify_chain`]).
+pub fn anchors_verdict(
+    chain: &[Certificate],
+    anchors_pem: &[u8],
+    what: &str,
+    now: DateTime<Utc>,
+) -> AnchorsVerdict {
+    let anchors = match Certificate::parse_pem_bundle(anchors_pem, what) {
+        Ok(anchors) if anchors.is_empty() => {
+            return AnchorsVerdict::Unusable("no certificate in the file".into());
+        }
+        Ok(anchors) => anchors,
+        Err(error) => return AnchorsVerdict::Unusable(error.to_string()),
+    };
+    match verify_chain(chain, &anchors, now) {
+        Ok(_) => AnchorsVerdict::Keep,
+        Err(error) => AnchorsVerdict::Recertify(error),
     }
 }
 
@@ -591,6 +728,91 @@ mod tests {
                 retry_delay(failures, 1.0),
                 "{failures}"
             );
+        }
+    }
+
+    /// A trust anchor, and a leaf chain under it (leaf, identity issuer),
+    /// made at `t0()`.
+    fn anchor_and_chain() -> (lanyard_issuer::TrustAnchor, Vec<Certificate>) {
+        use lanyard_crds::identity::IdentityDomain;
+        use lanyard_issuer::{KeyAlgorithm, TrustAnchor};
+        let domain = IdentityDomain::linkerd_default();
+        let anchor =
+            TrustAnchor::generate(&domain, TimeDelta::days(10), KeyAlgorithm::EcdsaP256, t0())
+                .unwrap();
+        let (issuer, _) = anchor
+            .issue_identity_issuer(&domain, TimeDelta::days(5), KeyAlgorithm::EcdsaP256, t0())
+            .unwrap();
+        let identity = Identity::new("web", "emojivoto", domain).unwrap();
+        let csr = WorkloadKey::generate()
+            .unwrap()
+            .certificate_signing_request(&identity)
+            .unwrap();
+        let leaf = issuer
+            .issue(&csr, &identity, TimeDelta::hours(24), t0())
+            .unwrap();
+        let chain = std::iter::once(&leaf.leaf_der)
+            .chain(&leaf.chain_der)
+            .map(|der| Certificate::from_der(der, "test certificate").unwrap())
+            .collect();
+        (anchor, chain)
+    }
+
+    #[test]
+    fn a_changed_anchors_file_recertifies_only_when_the_chain_lost_its_anchor() {
+        let (old, chain) = anchor_and_chain();
+        let (new, _) = anchor_and_chain();
+        let old_pem = old.certificate().to_pem();
+        let new_pem = new.certificate().to_pem();
+        let now = t0() + TimeDelta::hours(1);
+        // What the agent does with each file: keeps the certificate as it
+        // is (`Keep`), keeps it and logs the file (`Unusable`), or
+        // certifies again now (`Recertify`).
+        let cases: [(&str, String, &str); 7] = [
+            (
+                "an unchanged anchor keeps the certificate",
+                old_pem.clone(),
+                "Keep",
+            ),
+            (
+                "an added anchor beside the old one keeps the certificate",
+                format!("{old_pem}{new_pem}"),
+                "Keep",
+            ),
+            (
+                "an added anchor before the old one keeps the certificate",
+                format!("{new_pem}{old_pem}"),
+                "Keep",
+            ),
+            (
+                "the old anchor removed re-certifies",
+                new_pem.clone(),
+                "Recertify",
+            ),
+            (
+                "a garbage file keeps the certificate",
+                "not pem\n".into(),
+                "Unusable",
+            ),
+            (
+                "an empty file keeps the certificate",
+                String::new(),
+                "Unusable",
+            ),
+            (
+                "a file holding a key instead keeps the certificate",
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+                "Unusable",
+            ),
+        ];
+        for (case, pem, expected) in cases {
+            let verdict = anchors_verdict(&chain, pem.as_bytes(), "ca.crt", now);
+            let kind = match &verdict {
+                AnchorsVerdict::Keep => "Keep",
+                AnchorsVerdict::Recertify(_) => "Recertify",
+                AnchorsVerdict::Unusable(_) => "Unusable",
+            };
+            assert_eq!(kind, expected, "{case}: {verdict:?}");
         }
     }
 

@@ -32,6 +32,7 @@ pub struct AgentMetrics {
     refreshes: Counter,
     failures: Family<FailureLabels, Counter>,
     expired: Counter,
+    anchor_refreshes: Counter,
 }
 
 impl AgentMetrics {
@@ -62,6 +63,11 @@ impl AgentMetrics {
             "Times the agent's certificate expired before it could be refreshed",
             self.expired.clone(),
         );
+        registry.register(
+            "lanyard_proxy_identity_anchor_refreshes",
+            "Times the trust-anchors file changed so that the agent's certificate no longer chained to any anchor in it, and the agent certified again at once",
+            self.anchor_refreshes.clone(),
+        );
     }
 
     pub(crate) fn refreshed(&self, not_after: DateTime<Utc>) {
@@ -76,6 +82,10 @@ impl AgentMetrics {
 
     pub(crate) fn expired(&self) {
         self.expired.inc();
+    }
+
+    pub(crate) fn anchors_changed(&self) {
+        self.anchor_refreshes.inc();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The agent against the identity service over loopback TLS: it gets a
 //! leaf for exactly its identity, re-reads its token, refuses what it
-//! cannot use, and keeps working while the issuer is replaced under load.
+//! cannot use, keeps working while the issuer is replaced under load, and
+//! follows a trust-anchor rotation to its end.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use lanyard_identity::token::TokenKey;
 use lanyard_issuer::{IdentityIssuer, KeyAlgorithm, SigningKey, TrustAnchor, verify_chain};
 use lanyard_proxy::identity::{Agent, AgentConfig, AgentError};
 use lanyard_proxy::metrics::AgentMetrics;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 
 mod common;
 
@@ -29,7 +32,7 @@ struct Service {
     dir: tempfile::TempDir,
     anchor: TrustAnchor,
     tokens: Arc<TokenKey>,
-    registry: Arc<prometheus_client::registry::Registry>,
+    registry: Arc<Registry>,
 }
 
 fn domain() -> IdentityDomain {
@@ -88,7 +91,7 @@ async fn start(rate_limit: RateLimit) -> Service {
     .unwrap();
     write_issuer(dir.path(), &anchor, &new_issuer(&anchor), None);
     let metrics = IdentityMetrics::new();
-    let mut registry = prometheus_client::registry::Registry::default();
+    let mut registry = Registry::default();
     metrics.register(&mut registry);
     let slot = Arc::new(ArcSwapOption::empty());
     tokio::spawn(watch_files(
@@ -138,6 +141,12 @@ impl Service {
         ns: &str,
         token_for: (&str, &str),
     ) -> Agent<C> {
+        Agent::new(self.config(sa, ns, token_for), clock, AgentMetrics::new()).unwrap()
+    }
+
+    /// The configuration of an agent for `sa.ns`, its token file written
+    /// with a token for `token_for` (namespace, service account).
+    fn config(&self, sa: &str, ns: &str, token_for: (&str, &str)) -> AgentConfig {
         let token_file = self.dir.path().join(format!("{ns}-{sa}.token"));
         let token = self
             .tokens
@@ -149,7 +158,7 @@ impl Service {
             )
             .unwrap();
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
-        let config = AgentConfig {
+        AgentConfig {
             identity: Identity::new(sa, ns, domain()).unwrap(),
             service_addr: self.addr.to_string(),
             service_identity:
@@ -158,22 +167,21 @@ impl Service {
             token_file,
             insecure_plaintext: false,
             timeout: Duration::from_secs(5),
-        };
-        Agent::new(config, clock, AgentMetrics::new()).unwrap()
-    }
-
-    fn metrics(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
-        out
+        }
     }
 
     fn metric(&self, name_and_labels: &str) -> u64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-            .unwrap_or(0)
+        metric(&self.registry, name_and_labels)
     }
+}
+
+/// The value of the series `name_and_labels` in `registry`; 0 when absent.
+fn metric(registry: &Registry, name_and_labels: &str) -> u64 {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The first certificate: the service's own certificate appears within a
@@ -465,4 +473,88 @@ async fn agents_keep_getting_certificates_while_the_issuer_is_replaced_twice() {
         service.metric("lanyard_identity_certify_total{code=\"OK\"}"),
         total + 4
     );
+}
+
+/// A trust-anchor rotation as the agent sees it: its anchors file first
+/// gains the new anchor beside the old (and, say, is briefly garbage),
+/// which changes nothing; then the issuer is re-issued under the new anchor
+/// and the old anchor leaves the file, and the running agent, whose next
+/// refresh is hours away, certifies again at once under the new anchor.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_agent_recertifies_when_its_anchor_leaves_the_anchors_file() {
+    let service = start(RateLimit::default()).await;
+    let metrics = AgentMetrics::new();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let agent = Agent::new(
+        service.config("web", "emojivoto", ("emojivoto", "web")),
+        SystemClock,
+        metrics,
+    )
+    .unwrap();
+    let (tx, rx) = watch::channel(None);
+    let running = tokio::spawn(agent.run(tx));
+    until("the first certificate", || rx.borrow().is_some()).await;
+    let first = rx.borrow().clone().unwrap();
+    let old = service.anchor.certificate().clone();
+    verify_chain(first.chain(), std::slice::from_ref(&old), SystemClock.now()).unwrap();
+
+    // The new anchor beside the old one, then a garbage file: the agent
+    // keeps its certificate. It looks every second; a look it missed would
+    // only make this part prove less, never fail.
+    let next = TrustAnchor::generate(
+        &domain(),
+        TimeDelta::hours(87_600),
+        KeyAlgorithm::EcdsaP256,
+        SystemClock.now() - TimeDelta::hours(1),
+    )
+    .unwrap();
+    let anchors_file = service.dir.path().join("ca.crt");
+    let both = format!("{}{}", old.to_pem(), next.certificate().to_pem());
+    for contents in [both.as_str(), "not pem\n"] {
+        lanyard_files::write_atomic(
+            &anchors_file,
+            contents.as_bytes(),
+            lanyard_files::FileMode::Public,
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+    let held = rx.borrow().clone().unwrap();
+    assert!(Arc::ptr_eq(&held, &first), "the certificate was replaced");
+    assert_eq!(
+        metric(&registry, "lanyard_proxy_identity_refreshes_total "),
+        1
+    );
+    assert_eq!(
+        metric(&registry, "lanyard_proxy_identity_anchor_refreshes_total "),
+        0
+    );
+
+    // The issuer under the new anchor, and the anchors file holding only
+    // the new anchor, each replaced atomically.
+    write_issuer(service.dir.path(), &next, &new_issuer(&next), None);
+    let new_anchor = std::slice::from_ref(next.certificate());
+    until("a certificate under the new anchor", || {
+        rx.borrow()
+            .as_ref()
+            .is_some_and(|c| verify_chain(c.chain(), new_anchor, SystemClock.now()).is_ok())
+    })
+    .await;
+    let second = rx.borrow().clone().unwrap();
+    assert!(
+        verify_chain(
+            second.chain(),
+            std::slice::from_ref(&old),
+            SystemClock.now()
+        )
+        .is_err(),
+        "the new certificate still chains to the removed anchor"
+    );
+    assert_eq!(second.anchors(), new_anchor);
+    assert_eq!(
+        metric(&registry, "lanyard_proxy_identity_anchor_refreshes_total "),
+        1
+    );
+    running.abort();
 }
