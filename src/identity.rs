@@ -122,6 +122,7 @@ pub fn identity(args: IdentityArgs) -> Result<ExitCode, CliError> {
                 rate_limit: RateLimit::default(),
                 insecure_plaintext: args.insecure_plaintext,
                 limits: args.limits.limits(),
+                leaf_lifetime: lanyard_issuer::DEFAULT_LEAF_LIFETIME,
             },
             authenticator,
             SystemClock,

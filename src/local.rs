@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, ValueEnum};
+use lanyard_crds::duration::GoDuration;
 use lanyard_crds::identity::{IdentityDomain, TrustDomain};
 use lanyard_crds::time::SystemClock;
 use lanyard_rotator::local::manifests;
@@ -44,6 +45,19 @@ pub struct UpArgs {
     /// the clear. Only for debugging on loopback.
     #[arg(long)]
     insecure_identity_plaintext: bool,
+    /// The lifetime of workload certificates (Linkerd's
+    /// `issuanceLifetime`), e.g. `24h` or `1m`.
+    #[arg(long, default_value = "24h", value_parser = leaf_lifetime)]
+    issuance_lifetime: GoDuration,
+    /// How long a trust anchor rotation waits, once every bundle holds the
+    /// new anchor, before it relies on workloads having read it (the
+    /// proxies re-read their anchors file every second).
+    #[arg(long, default_value = "5s")]
+    propagation_delay: GoDuration,
+    /// How long before its end the trust anchor rotates (default: a third
+    /// of its lifetime).
+    #[arg(long)]
+    anchor_renew_before: Option<GoDuration>,
     #[command(flatten)]
     limits: crate::limits::LimitsArgs,
 }
@@ -81,6 +95,19 @@ pub struct GetArgs {
     /// Only this namespace.
     #[arg(short = 'n', long)]
     namespace: Option<String>,
+}
+
+/// A workload certificate lifetime: at least a minute (agents renew at
+/// about two thirds of it), at most a year.
+fn leaf_lifetime(text: &str) -> Result<GoDuration, String> {
+    let lifetime: GoDuration = text.parse().map_err(|e| format!("{e}"))?;
+    let seconds = lifetime.to_chrono().num_seconds();
+    if !(60..=8_760 * 3_600).contains(&seconds) {
+        return Err(format!(
+            "{lifetime} is outside 1m..8760h; a workload certificate lives at least a minute"
+        ));
+    }
+    Ok(lifetime)
 }
 
 fn options(args: &UpArgs) -> Result<LocalOptions, CliError> {
@@ -152,8 +179,23 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
     let identity_metrics = lanyard_identity::metrics::IdentityMetrics::new();
     let mut metrics = Metrics::new();
     metrics.register_more(|registry| identity_metrics.register(registry));
-    let mut controller =
-        LocalController::open(options.clone(), SystemClock, Arc::new(metrics)).map_err(local)?;
+    let issuer = Arc::new(arc_swap::ArcSwapOption::<lanyard_issuer::IdentityIssuer>::empty());
+    let served: lanyard_rotator::local::trust::ServedIssuer = {
+        let issuer = issuer.clone();
+        Arc::new(move || issuer.load().as_ref().map(|i| i.chain().to_vec()))
+    };
+    let trust = lanyard_rotator::local::trust::TrustOptions {
+        timing: lanyard_trust_bundle::Timing {
+            propagation_delay: args.propagation_delay.to_chrono(),
+            leaf_lifetime: args.issuance_lifetime.to_chrono(),
+            skew: lanyard_rotator::local::trust::DEFAULT_SKEW,
+        },
+        anchor_renew_before: args.anchor_renew_before.map(GoDuration::to_chrono),
+        served_issuer: Some(served),
+    };
+    let mut controller = LocalController::open(options.clone(), SystemClock, Arc::new(metrics))
+        .map_err(local)?
+        .with_trust(trust);
     match controller.bootstrap() {
         Ok(true) => eprintln!(
             "lanyard: new trust anchor `{}` in {}; manifests in {}",
@@ -161,7 +203,15 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
             options.state_dir.join("secrets").display(),
             options.manifests_dir().display()
         ),
-        Ok(false) => {}
+        Ok(false) => match controller.ensure_trust_roots() {
+            Ok(true) => eprintln!(
+                "lanyard: added the trust bundle `{}` to {}",
+                lanyard_crds::trust_bundle::LINKERD_TRUST_ROOTS,
+                options.manifests_dir().display()
+            ),
+            Ok(false) => {}
+            Err(error) => eprintln!("lanyard: warning: cannot add the trust bundle: {error}"),
+        },
         Err(error) => {
             eprintln!("lanyard: cannot set up the trust anchor yet ({error}); trying again");
             controller = controller.retry_bootstrap();
@@ -171,7 +221,6 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
         &crate::token::token_key_path(&options.state_dir),
     )?;
     let namespace = options.domain.control_plane_namespace().to_string();
-    let issuer = Arc::new(arc_swap::ArcSwapOption::empty());
     let reloader = lanyard_identity::reload::IssuerReloader::new(
         options
             .state_dir
@@ -194,6 +243,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode, CliError> {
         )?,
         insecure_plaintext: args.insecure_identity_plaintext,
         limits: args.limits.limits(),
+        leaf_lifetime: args.issuance_lifetime.to_chrono(),
     };
     let scheme = if args.insecure_identity_plaintext {
         "http"

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod anchor;
 mod ca;
 mod controller;
 mod identity;
@@ -82,6 +83,9 @@ enum Command {
     /// Join tokens for agents in local mode.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Rotate the trust anchor with overlap, and follow the rotation.
+    #[command(subcommand)]
+    Anchor(anchor::AnchorCommand),
 }
 
 /// The async runtime for the long-running commands (`up`, `controller`).
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::controller(args),
         Command::Identity(args) => identity::identity(args),
         Command::Token(command) => token::run(command, &clock),
+        Command::Anchor(command) => anchor::run(command, &clock),
         Command::Policy(command) => policy::run(command),
         Command::Crds => {
             print!("{}", lanyard_crds::api::custom_resource_definitions_yaml());

@@ -153,6 +153,7 @@ impl TrustAnchor {
 pub struct IdentityIssuer {
     domain: IdentityDomain,
     anchors: Vec<Certificate>,
+    expired_anchors: Vec<Certificate>,
     /// The issuer first, then any intermediates above it (not the anchor).
     chain: Vec<Certificate>,
     signer: rcgen::Issuer<'static, SigningKey>,
@@ -176,6 +177,17 @@ impl IdentityIssuer {
     ) -> Result<Self, Error> {
         if anchors.is_empty() {
             return Err(Error::NoTrustAnchor);
+        }
+        // An expired anchor beside live ones is what an anchor rotation
+        // leaves behind in a `ca.crt`: it is skipped (and reported by
+        // `expired_anchors`), not a reason to refuse the issuer. Only
+        // when every anchor has expired is that an error.
+        let (expired, anchors): (Vec<Certificate>, Vec<Certificate>) = anchors
+            .into_iter()
+            .partition(|a| a.not_after() <= now && a.ca().is_some());
+        if anchors.is_empty() {
+            let first = expired.first().expect("at least one anchor was given");
+            check_ca(Role::TrustAnchor, first, now)?;
         }
         for anchor in &anchors {
             check_ca(Role::TrustAnchor, anchor, now)?;
@@ -214,6 +226,7 @@ impl IdentityIssuer {
         let issuer = IdentityIssuer {
             domain,
             anchors,
+            expired_anchors: expired,
             chain,
             signer,
         };
@@ -229,6 +242,11 @@ impl IdentityIssuer {
             subject: issuer.subject().to_string(),
             reason: format!("{e}"),
         })
+    }
+
+    /// Anchors of the `ca.crt` given that had expired and were skipped.
+    pub fn expired_anchors(&self) -> &[Certificate] {
+        &self.expired_anchors
     }
 
     /// The identity domain this issuer certifies.

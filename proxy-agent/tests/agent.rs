@@ -109,6 +109,7 @@ async fn start(rate_limit: RateLimit) -> Service {
             rate_limit,
             insecure_plaintext: false,
             limits: Default::default(),
+            leaf_lifetime: lanyard_issuer::DEFAULT_LEAF_LIFETIME,
         },
         tokens.clone(),
         SystemClock,

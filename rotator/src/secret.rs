@@ -26,6 +26,9 @@ pub mod annotations {
     /// `revision` once recorded. Written with the Secret, so an issuance
     /// whose status write failed is still recorded (and counted) later.
     pub const REVISION: &str = "lanyard.dev/revision";
+    /// On a prepared trust anchor's Secret: the anchor Secret it will
+    /// replace when the rotation switches signers.
+    pub const PREPARED_ANCHOR_FOR: &str = "lanyard.dev/prepared-anchor-for";
 }
 
 /// The contents of a Secret. `Debug` prints key names only, never values,

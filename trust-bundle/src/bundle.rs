@@ -238,7 +238,7 @@ pub fn assemble(
             Ok(certificates) => {
                 let mut anchors = Vec::new();
                 for certificate in certificates {
-                    if certificate.not_after() <= now {
+                    if certificate.not_after() < now {
                         warnings.push(Warning::Expired {
                             source: source.name.clone(),
                             subject: certificate.subject().to_string(),
@@ -258,7 +258,7 @@ pub fn assemble(
                     .get(&source.name)
                     .into_iter()
                     .flatten()
-                    .filter(|a| a.not_after() > now)
+                    .filter(|a| a.not_after() >= now)
                     .cloned()
                     .collect();
                 reasons.push(format!("{}: {reason}", source.name));

@@ -246,9 +246,7 @@ impl Gate {
             Gate::IssuerReissued => {
                 "the identity issuer to be re-issued under the new anchor and loaded"
             }
-            Gate::CertificatesReissued => {
-                "every Certificate to be re-issued under the new anchor"
-            }
+            Gate::CertificatesReissued => "every Certificate to be re-issued under the new anchor",
             Gate::LeavesExpired => "leaves issued under the old anchor to expire",
             Gate::TargetsDropOld => "every bundle target to drop the old anchor",
         }
@@ -318,7 +316,12 @@ impl Decision {
 /// Decides the next step of a rotation. Pure. The shell performs
 /// [`Decision::action`], persists [`Decision::state`], observes again and
 /// calls this again until it says it is waiting.
-pub fn decide(state: &Rotation, observed: &Observed, timing: &Timing, now: DateTime<Utc>) -> Decision {
+pub fn decide(
+    state: &Rotation,
+    observed: &Observed,
+    timing: &Timing,
+    now: DateTime<Utc>,
+) -> Decision {
     match state.phase {
         Phase::Stable => stable(state, observed, now),
         Phase::Prepared => prepared(state, observed, timing, now),
@@ -377,7 +380,12 @@ fn all_targets(observed: &Observed, holds: impl Fn(&[AnchorId]) -> bool) -> bool
     observed.targets.iter().all(|t| holds(t))
 }
 
-fn prepared(state: &Rotation, observed: &Observed, timing: &Timing, now: DateTime<Utc>) -> Decision {
+fn prepared(
+    state: &Rotation,
+    observed: &Observed,
+    timing: &Timing,
+    now: DateTime<Utc>,
+) -> Decision {
     let next = next_of(state);
     if !observed.trusted.contains(&state.current) || !observed.trusted.contains(&next) {
         return Decision::act(
@@ -388,7 +396,9 @@ fn prepared(state: &Rotation, observed: &Observed, timing: &Timing, now: DateTim
             state.clone(),
         );
     }
-    if !all_targets(observed, |t| t.contains(&next) && t.contains(&state.current)) {
+    if !all_targets(observed, |t| {
+        t.contains(&next) && t.contains(&state.current)
+    }) {
         let mut waiting = Decision::wait(state, Gate::TargetsHoldNew, None);
         waiting.state.targets_since = None;
         return waiting;
@@ -429,6 +439,11 @@ fn issuer_switched(
     if observed.signer != next {
         return Decision::act(Action::SwitchSigner { next }, state.clone());
     }
+    // An issuer moved back to the old chain would strand nothing yet, but
+    // the old anchor must not go while it signs under it.
+    if observed.issuer_anchor.as_ref() != Some(&next) {
+        return Decision::wait(state, Gate::IssuerReissued, None);
+    }
     if observed.certificates_on_old > 0 {
         return Decision::wait(state, Gate::CertificatesReissued, None);
     }
@@ -442,10 +457,15 @@ fn issuer_switched(
 
 fn drained(state: &Rotation, observed: &Observed, now: DateTime<Utc>) -> Decision {
     let next = next_of(state);
+    if observed.signer != next {
+        return Decision::act(Action::SwitchSigner { next }, state.clone());
+    }
     if observed.trusted.contains(&state.current) || observed.prepared.is_some() {
         return Decision::act(Action::DropOld { next }, state.clone());
     }
-    if !all_targets(observed, |t| !t.contains(&state.current) && t.contains(&next)) {
+    if !all_targets(observed, |t| {
+        !t.contains(&state.current) && t.contains(&next)
+    }) {
         return Decision::wait(state, Gate::TargetsDropOld, None);
     }
     Decision::act(

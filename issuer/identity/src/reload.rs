@@ -161,6 +161,14 @@ impl IssuerReloader {
                     not_after = %issuer.certificate().not_after(),
                     "identity issuer loaded"
                 );
+                for anchor in issuer.expired_anchors() {
+                    tracing::warn!(
+                        source = %self.source,
+                        anchor = anchor.subject(),
+                        not_after = %anchor.not_after(),
+                        "skipped an expired trust anchor in ca.crt"
+                    );
+                }
                 self.metrics.issuer_loaded(&issuer);
                 self.current.store(Some(Arc::new(issuer)));
                 Reload::Loaded

@@ -46,6 +46,10 @@ pub struct ServeOptions {
     pub insecure_plaintext: bool,
     /// What one client may hold: connections, handshake and idle time.
     pub limits: Limits,
+    /// The lifetime of the workload certificates it issues (Linkerd's
+    /// `issuanceLifetime`; [`lanyard_issuer::DEFAULT_LEAF_LIFETIME`], 24h,
+    /// by default).
+    pub leaf_lifetime: chrono::TimeDelta,
 }
 
 /// How often the issuer's files are looked at while none is loaded yet, so
@@ -94,6 +98,7 @@ pub async fn serve<A: Authenticator, C: Clock + Clone + 'static>(
     let service = IdentityService::new(options.issuer, authenticator, clock.clone())
         .with_metrics(options.metrics)
         .with_rate_limit(options.rate_limit)
+        .with_leaf_lifetime(options.leaf_lifetime)
         .into_server();
     let routes = hyper_util::service::TowerToHyperService::new(
         tonic::service::Routes::new(service).prepare(),

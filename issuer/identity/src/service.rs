@@ -117,6 +117,13 @@ impl<A: Authenticator, C: Clock + 'static> IdentityService<A, C> {
         }
     }
 
+    /// Issues certificates valid for `lifetime` (default 24h), never past
+    /// the issuer's own end.
+    pub fn with_leaf_lifetime(mut self, lifetime: TimeDelta) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
     /// Limits each identity's calls to `limit` (default: [`RateLimit::default`]).
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate.limit = limit;

@@ -44,6 +44,7 @@ async fn agents_verify_the_service_and_get_a_leaf_over_tls() {
             rate_limit: Default::default(),
             insecure_plaintext: false,
             limits: Default::default(),
+            leaf_lifetime: lanyard_issuer::DEFAULT_LEAF_LIFETIME,
         },
         key.clone(),
         SystemClock,

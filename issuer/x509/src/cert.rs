@@ -102,6 +102,22 @@ impl Certificate {
                 reason: "no PEM `CERTIFICATE` block found".into(),
             });
         }
+        // A block begun and never ended (a file cut short mid-write) is
+        // skipped by the PEM parser; it must fail the file instead, so a
+        // half-read bundle is never trusted in part.
+        let begun = pem_text
+            .windows(b"-----BEGIN ".len())
+            .filter(|w| *w == b"-----BEGIN ")
+            .count();
+        if begun > blocks.len() {
+            return Err(Error::BadCertificate {
+                what: what.to_string(),
+                reason: format!(
+                    "{} PEM block(s) begin but do not end: the file is cut short",
+                    begun - blocks.len()
+                ),
+            });
+        }
         blocks
             .iter()
             .enumerate()

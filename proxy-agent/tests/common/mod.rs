@@ -67,6 +67,7 @@ impl Service {
                     handshake_timeout: Duration::from_secs(1),
                     ..Default::default()
                 },
+                leaf_lifetime: lanyard_issuer::DEFAULT_LEAF_LIFETIME,
             },
             tokens.clone(),
             SystemClock,

@@ -9,6 +9,7 @@ use lanyard_crds::api::{
 use lanyard_crds::duration::GoDuration;
 use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::time::Clock;
+use lanyard_crds::trust_bundle::{LINKERD_TRUST_ROOTS, TrustBundle, TrustBundleSpec};
 use lanyard_crds::usage::{KeyUsage, PrivateKeyAlgorithm};
 use lanyard_issuer::{DEFAULT_ANCHOR_LIFETIME, KeyAlgorithm, TrustAnchor};
 
@@ -62,16 +63,19 @@ impl<C: Clock> LocalController<C> {
         );
         issuer.status = None;
         let certificate = identity_issuer_certificate(domain);
+        let bundle = linkerd_trust_roots(domain);
         let stream = manifests::to_yaml_stream(&[
             serde_json::to_value(&issuer).expect("API objects serialise"),
             serde_json::to_value(&certificate).expect("API objects serialise"),
+            serde_json::to_value(&bundle).expect("API objects serialise"),
         ])
         .map_err(|reason| LocalError::CorruptState {
             path: manifests_dir.clone(),
             reason,
         })?;
         let header = "# Made by `lanyard up` on first start: the trust anchor's CA ClusterIssuer\n\
-                      # and the identity issuer Certificate, as Linkerd's cert-manager guide sets them up.\n";
+                      # and the identity issuer Certificate, as Linkerd's cert-manager guide sets them up,\n\
+                      # and the trust bundle Linkerd reads (linkerd-identity-trust-roots, key ca-bundle.crt).\n";
         // The manifests directory appears in one rename, with its file:
         // an interrupted first start is tried again from scratch.
         let staging = lanyard_files::StagedDir::new(&self.options.state_dir, 0o755)?;
@@ -84,6 +88,65 @@ impl<C: Clock> LocalController<C> {
         staging.commit(&manifests_dir, self.options.durability == Durability::Fsync)?;
         Ok(true)
     }
+}
+
+impl<C: Clock> LocalController<C> {
+    /// For a state directory set up before trust bundles existed: when the
+    /// manifests define the anchor's ClusterIssuer `linkerd-trust-anchor`
+    /// and no TrustBundle `linkerd-identity-trust-roots`, adds that bundle
+    /// as `manifests/linkerd-identity-trust-roots.yaml`. Returns whether it
+    /// did.
+    pub fn ensure_trust_roots(&self) -> Result<bool, LocalError> {
+        let manifests_dir = self.options.manifests_dir();
+        let (objects, _) = manifests::load_dir(&manifests_dir, "default");
+        let objects: Vec<_> = objects.into_values().flatten().collect();
+        let has_anchor = objects.iter().any(|o| {
+            matches!(o, manifests::Object::ClusterIssuer(i) if i.metadata.name.as_deref() == Some(TRUST_ANCHOR_NAME))
+        });
+        let has_bundle = objects.iter().any(|o| {
+            matches!(o, manifests::Object::TrustBundle(b) if b.metadata.name.as_deref() == Some(LINKERD_TRUST_ROOTS))
+        });
+        let path = manifests_dir.join(format!("{LINKERD_TRUST_ROOTS}.yaml"));
+        if !has_anchor || has_bundle || path.exists() {
+            return Ok(false);
+        }
+        let bundle = linkerd_trust_roots(&self.options.domain);
+        let stream = manifests::to_yaml_stream(&[
+            serde_json::to_value(&bundle).expect("API objects serialise")
+        ])
+        .map_err(|reason| LocalError::CorruptState {
+            path: path.clone(),
+            reason,
+        })?;
+        secrets::write_file_atomic(
+            &path,
+            format!("# Added by `lanyard up`: the trust bundle Linkerd reads.\n{stream}")
+                .as_bytes(),
+            0o644,
+            self.options.durability,
+        )?;
+        Ok(true)
+    }
+}
+
+/// The trust bundle Linkerd reads, `linkerd-identity-trust-roots` with
+/// the key `ca-bundle.crt` in the control-plane namespace, holding the live
+/// anchors of the ClusterIssuer `linkerd-trust-anchor` (both anchors while
+/// it rotates). Locally it is written to `DIR/bundles/<name>.pem`.
+pub fn linkerd_trust_roots(domain: &IdentityDomain) -> TrustBundle {
+    let mut bundle = TrustBundle::new(
+        LINKERD_TRUST_ROOTS,
+        TrustBundleSpec::linkerd_trust_roots(
+            IssuerRef {
+                name: TRUST_ANCHOR_NAME.into(),
+                kind: Some(IssuerKind::ClusterIssuer.as_str().into()),
+                group: None,
+            },
+            domain.control_plane_namespace(),
+        ),
+    );
+    bundle.status = None;
+    bundle
 }
 
 /// The identity issuer Certificate of Linkerd's cert-manager guide:

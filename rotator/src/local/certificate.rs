@@ -303,10 +303,7 @@ impl<C: Clock> LocalController<C> {
             Event::Failed { reason, message } => {
                 report.failed.push((one.key.clone(), reason, message))
             }
-            Event::Recorded { .. }
-            | Event::TrustUpdated
-            | Event::UpToDate
-            | Event::BackingOff => {}
+            Event::Recorded { .. } | Event::TrustUpdated | Event::UpToDate | Event::BackingOff => {}
         }
         self.requeue.insert(
             (one.key.namespace.clone(), one.key.name.clone()),

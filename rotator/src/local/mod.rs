@@ -12,6 +12,7 @@ mod schedule;
 pub mod secrets;
 mod status;
 pub mod sweep;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use schedule::IssuerKey;
 use status::Record;
 
 pub use crate::issuer_ref::DEFAULT_CLUSTER_RESOURCE_NAMESPACE;
-pub use bootstrap::identity_issuer_certificate;
+pub use bootstrap::{identity_issuer_certificate, linkerd_trust_roots};
 pub use secrets::{Durability, SecretStore, SecretStoreError};
 pub use status::{CertificateRow, certificate_rows};
 
@@ -121,6 +122,8 @@ pub struct LocalController<C> {
     /// Whether the first-start setup still has to be done (it failed to
     /// write, e.g. on a full disk, and is tried again each pass).
     bootstrap_pending: bool,
+    /// Trust bundles and the anchor's rotation, when enabled.
+    trust: Option<trust::LocalTrust>,
 }
 
 impl<C: Clock> LocalController<C> {
@@ -145,7 +148,22 @@ impl<C: Clock> LocalController<C> {
             records,
             stop: lanyard_runtime::Shutdown::new(),
             bootstrap_pending: false,
+            trust: None,
         })
+    }
+
+    /// Writes every TrustBundle to `DIR/bundles/<name>.pem` on each pass,
+    /// and rotates the trust anchor `lanyard up` made, with overlap, when
+    /// its time comes or `lanyard anchor rotate` asks.
+    pub fn with_trust(mut self, options: trust::TrustOptions) -> Self {
+        self.trust = Some(trust::LocalTrust::new(
+            options,
+            self.options.state_dir.clone(),
+            self.options.domain.clone(),
+            self.options.cluster_resource_namespace.clone(),
+            self.options.durability,
+        ));
+        self
     }
 
     /// Stops passes between Certificates once `stop` is triggered; the

@@ -124,6 +124,7 @@ impl<C: Clock> LocalController<C> {
         let objects = self.load_objects(&mut report);
         let now = self.clock.now();
         let mut certificates = Vec::new();
+        let mut bundles = Vec::new();
         let mut issuers: BTreeMap<(IssuerKind, String, String), IssuerConfig> = BTreeMap::new();
         for object in objects {
             match object {
@@ -140,8 +141,29 @@ impl<C: Clock> LocalController<C> {
                         i.spec.config,
                     );
                 }
+                Object::TrustBundle(b) => bundles.push(*b),
                 Object::Secret { .. } => {}
             }
+        }
+
+        // Bundles first, then the anchor's rotation, which may change the
+        // anchor's CA Secret; the Certificates below then see it.
+        let mut trust_wake = None;
+        if let Some(trust) = self.trust.as_mut() {
+            let targets =
+                trust.write_bundles(&self.secrets, &bundles, &issuers, &self.metrics, now);
+            let rotated = trust.rotate(
+                &self.secrets,
+                &bundles,
+                &issuers,
+                &targets,
+                &self.metrics,
+                now,
+            )?;
+            if rotated.ca_changed {
+                trust.write_bundles(&self.secrets, &bundles, &issuers, &self.metrics, now);
+            }
+            trust_wake = rotated.next_wake;
         }
 
         let cluster_resource_namespace = &self.options.cluster_resource_namespace;
@@ -257,6 +279,9 @@ impl<C: Clock> LocalController<C> {
             })
             .min()
             .copied();
+        if let Some(at) = trust_wake {
+            report.next_wake = Some(report.next_wake.map_or(at, |wake| wake.min(at)));
+        }
         if self.bootstrap_pending {
             let retry = now + chrono::TimeDelta::seconds(10);
             report.next_wake = Some(report.next_wake.map_or(retry, |at| at.min(retry)));

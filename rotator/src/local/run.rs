@@ -118,7 +118,9 @@ pub async fn run<C: Clock + 'static>(
     // Watch the state directory for the manifests directory to appear
     // (first start on a full disk) and the manifests directory itself.
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| is_manifest_change(&event) || is_manifests_dir(&event)) {
+        if event.is_ok_and(|event| {
+            is_manifest_change(&event) || is_manifests_dir(&event) || is_rotate_request(&event)
+        }) {
             let _ = changed_tx.try_send(());
         }
     })
@@ -127,6 +129,16 @@ pub async fn run<C: Clock + 'static>(
         source,
     })?;
     let mut watching = false;
+    // `lanyard anchor rotate` leaves its request here.
+    let anchors_dir = super::trust::anchors_dir(&controller.options.state_dir);
+    if std::fs::create_dir_all(&anchors_dir).is_ok() {
+        watcher
+            .watch(&anchors_dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|source| RunError::Watch {
+                path: anchors_dir.display().to_string(),
+                source,
+            })?;
+    }
 
     let mut reported = std::collections::BTreeSet::new();
     let mut retry = Backoff::new(Duration::from_secs(1), RESYNC_INTERVAL);
@@ -192,6 +204,15 @@ pub async fn run<C: Clock + 'static>(
     }
     server.abort();
     Ok(())
+}
+
+/// A rotation request written by `lanyard anchor rotate`.
+fn is_rotate_request(event: &notify::Event) -> bool {
+    matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
+        && event
+            .paths
+            .iter()
+            .any(|p| super::trust::is_rotate_request(p))
 }
 
 fn is_manifests_dir(event: &notify::Event) -> bool {

@@ -197,6 +197,7 @@ pub(crate) fn start_lanyard(
         rate_limit: RateLimit::default(),
         insecure_plaintext: !tls,
         limits: Default::default(),
+        leaf_lifetime: lanyard_issuer::DEFAULT_LEAF_LIFETIME,
     };
     let authenticator = fixture.token_key.clone();
     let (ready, bound) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();

@@ -297,6 +297,7 @@ fn to_value(object: &Object) -> serde_json::Value {
         Object::Certificate(c) => serde_json::to_value(c),
         Object::Issuer(i) => serde_json::to_value(i),
         Object::ClusterIssuer(i) => serde_json::to_value(i),
+        Object::TrustBundle(b) => serde_json::to_value(b),
         Object::Secret { .. } => unreachable!("Secrets are not kept as manifests"),
     };
     let mut value = value.expect("API objects serialise to JSON");

@@ -14,6 +14,7 @@ use lanyard_crds::api::{
     API_VERSION, Certificate, ClusterIssuer, Issuer, IssuerConfig, is_valid_object_name,
 };
 use lanyard_crds::quote::{excerpt, quoted};
+use lanyard_crds::trust_bundle::TrustBundle;
 use serde::de::DeserializeOwned;
 
 use crate::secret::SecretData;
@@ -30,6 +31,8 @@ pub enum Object {
     Issuer(Box<Issuer>),
     /// A ClusterIssuer.
     ClusterIssuer(Box<ClusterIssuer>),
+    /// A TrustBundle (cluster-scoped).
+    TrustBundle(Box<TrustBundle>),
     /// A `v1` Secret (`kubectl create secret tls ... -o yaml` output).
     Secret {
         /// Namespace.
@@ -44,7 +47,7 @@ pub enum Object {
 /// Which object: kind, namespace (empty for cluster-scoped) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    /// `Certificate`, `Issuer`, `ClusterIssuer` or `Secret`.
+    /// `Certificate`, `Issuer`, `ClusterIssuer`, `TrustBundle` or `Secret`.
     pub kind: &'static str,
     /// Namespace; empty for a ClusterIssuer.
     pub namespace: String,
@@ -77,6 +80,7 @@ impl Object {
                 i.metadata.name.clone(),
             ),
             Object::ClusterIssuer(i) => ("ClusterIssuer", None, i.metadata.name.clone()),
+            Object::TrustBundle(b) => ("TrustBundle", None, b.metadata.name.clone()),
             Object::Secret {
                 namespace, name, ..
             } => ("Secret", Some(namespace.clone()), Some(name.clone())),
@@ -199,6 +203,7 @@ fn parse_document(
         (API_VERSION, "Certificate") => Object::Certificate(Box::new(typed(doc)?)),
         (API_VERSION, "Issuer") => Object::Issuer(Box::new(typed(doc)?)),
         (API_VERSION, "ClusterIssuer") => Object::ClusterIssuer(Box::new(typed(doc)?)),
+        (API_VERSION, "TrustBundle") => Object::TrustBundle(Box::new(typed(doc)?)),
         ("v1", "Secret") => {
             let secret: k8s_openapi::api::core::v1::Secret = typed(doc)?;
             let mut data = SecretData::default();
@@ -229,7 +234,7 @@ fn parse_document(
             return Err((
                 Some("kind".into()),
                 format!(
-                    "{} is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer)",
+                    "{} is not a {API_VERSION} kind (Certificate, Issuer, ClusterIssuer, TrustBundle)",
                     quoted(other)
                 ),
             ));
@@ -238,7 +243,7 @@ fn parse_document(
             return Err((
                 Some("apiVersion".into()),
                 format!(
-                    "{} {} is not served here; Lanyard takes {API_VERSION} Certificate, Issuer and ClusterIssuer, and v1 Secret",
+                    "{} {} is not served here; Lanyard takes {API_VERSION} Certificate, Issuer, ClusterIssuer and TrustBundle, and v1 Secret",
                     quoted(other),
                     quoted(kind)
                 ),
@@ -250,6 +255,7 @@ fn parse_document(
         Object::Certificate(c) => (c.metadata.name.clone(), Some(&mut c.metadata.namespace)),
         Object::Issuer(i) => (i.metadata.name.clone(), Some(&mut i.metadata.namespace)),
         Object::ClusterIssuer(i) => (i.metadata.name.clone(), None),
+        Object::TrustBundle(b) => (b.metadata.name.clone(), None),
         Object::Secret {
             namespace, name, ..
         } => {
@@ -296,6 +302,7 @@ fn parse_document(
         Object::Certificate(c) => c.spec.validate().map_err(|e| (None, e.to_string()))?,
         Object::Issuer(i) => validate_issuer(&i.spec.config)?,
         Object::ClusterIssuer(i) => validate_issuer(&i.spec.config)?,
+        Object::TrustBundle(b) => b.spec.validate().map_err(|e| (None, e))?,
         Object::Secret { .. } => {}
     }
     Ok(object)

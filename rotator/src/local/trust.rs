@@ -1,0 +1,888 @@
+//! Trust bundles and the trust anchor's rotation in the local shell.
+//!
+//! - Every TrustBundle manifest is assembled each pass and written to
+//!   `DIR/bundles/<name>.pem` atomically, only when its content changed;
+//!   then read back, so a rotation relies on what is on disk.
+//! - The anchor `lanyard up` made (the CA Secret of the ClusterIssuer
+//!   `linkerd-trust-anchor`) rotates with overlap by the state machine of
+//!   [`lanyard_trust_bundle::rotation`]. Its state lives in
+//!   `DIR/anchors/<anchor>.json`, the prepared anchor in the Secret
+//!   `<anchor>-next` until the old one is gone; `lanyard anchor rotate`
+//!   leaves a request in `DIR/anchors/<anchor>.rotate`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use lanyard_crds::api::{IssuerConfig, IssuerKind};
+use lanyard_crds::identity::IdentityDomain;
+use lanyard_crds::trust_bundle::TrustBundle;
+use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, TrustAnchor};
+use lanyard_trust_bundle::rotation::{self, Action, Gate, Observed, Phase, Rotation, Timing};
+use lanyard_trust_bundle::{Anchor, SourceRead, assemble};
+use serde::{Deserialize, Serialize};
+
+use super::secrets::{self, Durability, SecretStore};
+use super::{LocalError, TRUST_ANCHOR_NAME};
+use crate::metrics::Metrics;
+use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY, annotations};
+
+/// The chain the identity service serves now (issuer first), if it has
+/// loaded one: how a rotation knows the switch reached the service.
+pub type ServedIssuer = Arc<dyn Fn() -> Option<Vec<Certificate>> + Send + Sync>;
+
+/// How the local shell rotates the anchor.
+#[derive(Clone)]
+pub struct TrustOptions {
+    /// The rotation's times: propagation delay, leaf lifetime, skew.
+    pub timing: Timing,
+    /// How long before its end the anchor rotates; `None`: a third of its
+    /// lifetime, cert-manager's default share.
+    pub anchor_renew_before: Option<TimeDelta>,
+    /// The identity service's loaded chain, when it runs in this process.
+    pub served_issuer: Option<ServedIssuer>,
+}
+
+impl std::fmt::Debug for TrustOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustOptions")
+            .field("timing", &self.timing)
+            .field("anchor_renew_before", &self.anchor_renew_before)
+            .field("served_issuer", &self.served_issuer.is_some())
+            .finish()
+    }
+}
+
+/// Leaves are backdated by this much and clocks drift; a rotation waits
+/// this long past the longest leaf lifetime.
+pub const DEFAULT_SKEW: TimeDelta = TimeDelta::seconds(30);
+/// The local propagation delay: the proxies re-read their anchors file
+/// every second.
+pub const DEFAULT_LOCAL_PROPAGATION_DELAY: TimeDelta = TimeDelta::seconds(5);
+
+/// The rotation record `lanyard up` keeps and `lanyard anchor status`
+/// prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationRecord {
+    /// The anchor's name (its CA Secret).
+    pub anchor: String,
+    /// The state machine's state.
+    pub rotation: Rotation,
+    /// What the rotation waits for, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// When the next step is due by the clock; `None` when it waits on an
+    /// event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_due: Option<DateTime<Utc>>,
+    /// The anchor in force: subject and end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_subject: Option<String>,
+    /// When the anchor in force expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_not_after: Option<DateTime<Utc>>,
+    /// When the record was written.
+    pub updated: DateTime<Utc>,
+}
+
+/// A rotation asked for by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateRequest {
+    /// When it was asked for.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// Why `lanyard anchor rotate` refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateRequestError {
+    /// A rotation is under way.
+    #[error(transparent)]
+    InProgress(#[from] rotation::RotateError),
+    /// One was already asked for and has not started.
+    #[error(
+        "a rotation was already requested at {} and has not started yet; is `lanyard up` running on this state directory?",
+        .0.to_rfc3339()
+    )]
+    AlreadyRequested(DateTime<Utc>),
+    /// The state directory cannot be read or written.
+    #[error(transparent)]
+    Local(#[from] LocalError),
+}
+
+/// The directory of rotation records and requests.
+pub fn anchors_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("anchors")
+}
+
+/// The directory the bundles are written to.
+pub fn bundles_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("bundles")
+}
+
+fn record_path(state_dir: &Path, anchor: &str) -> PathBuf {
+    anchors_dir(state_dir).join(format!("{anchor}.json"))
+}
+
+fn request_path(state_dir: &Path, anchor: &str) -> PathBuf {
+    anchors_dir(state_dir).join(format!("{anchor}.rotate"))
+}
+
+/// Whether a path is a rotation request (what wakes `lanyard up`).
+pub fn is_rotate_request(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "rotate")
+}
+
+fn corrupt(path: &Path, reason: impl std::fmt::Display) -> LocalError {
+    LocalError::CorruptState {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, LocalError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| corrupt(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(corrupt(path, e)),
+    }
+}
+
+/// The rotation record of the anchor `lanyard up` manages, if any.
+pub fn read_record(state_dir: &Path) -> Result<Option<RotationRecord>, LocalError> {
+    read_json(&record_path(state_dir, TRUST_ANCHOR_NAME))
+}
+
+/// A pending request, if any.
+pub fn read_request(state_dir: &Path) -> Result<Option<RotateRequest>, LocalError> {
+    read_json(&request_path(state_dir, TRUST_ANCHOR_NAME))
+}
+
+/// `lanyard anchor rotate`: asks the `lanyard up` on `state_dir` to rotate
+/// the anchor, unless a rotation is under way or already asked for (the
+/// error names the phase). Writes nothing when it refuses.
+pub fn request_rotation(
+    state_dir: &Path,
+    now: DateTime<Utc>,
+) -> Result<RotateRequest, RotateRequestError> {
+    if let Some(record) = read_record(state_dir)? {
+        rotation::may_rotate(&record.rotation)?;
+    }
+    if let Some(pending) = read_request(state_dir)? {
+        return Err(RotateRequestError::AlreadyRequested(pending.requested_at));
+    }
+    let request = RotateRequest { requested_at: now };
+    let dir = anchors_dir(state_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| corrupt(&dir, e))?;
+    secrets::write_file_atomic(
+        &request_path(state_dir, TRUST_ANCHOR_NAME),
+        &serde_json::to_vec_pretty(&request).expect("requests serialise"),
+        0o644,
+        Durability::Fsync,
+    )
+    .map_err(LocalError::from)?;
+    Ok(request)
+}
+
+/// The CA Secret's state: the signing anchor, its key, the trusted set.
+struct CaSecret {
+    secret: SecretData,
+    signer: Certificate,
+    trusted: Vec<Certificate>,
+}
+
+fn read_ca(store: &SecretStore, namespace: &str, name: &str) -> Result<Option<CaSecret>, String> {
+    let what = format!("Secret {namespace}/{name}");
+    let Some(secret) = store.read(namespace, name).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let crt = secret
+        .get(TLS_CRT)
+        .ok_or_else(|| format!("{what} has no tls.crt"))?;
+    secret
+        .get(TLS_KEY)
+        .ok_or_else(|| format!("{what} has no tls.key"))?;
+    let signer = Certificate::parse_pem_bundle(crt, &format!("{what} tls.crt"))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{what} tls.crt holds no certificate"))?;
+    let trusted = match secret.get(CA_CRT) {
+        Some(pem) => Certificate::parse_pem_bundle(pem, &format!("{what} ca.crt"))
+            .map_err(|e| e.to_string())?,
+        None => vec![signer.clone()],
+    };
+    Ok(Some(CaSecret {
+        secret,
+        signer,
+        trusted,
+    }))
+}
+
+fn id(certificate: &Certificate) -> String {
+    certificate.sha256_fingerprint()
+}
+
+fn pem_of<'a>(certificates: impl IntoIterator<Item = &'a Certificate>) -> Vec<u8> {
+    certificates
+        .into_iter()
+        .map(Certificate::to_pem)
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// The local shell's trust work: bundles and the anchor's rotation.
+#[derive(Debug)]
+pub(super) struct LocalTrust {
+    options: TrustOptions,
+    state_dir: PathBuf,
+    domain: IdentityDomain,
+    cluster_resource_namespace: String,
+    durability: Durability,
+    last_good: BTreeMap<String, BTreeMap<String, Vec<Anchor>>>,
+    reported: BTreeSet<String>,
+    rotation_error: Option<String>,
+}
+
+/// What a trust step did.
+#[derive(Debug, Default)]
+pub(super) struct TrustReport {
+    /// The CA Secret changed: Certificates must be looked at again now.
+    pub ca_changed: bool,
+    /// When the rotation wants to be looked at again.
+    pub next_wake: Option<DateTime<Utc>>,
+}
+
+/// How often a rotation waiting on an event (a target written, the
+/// identity service reloading) looks again.
+const EVENT_POLL: TimeDelta = TimeDelta::seconds(1);
+
+impl LocalTrust {
+    pub(super) fn new(
+        options: TrustOptions,
+        state_dir: PathBuf,
+        domain: IdentityDomain,
+        cluster_resource_namespace: String,
+        durability: Durability,
+    ) -> Self {
+        LocalTrust {
+            options,
+            state_dir,
+            domain,
+            cluster_resource_namespace,
+            durability,
+            last_good: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            rotation_error: None,
+        }
+    }
+
+    /// Logs `message` once while it stays the same.
+    fn report_once(&mut self, key: &str, message: String, error: bool) {
+        let entry = format!("{key}\u{0}{message}");
+        if self.reported.insert(entry) {
+            if error {
+                tracing::error!(bundle = key, "{message}");
+            } else {
+                tracing::warn!(bundle = key, "{message}");
+            }
+        }
+    }
+
+    fn ca_secret_of(
+        &self,
+        issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
+        kind: IssuerKind,
+        name: &str,
+    ) -> Result<(String, String), String> {
+        match kind {
+            IssuerKind::ClusterIssuer => {
+                let config = issuers
+                    .get(&(IssuerKind::ClusterIssuer, String::new(), name.to_string()))
+                    .ok_or_else(|| format!("ClusterIssuer `{name}` does not exist"))?;
+                let ca = config
+                    .ca
+                    .as_ref()
+                    .ok_or_else(|| format!("ClusterIssuer `{name}` is not a CA issuer"))?;
+                Ok((
+                    self.cluster_resource_namespace.clone(),
+                    ca.secret_name.clone(),
+                ))
+            }
+            IssuerKind::Issuer => Err(format!(
+                "Issuer `{name}` is namespaced; a TrustBundle is cluster-scoped and takes a ClusterIssuer"
+            )),
+        }
+    }
+
+    fn read_source(
+        &self,
+        store: &SecretStore,
+        issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
+        source: &lanyard_crds::trust_bundle::BundleSource,
+    ) -> SourceRead {
+        let ns = &self.cluster_resource_namespace;
+        let secret_key = |namespace: &str, name: &str, key: &str, what: String| match store
+            .read(namespace, name)
+        {
+            Ok(Some(secret)) => match secret.get(key) {
+                Some(pem) => SourceRead::pem(what, pem),
+                None => SourceRead::unreadable(what, format!("has no key `{key}`")),
+            },
+            Ok(None) => SourceRead::unreadable(what, "does not exist"),
+            Err(e) => SourceRead::unreadable(what, e.to_string()),
+        };
+        if let Some(selector) = &source.secret {
+            let what = format!("Secret {ns}/{} key {}", selector.name, selector.key);
+            return secret_key(ns, &selector.name, &selector.key, what);
+        }
+        if let Some(selector) = &source.config_map {
+            return SourceRead::unreadable(
+                format!("ConfigMap {ns}/{}", selector.name),
+                "the local mode keeps no ConfigMaps; use a secret or inLine source",
+            );
+        }
+        if let Some(pem) = &source.in_line {
+            return SourceRead::pem("inLine", pem.as_bytes());
+        }
+        let issuer = source
+            .issuer_ref
+            .as_ref()
+            .expect("a validated source sets one kind");
+        let what = format!(
+            "{} {}",
+            issuer.kind.as_deref().unwrap_or("Issuer"),
+            issuer.name
+        );
+        let Some(kind) = issuer.issuer_kind() else {
+            return SourceRead::unreadable(what, "is not a kind Lanyard serves (ClusterIssuer)");
+        };
+        match self.ca_secret_of(issuers, kind, &issuer.name) {
+            Ok((namespace, name)) => {
+                let read = secret_key(&namespace, &name, CA_CRT, what.clone());
+                if read.pem.is_ok() {
+                    return read;
+                }
+                // A CA Secret without ca.crt trusts its own certificate.
+                secret_key(&namespace, &name, TLS_CRT, what)
+            }
+            Err(reason) => SourceRead::unreadable(what, reason),
+        }
+    }
+
+    /// Assembles and writes every bundle; returns, per bundle, the anchors
+    /// its target was read back holding.
+    pub(super) fn write_bundles(
+        &mut self,
+        store: &SecretStore,
+        bundles: &[TrustBundle],
+        issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
+        metrics: &Metrics,
+        now: DateTime<Utc>,
+    ) -> BTreeMap<String, Vec<String>> {
+        let dir = bundles_dir(&self.state_dir);
+        let mut read_back = BTreeMap::new();
+        let live: BTreeSet<String> = bundles
+            .iter()
+            .filter_map(|b| b.metadata.name.clone())
+            .collect();
+        self.last_good.retain(|name, _| live.contains(name));
+        for bundle in bundles {
+            let name = bundle.metadata.name.clone().unwrap_or_default();
+            let sources: Vec<SourceRead> = bundle
+                .spec
+                .sources
+                .iter()
+                .map(|s| self.read_source(store, issuers, s))
+                .collect();
+            let last_good = self.last_good.get(&name).cloned().unwrap_or_default();
+            let path = dir.join(format!("{name}.pem"));
+            match assemble(&sources, &last_good, now) {
+                Ok(assembled) => {
+                    for warning in &assembled.warnings {
+                        self.report_once(&name, warning.to_string(), false);
+                    }
+                    self.last_good
+                        .insert(name.clone(), assembled.last_good.clone());
+                    let pem = assembled.pem();
+                    let on_disk = std::fs::read(&path).ok();
+                    if on_disk.as_deref() != Some(pem.as_bytes()) {
+                        let written = std::fs::create_dir_all(&dir)
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| {
+                                secrets::write_file_atomic(
+                                    &path,
+                                    pem.as_bytes(),
+                                    0o644,
+                                    self.durability,
+                                )
+                                .map_err(|e| e.to_string())
+                            });
+                        match written {
+                            Ok(()) => {
+                                tracing::info!(
+                                    bundle = %name,
+                                    path = %path.display(),
+                                    anchors = assembled.anchors.len(),
+                                    "trust bundle written"
+                                );
+                                metrics.observe_bundle(&name, assembled.anchors.len(), now);
+                            }
+                            Err(error) => {
+                                metrics.bundle_failed(&name);
+                                self.report_once(
+                                    &name,
+                                    format!("cannot write {}: {error}", path.display()),
+                                    true,
+                                );
+                            }
+                        }
+                    } else {
+                        let updated = std::fs::metadata(&path)
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .map(DateTime::<Utc>::from)
+                            .unwrap_or(now);
+                        metrics.observe_bundle(&name, assembled.anchors.len(), updated);
+                    }
+                }
+                Err(error) => {
+                    metrics.bundle_failed(&name);
+                    self.report_once(&name, error.to_string(), true);
+                }
+            }
+            read_back.insert(name, read_anchor_ids(&path));
+        }
+        read_back
+    }
+
+    /// Runs the anchor's rotation as far as it can go now.
+    pub(super) fn rotate(
+        &mut self,
+        store: &SecretStore,
+        bundles: &[TrustBundle],
+        issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
+        targets: &BTreeMap<String, Vec<String>>,
+        metrics: &Metrics,
+        now: DateTime<Utc>,
+    ) -> Result<TrustReport, LocalError> {
+        let mut report = TrustReport::default();
+        let Ok((ns, name)) =
+            self.ca_secret_of(issuers, IssuerKind::ClusterIssuer, TRUST_ANCHOR_NAME)
+        else {
+            // No anchor of ours to rotate (set up by hand differently).
+            return Ok(report);
+        };
+        let next_name = format!("{name}-next");
+        // The targets that carry this CA's anchors.
+        let targets: Vec<Vec<String>> = bundles
+            .iter()
+            .filter(|b| {
+                b.spec.sources.iter().any(|s| {
+                    s.issuer_ref.as_ref().is_some_and(|r| {
+                        r.name == TRUST_ANCHOR_NAME
+                            && r.issuer_kind() == Some(IssuerKind::ClusterIssuer)
+                    })
+                })
+            })
+            .filter_map(|b| targets.get(b.metadata.name.as_deref().unwrap_or_default()))
+            .cloned()
+            .collect();
+        let path = record_path(&self.state_dir, &name);
+        let mut record: Option<RotationRecord> = read_json(&path)?;
+        for _ in 0..16 {
+            let ca = match read_ca(store, &ns, &name) {
+                Ok(Some(ca)) => ca,
+                Ok(None) => return Ok(report),
+                Err(reason) => {
+                    self.rotation_failed(format!("the anchor's CA Secret is not usable: {reason}"));
+                    return Ok(report);
+                }
+            };
+            let prepared = read_ca(store, &ns, &next_name).ok().flatten();
+            let state = record
+                .as_ref()
+                .map(|r| r.rotation.clone())
+                .unwrap_or_else(|| Rotation::stable(id(&ca.signer), now));
+            let observed =
+                self.observe(&ca, prepared.as_ref(), &state, targets.clone(), store, now)?;
+            let decision = rotation::decide(&state, &observed, &self.options.timing, now);
+            if let Err(reason) = self.perform(
+                store,
+                &ns,
+                &name,
+                &next_name,
+                &ca,
+                prepared.as_ref(),
+                &decision.action,
+                now,
+            ) {
+                self.rotation_failed(reason);
+                report.next_wake = Some(now + TimeDelta::seconds(10));
+                return Ok(report);
+            }
+            if !matches!(decision.action, Action::None) {
+                report.ca_changed = true;
+            }
+            let (waiting_for, next_step_due) = match decision.waiting {
+                Some((gate, until)) => (Some(gate.describe().to_string()), until),
+                None => (None, None),
+            };
+            let current_anchor = ca
+                .trusted
+                .iter()
+                .chain(std::iter::once(&ca.signer))
+                .find(|c| id(c) == decision.state.current);
+            let new_record = RotationRecord {
+                anchor: name.clone(),
+                rotation: decision.state.clone(),
+                waiting_for,
+                next_step_due,
+                current_subject: current_anchor.map(|c| c.subject().to_string()),
+                current_not_after: current_anchor.map(Certificate::not_after),
+                updated: now,
+            };
+            let changed_state = record.as_ref().map(|r| &r.rotation) != Some(&decision.state);
+            let changed_wait = record.as_ref().map(|r| (&r.waiting_for, r.next_step_due))
+                != Some((&new_record.waiting_for, new_record.next_step_due));
+            if changed_state || changed_wait {
+                std::fs::create_dir_all(anchors_dir(&self.state_dir))
+                    .map_err(|e| corrupt(&path, e))?;
+                secrets::write_file_atomic(
+                    &path,
+                    &serde_json::to_vec_pretty(&new_record).expect("records serialise"),
+                    0o644,
+                    self.durability,
+                )?;
+            }
+            if changed_state {
+                self.announce(record.as_ref().map(|r| &r.rotation), &decision.state);
+                if decision.state.completed > record.as_ref().map_or(0, |r| r.rotation.completed) {
+                    metrics.rotated(&name);
+                }
+            }
+            // A request is used up once the rotation it asked for started.
+            if decision.state.phase != Phase::Stable && observed.requested {
+                let _ = std::fs::remove_file(request_path(&self.state_dir, &name));
+            }
+            self.rotation_error = None;
+            let phases: Vec<&'static str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+            let due = next_step_due.unwrap_or(now);
+            metrics.observe_rotation(
+                &name,
+                decision.state.phase.as_str(),
+                &phases,
+                decision.state.since,
+                due,
+            );
+            record = Some(new_record);
+            if let Some((gate, until)) = decision.waiting {
+                let poll = match gate {
+                    Gate::AnchorRenewal | Gate::PropagationDelay | Gate::LeavesExpired => None,
+                    _ => Some(now + EVENT_POLL),
+                };
+                report.next_wake = until.into_iter().chain(poll).min();
+                return Ok(report);
+            }
+            if matches!(
+                decision.action,
+                Action::SwitchSigner { .. } | Action::TrustBoth { .. } | Action::DropOld { .. }
+            ) {
+                // The Certificates must see the new CA before the next
+                // gate can pass: end this step, the pass continues.
+                report.next_wake = Some(now);
+                return Ok(report);
+            }
+        }
+        tracing::warn!("the anchor rotation made no progress in one pass; looking again shortly");
+        report.next_wake = Some(now + EVENT_POLL);
+        Ok(report)
+    }
+
+    fn rotation_failed(&mut self, reason: String) {
+        if self.rotation_error.as_deref() != Some(reason.as_str()) {
+            tracing::error!("trust anchor rotation: {reason}; trying again");
+            self.rotation_error = Some(reason);
+        }
+    }
+
+    fn announce(&self, before: Option<&Rotation>, after: &Rotation) {
+        let short = |id: &str| id.chars().take(23).collect::<String>();
+        match (before.map(|r| r.phase), after.phase) {
+            (Some(b), a) if b == a => {}
+            (_, Phase::Stable) if before.is_some() => tracing::info!(
+                anchor = %short(&after.current),
+                "trust anchor rotation finished: Stable, the old anchor removed from every bundle and ca.crt"
+            ),
+            (_, Phase::Stable) => {}
+            (_, phase) => tracing::info!(
+                new_anchor = %after.next.as_deref().map(short).unwrap_or_default(),
+                "trust anchor rotation: {phase}"
+            ),
+        }
+    }
+
+    fn observe(
+        &self,
+        ca: &CaSecret,
+        prepared: Option<&CaSecret>,
+        state: &Rotation,
+        targets: Vec<Vec<String>>,
+        store: &SecretStore,
+        now: DateTime<Utc>,
+    ) -> Result<Observed, LocalError> {
+        let signer = &ca.signer;
+        let lifetime = signer.not_after() - signer.not_before();
+        let renew_before = self.options.anchor_renew_before.unwrap_or(lifetime / 3);
+        let requested =
+            read_json::<RotateRequest>(&request_path(&self.state_dir, TRUST_ANCHOR_NAME))
+                .unwrap_or(None)
+                .is_some();
+        let next = state
+            .next
+            .as_deref()
+            .and_then(|n| {
+                ca.trusted
+                    .iter()
+                    .chain(prepared.map(|p| &p.signer))
+                    .find(|c| id(c) == n)
+            })
+            .cloned();
+        let issuer_anchor = self.issuer_anchor(store, &ca.trusted, next.as_ref(), now);
+        let certificates_on_old = match (state.phase, &next) {
+            (Phase::IssuerSwitched, Some(next)) => {
+                let old: Vec<Certificate> = ca
+                    .trusted
+                    .iter()
+                    .filter(|c| id(c) == state.current)
+                    .cloned()
+                    .collect();
+                certificates_only_on(store, &old, next, now)
+            }
+            _ => 0,
+        };
+        Ok(Observed {
+            signer: id(signer),
+            trusted: ca.trusted.iter().map(id).collect(),
+            renewal_time: signer.not_after() - renew_before,
+            requested,
+            prepared: prepared.map(|p| id(&p.signer)),
+            targets,
+            issuer_anchor,
+            certificates_on_old,
+        })
+    }
+
+    /// The anchor the identity issuer chains to: as the identity service
+    /// serves it when it runs here, else as its Secret holds it.
+    fn issuer_anchor(
+        &self,
+        store: &SecretStore,
+        trusted: &[Certificate],
+        next: Option<&Certificate>,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let chain = match &self.options.served_issuer {
+            Some(served) => served()?,
+            None => {
+                let secret = store
+                    .read(
+                        self.domain.control_plane_namespace(),
+                        super::IDENTITY_ISSUER_NAME,
+                    )
+                    .ok()??;
+                Certificate::parse_pem_bundle(secret.get(TLS_CRT)?, "identity issuer").ok()?
+            }
+        };
+        let candidates: Vec<Certificate> = next.into_iter().chain(trusted).cloned().collect();
+        candidates.iter().find_map(|anchor| {
+            lanyard_x509::verify_chain(&chain, std::slice::from_ref(anchor), now)
+                .ok()
+                .map(|_| id(anchor))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn perform(
+        &self,
+        store: &SecretStore,
+        ns: &str,
+        name: &str,
+        next_name: &str,
+        ca: &CaSecret,
+        prepared: Option<&CaSecret>,
+        action: &Action,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let prepared_or = || {
+            prepared.ok_or_else(|| {
+                format!("the prepared anchor Secret {ns}/{next_name} is missing or unreadable")
+            })
+        };
+        let write = |secret: &SecretData, which: &str| {
+            store
+                .write(ns, which, secret)
+                .map_err(|e| format!("cannot write Secret {ns}/{which}: {e}"))
+        };
+        match action {
+            Action::None => Ok(()),
+            Action::GenerateNext => {
+                let lifetime = ca.signer.not_after() - ca.signer.not_before();
+                let algorithm =
+                    SigningKey::from_pem(ca.secret.get(TLS_KEY).unwrap_or_default(), "anchor key")
+                        .map(|k| k.algorithm())
+                        .unwrap_or(KeyAlgorithm::EcdsaP256);
+                let anchor = TrustAnchor::generate(&self.domain, lifetime, algorithm, now)
+                    .map_err(|e| format!("cannot make a new anchor: {e}"))?;
+                let pem = anchor.certificate().to_pem();
+                let mut secret = SecretData::default();
+                secret.data.insert(TLS_CRT.into(), pem.clone().into_bytes());
+                secret.data.insert(
+                    TLS_KEY.into(),
+                    anchor.key().to_pkcs8_pem().as_bytes().to_vec(),
+                );
+                secret.data.insert(CA_CRT.into(), pem.into_bytes());
+                secret.annotations.insert(
+                    annotations::PREPARED_ANCHOR_FOR.to_string(),
+                    name.to_string(),
+                );
+                write(&secret, next_name)?;
+                tracing::info!(
+                    subject = %anchor.certificate().subject(),
+                    not_after = %anchor.certificate().not_after(),
+                    "trust anchor rotation: made the new anchor"
+                );
+                Ok(())
+            }
+            Action::TrustBoth { current, next } => {
+                let prepared = prepared_or()?;
+                let current = ca
+                    .trusted
+                    .iter()
+                    .chain(std::iter::once(&ca.signer))
+                    .find(|c| id(c) == *current)
+                    .unwrap_or(&ca.signer);
+                debug_assert_eq!(id(&prepared.signer), *next);
+                let mut secret = ca.secret.clone();
+                secret
+                    .data
+                    .insert(CA_CRT.into(), pem_of([current, &prepared.signer]));
+                write(&secret, name)
+            }
+            Action::SwitchSigner { next } => {
+                if id(&ca.signer) == *next {
+                    return Ok(());
+                }
+                let prepared = prepared_or()?;
+                let mut secret = ca.secret.clone();
+                let old = ca.signer.clone();
+                secret
+                    .data
+                    .insert(TLS_CRT.into(), prepared.signer.to_pem().into_bytes());
+                secret.data.insert(
+                    TLS_KEY.into(),
+                    prepared
+                        .secret
+                        .get(TLS_KEY)
+                        .ok_or("the prepared anchor has no key")?
+                        .to_vec(),
+                );
+                secret
+                    .data
+                    .insert(CA_CRT.into(), pem_of([&old, &prepared.signer]));
+                write(&secret, name)
+            }
+            Action::DropOld { next } => {
+                let keep: Vec<&Certificate> = ca
+                    .trusted
+                    .iter()
+                    .chain(std::iter::once(&ca.signer))
+                    .filter(|c| id(c) == *next)
+                    .take(1)
+                    .collect();
+                if keep.is_empty() {
+                    return Err("the new anchor is neither trusted nor signing".into());
+                }
+                if ca.trusted.len() != 1 || id(&ca.trusted[0]) != *next {
+                    let mut secret = ca.secret.clone();
+                    secret.data.insert(CA_CRT.into(), pem_of(keep));
+                    write(&secret, name)?;
+                }
+                remove_secret(store, ns, next_name)
+            }
+            Action::DiscardPrepared => remove_secret(store, ns, next_name),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn remove_secret(store: &SecretStore, ns: &str, name: &str) -> Result<(), String> {
+    let dir = store.dir(ns, name);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove {}: {e}", dir.display())),
+    }
+}
+
+/// The anchors a bundle file holds, by fingerprint; none when unreadable.
+fn read_anchor_ids(path: &Path) -> Vec<String> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|pem| Certificate::parse_pem_bundle(&pem, "bundle").ok())
+        .map(|certificates| certificates.iter().map(id).collect())
+        .unwrap_or_default()
+}
+
+/// How many Secrets of Certificates chain to `old` and not to `next`.
+fn certificates_only_on(
+    store: &SecretStore,
+    old: &[Certificate],
+    next: &Certificate,
+    now: DateTime<Utc>,
+) -> usize {
+    let Ok(namespaces) = std::fs::read_dir(store.dir("", "")) else {
+        return 0;
+    };
+    let mut count = 0;
+    for namespace in namespaces.flatten() {
+        let Ok(names) = std::fs::read_dir(namespace.path()) else {
+            continue;
+        };
+        for entry in names.flatten() {
+            let (Some(ns), Some(name)) = (
+                namespace.file_name().to_str().map(str::to_string),
+                entry.file_name().to_str().map(str::to_string),
+            ) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(Some(secret)) = store.read(&ns, &name) else {
+                continue;
+            };
+            if secret.annotation(annotations::CERTIFICATE_NAME).is_none() {
+                continue;
+            }
+            let Some(chain) = secret
+                .get(TLS_CRT)
+                .and_then(|pem| Certificate::parse_pem_bundle(pem, "tls.crt").ok())
+            else {
+                continue;
+            };
+            let on_old = lanyard_x509::verify_chain(&chain, old, now).is_ok();
+            let on_next =
+                lanyard_x509::verify_chain(&chain, std::slice::from_ref(next), now).is_ok();
+            if on_old && !on_next {
+                count += 1;
+            }
+        }
+    }
+    count
+}
