@@ -578,3 +578,34 @@ fn an_issuer_passed_off_as_an_anchor_cannot_sign_another_issuer() {
         "{err}"
     );
 }
+
+#[test]
+fn an_expired_anchor_beside_a_live_one_is_skipped_and_reported_not_refused() {
+    let now = t(NOW);
+    // An old anchor that lived a day, left in ca.crt after a rotation.
+    let old = TrustAnchor::generate(
+        &domain(),
+        TimeDelta::hours(24),
+        KeyAlgorithm::EcdsaP256,
+        now - TimeDelta::hours(48),
+    )
+    .unwrap();
+    let (anchor, issuer) = pki();
+    let both = vec![old.certificate().clone(), anchor.certificate().clone()];
+    let loaded = reload(&both, &issuer, now).expect("the live anchor carries the issuer");
+    assert_eq!(loaded.anchors(), [anchor.certificate().clone()]);
+    assert_eq!(loaded.expired_anchors(), [old.certificate().clone()]);
+
+    // Every anchor expired: still refused, naming the anchor.
+    let err = reload(&[old.certificate().clone()], &issuer, now).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Expired {
+                role: Role::TrustAnchor,
+                ..
+            }
+        ),
+        "only expired anchors: {err}"
+    );
+}

@@ -157,7 +157,7 @@ pub enum RotateError {
     /// One is under way.
     #[error(
         "a rotation is already under way (phase {phase}, since {}); wait for it to reach Stable",
-        since.to_rfc3339()
+        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )]
     InProgress {
         /// Its phase.
