@@ -29,6 +29,10 @@ pub struct ControllerArgs {
     /// Run without a Lease: only for a single replica.
     #[arg(long)]
     no_leader_elect: bool,
+    /// Do not run the TrustBundle controller: for a cluster without the
+    /// TrustBundle CRD, or where trust-manager distributes the bundles.
+    #[arg(long)]
+    no_trust_bundles: bool,
     /// How many Certificates (and, apart, issuers) are reconciled at once;
     /// the rest wait in the queue.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
@@ -62,7 +66,8 @@ pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
                 args.cluster_resource_namespace
                     .unwrap_or_else(|| args.namespace.clone()),
             )
-            .with_concurrency(args.concurrent_workers);
+            .with_concurrency(args.concurrent_workers)
+            .with_trust_bundles(!args.no_trust_bundles);
         let election = (!args.no_leader_elect)
             .then(|| LeaderElection::new(&args.namespace, default_identity()));
         let result = run(Arc::new(ctx), election, shutdown.wait_owned()).await;

@@ -11,6 +11,14 @@
 //! object; a managed Secret keeps only `tls.crt` and `tls.key` (the
 //! certificate in force and the key it must match); another Secret keeps
 //! only its name, namespace, resourceVersion and controller reference.
+//!
+//! The TrustBundle controller, when it runs, adds its own: the
+//! TrustBundles, every Namespace's name, labels and deletion mark, the
+//! ConfigMaps and Secrets bundles wrote (found by
+//! [`BUNDLE_LABEL`](super::BUNDLE_LABEL), small: public certificates
+//! only), and the metadata of the ConfigMaps in the trust namespace (the
+//! bundles' sources). They are ready apart from the Certificate
+//! controller's ([`Caches::bundles_ready`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,9 +27,10 @@ use ::kube::ResourceExt;
 use ::kube::core::PartialObjectMeta;
 use ::kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use chrono::{DateTime, TimeDelta, Utc};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanyard_crds::api::{Certificate, ClusterIssuer, Issuer, IssuerConfig, IssuerKind};
+use lanyard_crds::trust_bundle::TrustBundle;
 
 use crate::issuer_ref::IssuerTarget;
 use crate::issuing::{IssuerError, IssuerMaterial};
@@ -52,6 +61,20 @@ pub struct Caches {
     /// The metadata of every other Secret, stripped by
     /// [`strip_secret_metadata`].
     pub other_secrets: Store<PartialObjectMeta<Secret>>,
+    /// TrustBundles, stripped.
+    pub trust_bundles: Store<TrustBundle>,
+    /// Every Namespace's name, labels and deletion mark, stripped by
+    /// [`strip_namespace_metadata`].
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// The ConfigMaps bundles wrote (carrying `BUNDLE_LABEL`), stripped by
+    /// [`strip_bundle_target`].
+    pub bundle_config_maps: Store<ConfigMap>,
+    /// The Secrets bundles wrote (carrying `BUNDLE_LABEL`), stripped by
+    /// [`strip_bundle_target`].
+    pub bundle_secrets: Store<Secret>,
+    /// The metadata of the ConfigMaps in the trust namespace, stripped by
+    /// [`strip_config_map_metadata`].
+    pub trust_config_maps: Store<PartialObjectMeta<ConfigMap>>,
 }
 
 /// The writing ends of [`Caches`], for the watches that feed them.
@@ -67,6 +90,16 @@ pub struct CacheWriters {
     pub secrets: Writer<Secret>,
     /// Feeds [`Caches::other_secrets`].
     pub other_secrets: Writer<PartialObjectMeta<Secret>>,
+    /// Feeds [`Caches::trust_bundles`].
+    pub trust_bundles: Writer<TrustBundle>,
+    /// Feeds [`Caches::namespaces`].
+    pub namespaces: Writer<PartialObjectMeta<Namespace>>,
+    /// Feeds [`Caches::bundle_config_maps`].
+    pub bundle_config_maps: Writer<ConfigMap>,
+    /// Feeds [`Caches::bundle_secrets`].
+    pub bundle_secrets: Writer<Secret>,
+    /// Feeds [`Caches::trust_config_maps`].
+    pub trust_config_maps: Writer<PartialObjectMeta<ConfigMap>>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -77,6 +110,11 @@ impl std::fmt::Debug for Caches {
             .field("cluster_issuers", &self.cluster_issuers.len())
             .field("secrets", &self.secrets.len())
             .field("other_secrets", &self.other_secrets.len())
+            .field("trust_bundles", &self.trust_bundles.len())
+            .field("namespaces", &self.namespaces.len())
+            .field("bundle_config_maps", &self.bundle_config_maps.len())
+            .field("bundle_secrets", &self.bundle_secrets.len())
+            .field("trust_config_maps", &self.trust_config_maps.len())
             .finish()
     }
 }
@@ -89,6 +127,11 @@ impl Caches {
         let (cluster_issuers, cluster_issuers_writer) = reflector::store();
         let (secrets, secrets_writer) = reflector::store();
         let (other_secrets, other_secrets_writer) = reflector::store();
+        let (trust_bundles, trust_bundles_writer) = reflector::store();
+        let (namespaces, namespaces_writer) = reflector::store();
+        let (bundle_config_maps, bundle_config_maps_writer) = reflector::store();
+        let (bundle_secrets, bundle_secrets_writer) = reflector::store();
+        let (trust_config_maps, trust_config_maps_writer) = reflector::store();
         (
             Caches {
                 certificates,
@@ -96,6 +139,11 @@ impl Caches {
                 cluster_issuers,
                 secrets,
                 other_secrets,
+                trust_bundles,
+                namespaces,
+                bundle_config_maps,
+                bundle_secrets,
+                trust_config_maps,
             },
             CacheWriters {
                 certificates: certificates_writer,
@@ -103,6 +151,11 @@ impl Caches {
                 cluster_issuers: cluster_issuers_writer,
                 secrets: secrets_writer,
                 other_secrets: other_secrets_writer,
+                trust_bundles: trust_bundles_writer,
+                namespaces: namespaces_writer,
+                bundle_config_maps: bundle_config_maps_writer,
+                bundle_secrets: bundle_secrets_writer,
+                trust_config_maps: trust_config_maps_writer,
             },
         )
     }
@@ -112,6 +165,21 @@ impl Caches {
     pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.certificates.wait_until_ready().await?;
         self.issuers.wait_until_ready().await?;
+        self.cluster_issuers.wait_until_ready().await?;
+        self.secrets.wait_until_ready().await?;
+        self.other_secrets.wait_until_ready().await
+    }
+
+    /// Waits until every cache the TrustBundle controller reads holds its
+    /// first complete list (its own, and the Secrets and ClusterIssuers it
+    /// shares with the Certificate controller); `Err` when a watch ended
+    /// first.
+    pub async fn bundles_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.trust_bundles.wait_until_ready().await?;
+        self.namespaces.wait_until_ready().await?;
+        self.bundle_config_maps.wait_until_ready().await?;
+        self.bundle_secrets.wait_until_ready().await?;
+        self.trust_config_maps.wait_until_ready().await?;
         self.cluster_issuers.wait_until_ready().await?;
         self.secrets.wait_until_ready().await?;
         self.other_secrets.wait_until_ready().await
@@ -208,6 +276,33 @@ pub fn strip_secret_metadata(secret: &mut PartialObjectMeta<Secret>) {
     if let Some(owners) = &mut meta.owner_references {
         owners.retain(|owner| owner.controller == Some(true));
     }
+}
+
+/// A Namespace as cached: its name, labels (what bundles select on),
+/// resourceVersion and deletion mark.
+pub fn strip_namespace_metadata(namespace: &mut PartialObjectMeta<Namespace>) {
+    let meta = &mut namespace.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+}
+
+/// A ConfigMap or Secret a bundle wrote, as cached: whole (it holds the
+/// bundle's public certificates, nothing secret), without `managedFields`
+/// and kubectl's last-applied copy.
+pub fn strip_bundle_target<K: ::kube::Resource>(target: &mut K) {
+    strip_metadata(target.meta_mut());
+}
+
+/// A ConfigMap of the trust namespace as cached: its name and
+/// resourceVersion, which say it exists and when it changed.
+pub fn strip_config_map_metadata(config_map: &mut PartialObjectMeta<ConfigMap>) {
+    let meta = &mut config_map.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.owner_references = None;
 }
 
 /// Objects the controller has written whose new version its cache may not

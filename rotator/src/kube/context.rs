@@ -1,8 +1,8 @@
 //! What every reconcile shares ([`Context`]: the client, the clock, the
-//! metrics, the API failure counts behind the error policies' backoff),
-//! and the shell's errors.
+//! metrics, the API failure counts behind the error policies' backoff,
+//! each trust bundle's last good anchors), and the shell's errors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use ::kube::Client;
 use lanyard_crds::api::IssuerKind;
 use lanyard_crds::time::Clock;
 use lanyard_runtime::Backoff;
+use lanyard_trust_bundle::Anchor;
 
 use super::cache::{Caches, IssuerMaterials, Written};
 use super::secret;
@@ -36,6 +37,9 @@ pub struct Context<C: Clock> {
     pub cluster_resource_namespace: String,
     /// How many reconciles of one kind run at once.
     pub concurrency: u16,
+    /// Whether the TrustBundle controller runs beside the Certificate
+    /// controller (see [`Context::with_trust_bundles`]).
+    pub trust_bundles: bool,
     /// The watch caches reconciles read from: replaced each time the
     /// controller starts (it keeps them only while it leads).
     caches: RwLock<Caches>,
@@ -49,6 +53,44 @@ pub struct Context<C: Clock> {
     /// API failures per object (kind, namespace, name) since its last
     /// successful reconcile, for [`error_policy`](super::error_policy)'s backoff.
     api_failures: Mutex<HashMap<FailureKey, u32>>,
+    /// Each trust bundle's last good anchors per source, by bundle name.
+    pub(super) bundle_anchors: LastGoodAnchors,
+}
+
+/// A source's last good anchors, by source name, as
+/// [`lanyard_trust_bundle::assemble`] takes and returns them.
+pub type SourceAnchors = BTreeMap<String, Vec<Anchor>>;
+
+/// Each trust bundle's last good anchors per source: what lets a source
+/// that turns unreadable or invalid keep its anchors in the bundle. Kept in
+/// memory only: after a restart a source that is broken from the start has
+/// none to keep.
+#[derive(Debug, Default)]
+pub(super) struct LastGoodAnchors(Mutex<HashMap<String, SourceAnchors>>);
+
+impl LastGoodAnchors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SourceAnchors>> {
+        // Whole values are swapped in; a panic elsewhere cannot leave the
+        // map invalid.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The bundle's last good anchors (empty before its first assembly).
+    pub(super) fn get(&self, bundle: &str) -> SourceAnchors {
+        self.lock().get(bundle).cloned().unwrap_or_default()
+    }
+
+    /// Records what the bundle's latest assembly returned.
+    pub(super) fn set(&self, bundle: &str, anchors: SourceAnchors) {
+        self.lock().insert(bundle.to_string(), anchors);
+    }
+
+    /// Forgets a deleted bundle.
+    pub(super) fn forget(&self, bundle: &str) {
+        self.lock().remove(bundle);
+    }
 }
 
 /// Kind, namespace (empty for a ClusterIssuer) and name.
@@ -76,12 +118,24 @@ impl<C: Clock> Context<C> {
             metrics,
             cluster_resource_namespace: DEFAULT_CLUSTER_RESOURCE_NAMESPACE.to_string(),
             concurrency: DEFAULT_CONCURRENCY,
+            trust_bundles: false,
             caches: RwLock::new(Caches::new().0),
             applied: Written::default(),
             statuses: Written::default(),
             materials: IssuerMaterials::default(),
             api_failures: Mutex::default(),
+            bundle_anchors: LastGoodAnchors::default(),
         }
+    }
+
+    /// Runs the TrustBundle controller too (off by default): it watches
+    /// TrustBundles, Namespaces and ConfigMaps, which a controller run
+    /// without the TrustBundle CRD installed, or without the RBAC to read
+    /// them, cannot. Its caches fill apart from the Certificate
+    /// controller's, so its failing watches never hold Certificates up.
+    pub fn with_trust_bundles(mut self, enabled: bool) -> Self {
+        self.trust_bundles = enabled;
+        self
     }
 
     /// Sets how many reconciles of one kind run at once (at least one).
@@ -219,6 +273,50 @@ pub enum Error {
         #[source]
         source: ::kube::Error,
     },
+    /// Applying a trust bundle's ConfigMap or Secret in one namespace
+    /// failed (other than the namespace being gone or going).
+    #[error("writing {target} of TrustBundle `{bundle}`: {source}")]
+    WriteBundleTarget {
+        /// The bundle's name.
+        bundle: String,
+        /// Kind and `namespace/name` of the target.
+        target: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// Removing a trust bundle's ConfigMap or Secret from a namespace the
+    /// bundle no longer selects failed.
+    #[error(
+        "removing {target} of TrustBundle `{bundle}`, whose namespace it no longer selects: {source}"
+    )]
+    RemoveBundleTarget {
+        /// The bundle's name.
+        bundle: String,
+        /// Kind and `namespace/name` of the target.
+        target: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// Writing a TrustBundle's status failed.
+    #[error("updating the status of TrustBundle `{name}`: {source}")]
+    PatchBundleStatus {
+        /// The bundle's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: ::kube::Error,
+    },
+    /// A TrustBundle's status did not serialise.
+    #[error("serialising the status of TrustBundle `{name}`: {source}")]
+    SerializeBundleStatus {
+        /// The bundle's name.
+        name: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// No API client could be configured.
     #[error("configuring the Kubernetes client: {0}")]
     Client(#[source] ::kube::Error),
@@ -226,6 +324,8 @@ pub enum Error {
 
 /// The kind in [`Context`]'s failure counts of a Certificate.
 pub(super) const CERTIFICATE: &str = "Certificate";
+/// The kind in [`Context`]'s failure counts of a TrustBundle.
+pub(super) const TRUST_BUNDLE: &str = "TrustBundle";
 
 /// The delay after `attempts` consecutive API failures: 5s, doubling, at
 /// most 5 minutes (the first delay also for a count of 0).

@@ -1,7 +1,7 @@
 //! The controllers' wiring and the leader loop: [`run`] waits for the
-//! Lease, runs the Certificate controller and one controller per issuer
-//! kind while it holds it, and stops them within [`STOP_GRACE`] of a
-//! shutdown.
+//! Lease, runs the Certificate controller, one controller per issuer kind
+//! and (when asked for) the TrustBundle controller while it holds it, and
+//! stops them within [`STOP_GRACE`] of a shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,28 +14,35 @@ use ::kube::core::PartialObjectMeta;
 use ::kube::runtime::controller::{self, ReconcileRequest};
 use ::kube::runtime::reflector::{self, ObjectRef, Store};
 use ::kube::runtime::{WatchStreamExt, watcher};
-use futures::channel::mpsc::unbounded;
+use futures::channel::mpsc::{UnboundedReceiver, unbounded};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanyard_crds::api::{Certificate, ClusterIssuer, Issuer, IssuerKind};
 use lanyard_crds::time::Clock;
+use lanyard_crds::trust_bundle::TrustBundle;
 use tracing::{debug, info, warn};
 
 use super::cache::{
-    Caches, MANAGED_LABEL, strip_certificate, strip_issuer, strip_secret, strip_secret_metadata,
+    Caches, MANAGED_LABEL, strip_bundle_target, strip_certificate, strip_config_map_metadata,
+    strip_issuer, strip_namespace_metadata, strip_secret, strip_secret_metadata,
 };
 use super::certificate::{error_policy, reconcile_certificate};
 use super::context::{CERTIFICATE, Context, Error};
 use super::dependents::Dependents;
 use super::issuer::{IssuerResource, issuer_error_policy, reconcile_issuer};
 use super::lease::{LeaderElection, LeaseDecision, LeaseLock};
+use super::trust_bundle::{
+    BUNDLE_LABEL, BundleTriggers, forget_trust_bundle, reconcile_trust_bundle,
+    trust_bundle_error_policy,
+};
 
 /// How long reconciles in flight may take to finish once a stop is asked.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the controller (Certificates, and the issuer controllers beside
-/// it) until `shutdown` completes, and at most [`STOP_GRACE`] after.
+/// it, and the TrustBundle controller when [`Context::trust_bundles`] asks
+/// for it) until `shutdown` completes, and at most [`STOP_GRACE`] after.
 ///
 /// With `election`, the controller runs only while this replica holds the
 /// Lease: it waits for the Lease, runs while renewing it, stops as soon as
@@ -142,7 +149,9 @@ async fn hold_lease<C: Clock>(lock: &LeaseLock, clock: &C) {
 /// into the Certificates and issuers it concerns; once every cache holds
 /// its first list, the Certificate controller and one controller per
 /// issuer kind reconcile what the watches queue, at most
-/// [`Context::concurrency`] at once each.
+/// [`Context::concurrency`] at once each. The TrustBundle controller, when
+/// asked for, runs beside them over caches of its own
+/// ([`run_trust_bundles`]).
 async fn run_controller<C, F>(ctx: Arc<Context<C>>, stopped: impl Fn() -> F)
 where
     C: Clock + 'static,
@@ -162,6 +171,14 @@ where
         ctx.cluster_resource_namespace.clone(),
     );
     let config = watcher::Config::default();
+    let (bundle_triggers, bundles_triggered) = if ctx.trust_bundles {
+        let (trigger, triggered) = unbounded::<ObjectRef<TrustBundle>>();
+        let triggers =
+            BundleTriggers::new(&caches, ctx.cluster_resource_namespace.clone(), trigger);
+        (Some(triggers), Some(triggered))
+    } else {
+        (None, None)
+    };
 
     // A trigger whose controller has stopped is dropped: hence `let _`.
     let certificates = {
@@ -194,13 +211,18 @@ where
         )
     };
     // A Secret concerns the Certificate owning or naming it, and the
-    // issuers that sign with it, with their Certificates.
+    // issuers that sign with it, with their Certificates; and the bundles
+    // reading it.
     let secret_changed = {
         let dependents = dependents.clone();
         let certificate_trigger = certificate_trigger.clone();
         let issuer_trigger = issuer_trigger.clone();
         let cluster_issuer_trigger = cluster_issuer_trigger.clone();
+        let bundle_triggers = bundle_triggers.clone();
         Arc::new(move |secret: &ObjectMeta| {
+            if let Some(bundles) = &bundle_triggers {
+                bundles.secret_changed(secret);
+            }
             let users = dependents.issuers_using_secret(secret);
             for issuer in &users.issuers {
                 let _ = issuer_trigger.unbounded_send(issuer.clone());
@@ -272,21 +294,47 @@ where
             stopped(),
         )
     };
-    let cluster_issuers = watch(
-        "ClusterIssuers",
-        watcher(Api::<ClusterIssuer>::all(client), config),
-        writers.cluster_issuers,
-        strip_issuer,
-        move |issuer: &ClusterIssuer| {
-            let _ = cluster_issuer_trigger.unbounded_send(ObjectRef::from_obj(issuer));
-            for certificate in
-                dependents.for_issuer(IssuerKind::ClusterIssuer, None, &issuer.name_any())
-            {
-                let _ = certificate_trigger.unbounded_send(certificate);
-            }
-        },
-        stopped(),
-    );
+    let cluster_issuers = {
+        let bundle_triggers = bundle_triggers.clone();
+        watch(
+            "ClusterIssuers",
+            watcher(Api::<ClusterIssuer>::all(client), config),
+            writers.cluster_issuers,
+            strip_issuer,
+            move |issuer: &ClusterIssuer| {
+                if let Some(bundles) = &bundle_triggers {
+                    bundles.cluster_issuer_changed(&issuer.name_any());
+                }
+                let _ = cluster_issuer_trigger.unbounded_send(ObjectRef::from_obj(issuer));
+                for certificate in
+                    dependents.for_issuer(IssuerKind::ClusterIssuer, None, &issuer.name_any())
+                {
+                    let _ = certificate_trigger.unbounded_send(certificate);
+                }
+            },
+            stopped(),
+        )
+    };
+    let bundle_writers = BundleWriters {
+        trust_bundles: writers.trust_bundles,
+        namespaces: writers.namespaces,
+        bundle_config_maps: writers.bundle_config_maps,
+        bundle_secrets: writers.bundle_secrets,
+        trust_config_maps: writers.trust_config_maps,
+    };
+    let trust_bundles = async {
+        if let (Some(triggers), Some(triggered)) = (bundle_triggers, bundles_triggered) {
+            run_trust_bundles(
+                ctx.clone(),
+                caches.clone(),
+                bundle_writers,
+                triggers,
+                triggered,
+                &stopped,
+            )
+            .await;
+        }
+    };
 
     let controllers = async {
         // Nothing is decided before every cache holds its first list: a
@@ -354,7 +402,156 @@ where
         other_secrets,
         issuers,
         cluster_issuers,
-        controllers
+        controllers,
+        trust_bundles
+    );
+}
+
+/// The writing ends of the caches only the TrustBundle controller reads.
+struct BundleWriters {
+    trust_bundles: reflector::store::Writer<TrustBundle>,
+    namespaces: reflector::store::Writer<PartialObjectMeta<Namespace>>,
+    bundle_config_maps: reflector::store::Writer<ConfigMap>,
+    bundle_secrets: reflector::store::Writer<Secret>,
+    trust_config_maps: reflector::store::Writer<PartialObjectMeta<ConfigMap>>,
+}
+
+/// The TrustBundle controller, until each part has shut down on a
+/// `stopped()`: its watches (TrustBundles; Namespaces' metadata; the
+/// ConfigMaps and Secrets bundles wrote, by [`BUNDLE_LABEL`]; the metadata
+/// of the trust namespace's ConfigMaps) fill their caches and queue the
+/// bundles each change concerns ([`BundleTriggers`]; Secrets and
+/// ClusterIssuers come through the Certificate controller's watches).
+/// Once its caches hold their first lists it reconciles what they queue.
+/// Its caches are ready apart from the Certificate controller's: a
+/// cluster without the TrustBundle CRD holds up only this one.
+async fn run_trust_bundles<C, F>(
+    ctx: Arc<Context<C>>,
+    caches: Caches,
+    writers: BundleWriters,
+    triggers: BundleTriggers,
+    triggered: UnboundedReceiver<ObjectRef<TrustBundle>>,
+    stopped: impl Fn() -> F,
+) where
+    C: Clock + 'static,
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let client = ctx.client.clone();
+    let config = watcher::Config::default();
+    let bundles = {
+        let triggers = triggers.clone();
+        watch(
+            "TrustBundles",
+            watcher(Api::<TrustBundle>::all(client.clone()), config.clone()),
+            writers.trust_bundles,
+            strip_bundle_target,
+            move |bundle: &TrustBundle| triggers.bundle_changed(bundle),
+            stopped(),
+        )
+    };
+    let namespaces = {
+        let triggers = triggers.clone();
+        watch(
+            "Namespaces (metadata)",
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                config.clone(),
+            ),
+            writers.namespaces,
+            strip_namespace_metadata,
+            move |namespace: &PartialObjectMeta<Namespace>| {
+                triggers.namespace_changed(&namespace.metadata);
+            },
+            stopped(),
+        )
+    };
+    let config_maps = {
+        let triggers = triggers.clone();
+        watch(
+            "bundle ConfigMaps",
+            watcher(
+                Api::<ConfigMap>::all(client.clone()),
+                config.clone().labels(BUNDLE_LABEL),
+            ),
+            writers.bundle_config_maps,
+            strip_bundle_target,
+            move |config_map: &ConfigMap| triggers.target_changed(&config_map.metadata),
+            stopped(),
+        )
+    };
+    let secrets = {
+        let triggers = triggers.clone();
+        watch(
+            "bundle Secrets",
+            watcher(
+                Api::<Secret>::all(client.clone()),
+                config.clone().labels(BUNDLE_LABEL),
+            ),
+            writers.bundle_secrets,
+            strip_bundle_target,
+            move |secret: &Secret| triggers.target_changed(&secret.metadata),
+            stopped(),
+        )
+    };
+    let sources = watch(
+        "ConfigMaps of the trust namespace (metadata)",
+        watcher(
+            Api::<PartialObjectMeta<ConfigMap>>::namespaced(
+                client,
+                &ctx.cluster_resource_namespace,
+            ),
+            config,
+        ),
+        writers.trust_config_maps,
+        strip_config_map_metadata,
+        move |config_map: &PartialObjectMeta<ConfigMap>| {
+            triggers.config_map_changed(&config_map.metadata);
+        },
+        stopped(),
+    );
+    let controller = async {
+        tokio::select! {
+            ready = caches.bundles_ready() => if ready.is_err() { return; },
+            () = stopped() => return,
+        }
+        info!(
+            bundles = caches.trust_bundles.len(),
+            namespaces = caches.namespaces.len(),
+            "trust bundle caches filled; reconciling bundles"
+        );
+        let config = controller::Config::default().concurrency(ctx.concurrency);
+        let forget = ctx.clone();
+        controller::applier(
+            |bundle, ctx| Box::pin(reconcile_trust_bundle(bundle, ctx)),
+            trust_bundle_error_policy,
+            ctx.clone(),
+            caches.trust_bundles.clone(),
+            requests(triggered, stopped()),
+            config,
+        )
+        .for_each(move |result| {
+            match result {
+                Ok((object, _)) => debug!(bundle = %object, "reconciled"),
+                // Gone from the store: the bundle was deleted.
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    forget_trust_bundle(&forget, &object.name);
+                    debug!(bundle = %object, "deleted; forgot its metrics and anchors");
+                }
+                // trust_bundle_error_policy has logged it.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!("TrustBundle controller: {error}"),
+            }
+            std::future::ready(())
+        })
+        .await;
+    };
+    tokio::join!(
+        bundles,
+        namespaces,
+        config_maps,
+        secrets,
+        sources,
+        controller
     );
 }
 
