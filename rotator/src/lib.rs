@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod issuer_ref;
 pub mod issuing;
 pub mod kube;

@@ -171,11 +171,14 @@ fn a_rotation_survives_a_restart_after_every_pass_and_never_strands_a_certificat
     assert_eq!(prepared.len(), 1, "one new anchor across every restart");
     let new = prepared.into_iter().next().unwrap();
     assert_ne!(vec![new.clone()], old);
-    assert_eq!(fingerprints(&read(&dir.path().join(BUNDLE))), [new.clone()]);
+    assert_eq!(
+        fingerprints(&read(&dir.path().join(BUNDLE))),
+        vec![new.clone()]
+    );
     for ca in &ca_crts {
         assert_eq!(
             fingerprints(&read(ca)),
-            [new.clone()],
+            vec![new.clone()],
             "{} holds only the new anchor",
             ca.display()
         );

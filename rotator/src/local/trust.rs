@@ -18,15 +18,16 @@ use chrono::{DateTime, TimeDelta, Utc};
 use lanyard_crds::api::{IssuerConfig, IssuerKind};
 use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::trust_bundle::TrustBundle;
-use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, TrustAnchor};
-use lanyard_trust_bundle::rotation::{self, Action, Gate, Observed, Phase, Rotation, Timing};
+use lanyard_issuer::Certificate;
+use lanyard_trust_bundle::rotation::{self, Action, Gate, Phase, Rotation, Timing};
 use lanyard_trust_bundle::{Anchor, SourceRead, assemble};
 use serde::{Deserialize, Serialize};
 
 use super::secrets::{self, Durability, SecretStore};
 use super::{LocalError, TRUST_ANCHOR_NAME};
+use crate::anchor::{self, AnchorSecret, Surroundings, Writes};
 use crate::metrics::Metrics;
-use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY, annotations};
+use crate::secret::{CA_CRT, SecretData, TLS_CRT, annotations};
 
 /// The chain the identity service serves now (issuer first), if it has
 /// loaded one: how a rotation knows the switch reached the service.
@@ -187,53 +188,6 @@ pub fn request_rotation(
     )
     .map_err(LocalError::from)?;
     Ok(request)
-}
-
-/// The CA Secret's state: the signing anchor, its key, the trusted set.
-struct CaSecret {
-    secret: SecretData,
-    signer: Certificate,
-    trusted: Vec<Certificate>,
-}
-
-fn read_ca(store: &SecretStore, namespace: &str, name: &str) -> Result<Option<CaSecret>, String> {
-    let what = format!("Secret {namespace}/{name}");
-    let Some(secret) = store.read(namespace, name).map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
-    let crt = secret
-        .get(TLS_CRT)
-        .ok_or_else(|| format!("{what} has no tls.crt"))?;
-    secret
-        .get(TLS_KEY)
-        .ok_or_else(|| format!("{what} has no tls.key"))?;
-    let signer = Certificate::parse_pem_bundle(crt, &format!("{what} tls.crt"))
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("{what} tls.crt holds no certificate"))?;
-    let trusted = match secret.get(CA_CRT) {
-        Some(pem) => Certificate::parse_pem_bundle(pem, &format!("{what} ca.crt"))
-            .map_err(|e| e.to_string())?,
-        None => vec![signer.clone()],
-    };
-    Ok(Some(CaSecret {
-        secret,
-        signer,
-        trusted,
-    }))
-}
-
-fn id(certificate: &Certificate) -> String {
-    certificate.sha256_fingerprint()
-}
-
-fn pem_of<'a>(certificates: impl IntoIterator<Item = &'a Certificate>) -> Vec<u8> {
-    certificates
-        .into_iter()
-        .map(Certificate::to_pem)
-        .collect::<String>()
-        .into_bytes()
 }
 
 /// The local shell's trust work: bundles and the anchor's rotation.
@@ -478,7 +432,7 @@ impl LocalTrust {
             // No anchor of ours to rotate (set up by hand differently).
             return Ok(report);
         };
-        let next_name = format!("{name}-next");
+        let next_name = anchor::prepared_name(&name);
         // The targets that carry this CA's anchors.
         let targets: Vec<Vec<String>> = bundles
             .iter()
@@ -496,7 +450,15 @@ impl LocalTrust {
         let path = record_path(&self.state_dir, &name);
         let mut record: Option<RotationRecord> = read_json(&path)?;
         for _ in 0..16 {
-            let ca = match read_ca(store, &ns, &name) {
+            let read = |which: &str| -> Result<Option<AnchorSecret>, String> {
+                match store.read(&ns, which).map_err(|e| e.to_string())? {
+                    Some(secret) => {
+                        AnchorSecret::read(secret, &format!("Secret {ns}/{which}")).map(Some)
+                    }
+                    None => Ok(None),
+                }
+            };
+            let ca = match read(&name) {
                 Ok(Some(ca)) => ca,
                 Ok(None) => return Ok(report),
                 Err(reason) => {
@@ -504,27 +466,30 @@ impl LocalTrust {
                     return Ok(report);
                 }
             };
-            let prepared = read_ca(store, &ns, &next_name).ok().flatten();
+            let prepared = read(&next_name).ok().flatten();
             let state = record
                 .as_ref()
                 .map(|r| r.rotation.clone())
-                .unwrap_or_else(|| Rotation::stable(id(&ca.signer), now));
-            let observed =
-                self.observe(&ca, prepared.as_ref(), &state, targets.clone(), store, now)?;
+                .unwrap_or_else(|| Rotation::stable(anchor::anchor_id(&ca.signer), now));
+            let around = self.surroundings(store, &ca, prepared.as_ref(), &state, &targets, now);
+            let observed = anchor::observe(&ca, prepared.as_ref(), &state, &around, now);
             let decision = rotation::decide(&state, &observed, &self.options.timing, now);
-            if let Err(reason) = self.perform(
-                store,
-                &ns,
-                &name,
-                &next_name,
+            let performed = anchor::writes(
+                &decision.action,
                 &ca,
                 prepared.as_ref(),
-                &decision.action,
+                &name,
+                &self.domain,
                 now,
-            ) {
+            )
+            .and_then(|writes| self.write(store, &ns, &name, &next_name, writes));
+            if let Err(reason) = performed {
                 self.rotation_failed(reason);
                 report.next_wake = Some(now + TimeDelta::seconds(10));
                 return Ok(report);
+            }
+            if matches!(decision.action, Action::GenerateNext) {
+                tracing::info!("trust anchor rotation: made the new anchor");
             }
             if !matches!(decision.action, Action::None) {
                 report.ca_changed = true;
@@ -537,7 +502,7 @@ impl LocalTrust {
                 .trusted
                 .iter()
                 .chain(std::iter::once(&ca.signer))
-                .find(|c| id(c) == decision.state.current);
+                .find(|c| anchor::anchor_id(c) == decision.state.current);
             let new_record = RotationRecord {
                 anchor: name.clone(),
                 rotation: decision.state.clone(),
@@ -561,7 +526,7 @@ impl LocalTrust {
                 )?;
             }
             if changed_state {
-                self.announce(record.as_ref().map(|r| &r.rotation), &decision.state);
+                announce(record.as_ref().map(|r| &r.rotation), &decision.state);
                 if decision.state.completed > record.as_ref().map_or(0, |r| r.rotation.completed) {
                     metrics.rotated(&name);
                 }
@@ -571,14 +536,12 @@ impl LocalTrust {
                 let _ = std::fs::remove_file(request_path(&self.state_dir, &name));
             }
             self.rotation_error = None;
-            let phases: Vec<&'static str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
-            let due = next_step_due.unwrap_or(now);
             metrics.observe_rotation(
                 &name,
                 decision.state.phase.as_str(),
-                &phases,
+                &Phase::ALL.map(Phase::as_str),
                 decision.state.since,
-                due,
+                next_step_due.unwrap_or(now),
             );
             record = Some(new_record);
             if let Some((gate, until)) = decision.waiting {
@@ -611,213 +574,93 @@ impl LocalTrust {
         }
     }
 
-    fn announce(&self, before: Option<&Rotation>, after: &Rotation) {
-        let short = |id: &str| id.chars().take(23).collect::<String>();
-        match (before.map(|r| r.phase), after.phase) {
-            (Some(b), a) if b == a => {}
-            (_, Phase::Stable) if before.is_some() => tracing::info!(
-                anchor = %short(&after.current),
-                "trust anchor rotation finished: Stable, the old anchor removed from every bundle and ca.crt"
-            ),
-            (_, Phase::Stable) => {}
-            (_, phase) => tracing::info!(
-                new_anchor = %after.next.as_deref().map(short).unwrap_or_default(),
-                "trust anchor rotation: {phase}"
-            ),
-        }
-    }
-
-    fn observe(
+    /// What the rotation needs to know besides the two Secrets.
+    fn surroundings(
         &self,
-        ca: &CaSecret,
-        prepared: Option<&CaSecret>,
-        state: &Rotation,
-        targets: Vec<Vec<String>>,
         store: &SecretStore,
+        ca: &AnchorSecret,
+        prepared: Option<&AnchorSecret>,
+        state: &Rotation,
+        targets: &[Vec<String>],
         now: DateTime<Utc>,
-    ) -> Result<Observed, LocalError> {
-        let signer = &ca.signer;
-        let lifetime = signer.not_after() - signer.not_before();
-        let renew_before = self.options.anchor_renew_before.unwrap_or(lifetime / 3);
+    ) -> Surroundings {
         let requested =
             read_json::<RotateRequest>(&request_path(&self.state_dir, TRUST_ANCHOR_NAME))
                 .unwrap_or(None)
                 .is_some();
-        let next = state
-            .next
-            .as_deref()
-            .and_then(|n| {
-                ca.trusted
-                    .iter()
-                    .chain(prepared.map(|p| &p.signer))
-                    .find(|c| id(c) == n)
-            })
-            .cloned();
-        let issuer_anchor = self.issuer_anchor(store, &ca.trusted, next.as_ref(), now);
-        let certificates_on_old = match (state.phase, &next) {
-            (Phase::IssuerSwitched, Some(next)) => {
-                let old: Vec<Certificate> = ca
-                    .trusted
-                    .iter()
-                    .filter(|c| id(c) == state.current)
-                    .cloned()
-                    .collect();
-                certificates_only_on(store, &old, next, now)
-            }
+        // The identity issuer as the identity service serves it when it
+        // runs here, else as its Secret holds it.
+        let issuer_chain = match &self.options.served_issuer {
+            Some(served) => served(),
+            None => store
+                .read(
+                    self.domain.control_plane_namespace(),
+                    super::IDENTITY_ISSUER_NAME,
+                )
+                .ok()
+                .flatten()
+                .and_then(|secret| {
+                    Certificate::parse_pem_bundle(secret.get(TLS_CRT)?, "identity issuer").ok()
+                }),
+        };
+        let certificates_on_old = match (
+            anchor::counts_certificates(state),
+            anchor::old_anchor(ca, state),
+            anchor::next_anchor(ca, prepared, state),
+        ) {
+            (true, Some(old), Some(next)) => certificates_only_on(store, &old, &next, now),
             _ => 0,
         };
-        Ok(Observed {
-            signer: id(signer),
-            trusted: ca.trusted.iter().map(id).collect(),
-            renewal_time: signer.not_after() - renew_before,
+        Surroundings {
+            targets: targets.to_vec(),
             requested,
-            prepared: prepared.map(|p| id(&p.signer)),
-            targets,
-            issuer_anchor,
+            renew_before: self.options.anchor_renew_before,
+            issuer_chains: issuer_chain.into_iter().collect(),
             certificates_on_old,
-        })
+        }
     }
 
-    /// The anchor the identity issuer chains to: as the identity service
-    /// serves it when it runs here, else as its Secret holds it.
-    fn issuer_anchor(
-        &self,
-        store: &SecretStore,
-        trusted: &[Certificate],
-        next: Option<&Certificate>,
-        now: DateTime<Utc>,
-    ) -> Option<String> {
-        let chain = match &self.options.served_issuer {
-            Some(served) => served()?,
-            None => {
-                let secret = store
-                    .read(
-                        self.domain.control_plane_namespace(),
-                        super::IDENTITY_ISSUER_NAME,
-                    )
-                    .ok()??;
-                Certificate::parse_pem_bundle(secret.get(TLS_CRT)?, "identity issuer").ok()?
-            }
-        };
-        let candidates: Vec<Certificate> = next.into_iter().chain(trusted).cloned().collect();
-        candidates.iter().find_map(|anchor| {
-            lanyard_x509::verify_chain(&chain, std::slice::from_ref(anchor), now)
-                .ok()
-                .map(|_| id(anchor))
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn perform(
+    /// Carries out an action's writes: the prepared anchor first (a crash
+    /// after it is adopted on restart), then the CA Secret.
+    fn write(
         &self,
         store: &SecretStore,
         ns: &str,
         name: &str,
         next_name: &str,
-        ca: &CaSecret,
-        prepared: Option<&CaSecret>,
-        action: &Action,
-        now: DateTime<Utc>,
+        writes: Writes,
     ) -> Result<(), String> {
-        let prepared_or = || {
-            prepared.ok_or_else(|| {
-                format!("the prepared anchor Secret {ns}/{next_name} is missing or unreadable")
-            })
-        };
         let write = |secret: &SecretData, which: &str| {
             store
                 .write(ns, which, secret)
                 .map_err(|e| format!("cannot write Secret {ns}/{which}: {e}"))
         };
-        match action {
-            Action::None => Ok(()),
-            Action::GenerateNext => {
-                let lifetime = ca.signer.not_after() - ca.signer.not_before();
-                let algorithm =
-                    SigningKey::from_pem(ca.secret.get(TLS_KEY).unwrap_or_default(), "anchor key")
-                        .map(|k| k.algorithm())
-                        .unwrap_or(KeyAlgorithm::EcdsaP256);
-                let anchor = TrustAnchor::generate(&self.domain, lifetime, algorithm, now)
-                    .map_err(|e| format!("cannot make a new anchor: {e}"))?;
-                let pem = anchor.certificate().to_pem();
-                let mut secret = SecretData::default();
-                secret.data.insert(TLS_CRT.into(), pem.clone().into_bytes());
-                secret.data.insert(
-                    TLS_KEY.into(),
-                    anchor.key().to_pkcs8_pem().as_bytes().to_vec(),
-                );
-                secret.data.insert(CA_CRT.into(), pem.into_bytes());
-                secret.annotations.insert(
-                    annotations::PREPARED_ANCHOR_FOR.to_string(),
-                    name.to_string(),
-                );
-                write(&secret, next_name)?;
-                tracing::info!(
-                    subject = %anchor.certificate().subject(),
-                    not_after = %anchor.certificate().not_after(),
-                    "trust anchor rotation: made the new anchor"
-                );
-                Ok(())
-            }
-            Action::TrustBoth { current, next } => {
-                let prepared = prepared_or()?;
-                let current = ca
-                    .trusted
-                    .iter()
-                    .chain(std::iter::once(&ca.signer))
-                    .find(|c| id(c) == *current)
-                    .unwrap_or(&ca.signer);
-                debug_assert_eq!(id(&prepared.signer), *next);
-                let mut secret = ca.secret.clone();
-                secret
-                    .data
-                    .insert(CA_CRT.into(), pem_of([current, &prepared.signer]));
-                write(&secret, name)
-            }
-            Action::SwitchSigner { next } => {
-                if id(&ca.signer) == *next {
-                    return Ok(());
-                }
-                let prepared = prepared_or()?;
-                let mut secret = ca.secret.clone();
-                let old = ca.signer.clone();
-                secret
-                    .data
-                    .insert(TLS_CRT.into(), prepared.signer.to_pem().into_bytes());
-                secret.data.insert(
-                    TLS_KEY.into(),
-                    prepared
-                        .secret
-                        .get(TLS_KEY)
-                        .ok_or("the prepared anchor has no key")?
-                        .to_vec(),
-                );
-                secret
-                    .data
-                    .insert(CA_CRT.into(), pem_of([&old, &prepared.signer]));
-                write(&secret, name)
-            }
-            Action::DropOld { next } => {
-                let keep: Vec<&Certificate> = ca
-                    .trusted
-                    .iter()
-                    .chain(std::iter::once(&ca.signer))
-                    .filter(|c| id(c) == *next)
-                    .take(1)
-                    .collect();
-                if keep.is_empty() {
-                    return Err("the new anchor is neither trusted nor signing".into());
-                }
-                if ca.trusted.len() != 1 || id(&ca.trusted[0]) != *next {
-                    let mut secret = ca.secret.clone();
-                    secret.data.insert(CA_CRT.into(), pem_of(keep));
-                    write(&secret, name)?;
-                }
-                remove_secret(store, ns, next_name)
-            }
-            Action::DiscardPrepared => remove_secret(store, ns, next_name),
-            _ => Ok(()),
+        if let Some(prepared) = &writes.prepared {
+            write(prepared, next_name)?;
         }
+        if let Some(ca) = &writes.ca {
+            write(ca, name)?;
+        }
+        if writes.delete_prepared {
+            remove_secret(store, ns, next_name)?;
+        }
+        Ok(())
+    }
+}
+
+fn announce(before: Option<&Rotation>, after: &Rotation) {
+    let short = |id: &str| id.chars().take(23).collect::<String>();
+    match (before.map(|r| r.phase), after.phase) {
+        (Some(b), a) if b == a => {}
+        (_, Phase::Stable) if before.is_some() => tracing::info!(
+            anchor = %short(&after.current),
+            "trust anchor rotation finished: Stable, the old anchor removed from every bundle and ca.crt"
+        ),
+        (_, Phase::Stable) => {}
+        (_, phase) => tracing::info!(
+            new_anchor = %after.next.as_deref().map(short).unwrap_or_default(),
+            "trust anchor rotation: {phase}"
+        ),
     }
 }
 
@@ -835,14 +678,14 @@ fn read_anchor_ids(path: &Path) -> Vec<String> {
     std::fs::read(path)
         .ok()
         .and_then(|pem| Certificate::parse_pem_bundle(&pem, "bundle").ok())
-        .map(|certificates| certificates.iter().map(id).collect())
+        .map(|certificates| certificates.iter().map(anchor::anchor_id).collect())
         .unwrap_or_default()
 }
 
 /// How many Secrets of Certificates chain to `old` and not to `next`.
 fn certificates_only_on(
     store: &SecretStore,
-    old: &[Certificate],
+    old: &Certificate,
     next: &Certificate,
     now: DateTime<Utc>,
 ) -> usize {
@@ -876,10 +719,7 @@ fn certificates_only_on(
             else {
                 continue;
             };
-            let on_old = lanyard_x509::verify_chain(&chain, old, now).is_ok();
-            let on_next =
-                lanyard_x509::verify_chain(&chain, std::slice::from_ref(next), now).is_ok();
-            if on_old && !on_next {
+            if anchor::chains_only_to_old(&chain, old, next, now) {
                 count += 1;
             }
         }
