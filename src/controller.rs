@@ -33,6 +33,11 @@ pub struct ControllerArgs {
     /// TrustBundle CRD, or where trust-manager distributes the bundles.
     #[arg(long)]
     no_trust_bundles: bool,
+    /// The identity service's workload certificate lifetime (`lanyard
+    /// identity`'s): an anchor rotation keeps the old anchor this long
+    /// after the issuer switched.
+    #[arg(long, default_value = "24h")]
+    issuance_lifetime: lanyard_crds::duration::GoDuration,
     /// How many Certificates (and, apart, issuers) are reconciled at once;
     /// the rest wait in the queue.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
@@ -67,7 +72,11 @@ pub fn controller(args: ControllerArgs) -> Result<ExitCode, CliError> {
                     .unwrap_or_else(|| args.namespace.clone()),
             )
             .with_concurrency(args.concurrent_workers)
-            .with_trust_bundles(!args.no_trust_bundles);
+            .with_trust_bundles(!args.no_trust_bundles)
+            .with_rotation_timing(lanyard_rotator::kube::anchor_rotation::RotationTiming {
+                leaf_lifetime: args.issuance_lifetime.to_chrono(),
+                ..Default::default()
+            });
         let election = (!args.no_leader_elect)
             .then(|| LeaderElection::new(&args.namespace, default_identity()));
         let result = run(Arc::new(ctx), election, shutdown.wait_owned()).await;

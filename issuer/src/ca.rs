@@ -76,9 +76,22 @@ impl TrustAnchor {
         algorithm: KeyAlgorithm,
         now: DateTime<Utc>,
     ) -> Result<Self, Error> {
+        Self::generate_named(&domain.anchor_common_name(), lifetime, algorithm, now)
+    }
+
+    /// Makes a self-signed anchor named `common_name`, as [`generate`]
+    /// does: the successor of an anchor in a rotation keeps its name.
+    ///
+    /// [`generate`]: TrustAnchor::generate
+    pub fn generate_named(
+        common_name: &str,
+        lifetime: TimeDelta,
+        algorithm: KeyAlgorithm,
+        now: DateTime<Utc>,
+    ) -> Result<Self, Error> {
         check_lifetime("trust anchor", lifetime)?;
         let key = SigningKey::generate(algorithm)?;
-        let mut params = ca_params(&domain.anchor_common_name(), 1)?;
+        let mut params = ca_params(common_name, 1)?;
         params.not_before = chrono_to_offset(now)?;
         params.not_after = chrono_to_offset(now + lifetime)?;
         let cert = params.self_signed(&key).map_err(Error::signing)?;

@@ -5,11 +5,38 @@
 //! writes files, the Kubernetes shell replaces Secrets.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use lanyard_crds::identity::IdentityDomain;
 use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, TrustAnchor};
 use lanyard_trust_bundle::rotation::{Action, AnchorId, Observed, Phase, Rotation};
+use serde::{Deserialize, Serialize};
 
 use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY, annotations};
+
+/// The rotation record the shells keep (`DIR/anchors/<anchor>.json`
+/// locally, an annotation on the anchor's CA Secret in a cluster) and
+/// `lanyard anchor status` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationRecord {
+    /// The anchor's name (its CA Secret).
+    pub anchor: String,
+    /// The state machine's state.
+    pub rotation: Rotation,
+    /// What the rotation waits for, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// When the next step is due by the clock; `None` when it waits on an
+    /// event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_due: Option<DateTime<Utc>>,
+    /// The anchor in force: subject and end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_subject: Option<String>,
+    /// When the anchor in force expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_not_after: Option<DateTime<Utc>>,
+    /// When the record was written.
+    pub updated: DateTime<Utc>,
+}
 
 /// The name of the Secret holding the prepared anchor of the CA Secret
 /// `ca_secret`, until the old anchor is gone.
@@ -91,8 +118,10 @@ pub struct Surroundings {
     /// How long before its end the anchor rotates; `None`: a third of its
     /// lifetime.
     pub renew_before: Option<TimeDelta>,
-    /// The chains of the identity issuer(s) as served or stored.
-    pub issuer_chains: Vec<Vec<Certificate>>,
+    /// The chains of the identity issuer(s) as served or stored; `None`
+    /// while unknown (the identity service has loaded none yet), empty
+    /// when the CA signs no intermediate (the switch is then the signer's).
+    pub issuer_chains: Option<Vec<Vec<Certificate>>>,
     /// How many Certificates chain only to the old anchor (the shell
     /// counts them with [`chains_only_to_old`] in `IssuerSwitched`).
     pub certificates_on_old: usize,
@@ -112,27 +141,28 @@ pub fn observe(
     let next = next_anchor(ca, prepared, state);
     // The anchor the identity issuer chains to: the new one only when
     // every identity issuer does.
-    let issuer_anchor = if around.issuer_chains.is_empty() {
-        None
-    } else {
-        let candidates: Vec<&Certificate> = next.iter().chain(ca.trusted.iter()).collect();
-        let anchors: Vec<Option<AnchorId>> = around
-            .issuer_chains
-            .iter()
-            .map(|chain| {
-                candidates.iter().find_map(|anchor| {
-                    lanyard_issuer::verify_chain(chain, std::slice::from_ref(*anchor), now)
-                        .ok()
-                        .map(|_| anchor_id(anchor))
+    let issuer_anchor = match &around.issuer_chains {
+        None => None,
+        Some(chains) if chains.is_empty() => Some(anchor_id(signer)),
+        Some(chains) => {
+            let candidates: Vec<&Certificate> = next.iter().chain(ca.trusted.iter()).collect();
+            let anchors: Vec<Option<AnchorId>> = chains
+                .iter()
+                .map(|chain| {
+                    candidates.iter().find_map(|anchor| {
+                        lanyard_issuer::verify_chain(chain, std::slice::from_ref(*anchor), now)
+                            .ok()
+                            .map(|_| anchor_id(anchor))
+                    })
                 })
-            })
-            .collect();
-        let first = anchors[0].clone();
-        if anchors.iter().all(|a| *a == first) {
-            first
-        } else {
-            // Not all there yet: the old one still counts.
-            Some(state.current.clone())
+                .collect();
+            let first = anchors[0].clone();
+            if anchors.iter().all(|a| *a == first) {
+                first
+            } else {
+                // Not all there yet: the old one still counts.
+                Some(state.current.clone())
+            }
         }
     };
     Observed {
@@ -194,15 +224,14 @@ pub struct Writes {
 }
 
 /// Turns an action into Secret contents. `GenerateNext` makes a key and
-/// a root (with the current anchor's lifetime, key algorithm and the
-/// domain's anchor name); the rest rearrange what the Secrets hold.
+/// a root with the current anchor's common name, lifetime and key
+/// algorithm; the rest rearrange what the Secrets hold.
 /// Idempotent: an action already carried out writes nothing.
 pub fn writes(
     action: &Action,
     ca: &AnchorSecret,
     prepared: Option<&AnchorSecret>,
     ca_name: &str,
-    domain: &IdentityDomain,
     now: DateTime<Utc>,
 ) -> Result<Writes, String> {
     let prepared_or = || {
@@ -222,7 +251,8 @@ pub fn writes(
                 .get(TLS_KEY)
                 .and_then(|pem| SigningKey::from_pem(pem, "anchor key").ok())
                 .map_or(KeyAlgorithm::EcdsaP256, |k| k.algorithm());
-            let anchor = TrustAnchor::generate(domain, lifetime, algorithm, now)
+            let name = ca.signer.common_name().unwrap_or("trust anchor");
+            let anchor = TrustAnchor::generate_named(name, lifetime, algorithm, now)
                 .map_err(|e| format!("cannot make a new anchor: {e}"))?;
             let pem = anchor.certificate().to_pem();
             let mut secret = SecretData::default();

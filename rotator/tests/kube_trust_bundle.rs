@@ -581,11 +581,19 @@ async fn a_bundle_of_an_issuers_two_live_anchors_is_applied_in_each_selected_nam
     let (result, (applies, status_patch)) = scenario
         .reconcile(&bundle, async |server| {
             server
-                .get(&secret_path(TRUST_NAMESPACE, ANCHOR_ISSUER), ca_json)
+                .get(
+                    &secret_path(TRUST_NAMESPACE, ANCHOR_ISSUER),
+                    ca_json.clone(),
+                )
                 .await;
             let apps = server.patch(&config_map_path("apps"), echo).await;
             let linkerd = server.patch(&config_map_path("linkerd"), echo).await;
             let status = server.patch(STATUS_PATH, with_status(&bundle)).await;
+            // The anchor's rotation reads its CA Secret afresh; one without
+            // its key is not Lanyard's to rotate, so nothing follows.
+            server
+                .get(&secret_path(TRUST_NAMESPACE, ANCHOR_ISSUER), ca_json)
+                .await;
             ([apps, linkerd], status)
         })
         .await;
@@ -655,6 +663,9 @@ async fn a_bundle_of_an_issuers_two_live_anchors_is_applied_in_each_selected_nam
     scenario.ctx.clock.set(now + TimeDelta::minutes(5));
     let (result, ()) = scenario
         .reconcile(&written, async |server| {
+            server
+                .get(&secret_path(TRUST_NAMESPACE, ANCHOR_ISSUER), ca.clone())
+                .await;
             server
                 .get(&secret_path(TRUST_NAMESPACE, ANCHOR_ISSUER), ca)
                 .await;
@@ -1016,4 +1027,121 @@ fn a_trust_bundle_manifest_with_an_unknown_field_is_refused_naming_the_field() {
     .expect("a valid manifest");
     assert_eq!(bundle.spec.target.config_map.key, KEY);
     assert_eq!(bundle.status, None::<TrustBundleStatus>);
+}
+
+/// A root with its key, as the CA Secret of an anchor Lanyard rotates.
+fn anchor_with_key(not_before: DateTime<Utc>) -> (X509, Vec<u8>) {
+    let anchor = TrustAnchor::generate(
+        &IdentityDomain::linkerd_default(),
+        TimeDelta::days(365),
+        KeyAlgorithm::EcdsaP256,
+        not_before,
+    )
+    .expect("an anchor");
+    (
+        anchor.certificate().clone(),
+        anchor.key().to_pkcs8_pem().as_bytes().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn a_requested_rotation_makes_one_new_anchor_and_trusts_it_beside_the_old_in_one_guarded_update()
+ {
+    let now = t0() + TimeDelta::hours(1);
+    let (old, key) = anchor_with_key(t0());
+    let mut ca = secret_json(
+        ANCHOR_ISSUER,
+        &[
+            ("ca.crt", old.to_pem().into_bytes()),
+            ("tls.crt", old.to_pem().into_bytes()),
+            ("tls.key", key),
+        ],
+    );
+    ca["metadata"]["annotations"] = json!({ lanyard_rotator::kube::anchor_rotation::ROTATE_ANNOTATION: "2026-01-01T00:30:00Z" });
+    let bundle = bundle(vec![issuer_source()], mesh_selector());
+    let mut scenario = scenario(now);
+    scenario
+        .namespace(meshed("linkerd"))
+        .cluster_issuer(cluster_issuer())
+        .secret(&ca);
+    let next_path = secret_path(TRUST_NAMESPACE, &format!("{ANCHOR_ISSUER}-next"));
+    let ca_path = secret_path(TRUST_NAMESPACE, ANCHOR_ISSUER);
+    let not_found = |name: &str| {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!("secrets \"{name}\" not found"), "reason": "NotFound", "code": 404})
+    };
+    let (result, (created, updated)) = scenario
+        .reconcile(&bundle, async |server| {
+            server.get(&ca_path, ca.clone()).await;
+            server.patch(&config_map_path("linkerd"), echo).await;
+            server.patch(STATUS_PATH, with_status(&bundle)).await;
+            // Stable, asked to rotate, no prepared anchor: make one.
+            server.get(&ca_path, ca.clone()).await;
+            let (_, send) = server.next(Method::GET, &next_path).await;
+            respond(
+                send,
+                StatusCode::NOT_FOUND,
+                &not_found("linkerd-trust-anchor-next"),
+            );
+            let (created, send) = server
+                .next(
+                    Method::POST,
+                    &format!("/api/v1/namespaces/{TRUST_NAMESPACE}/secrets"),
+                )
+                .await;
+            respond(send, StatusCode::CREATED, &created.body);
+            // Then adopt it: both anchors trusted, the state Prepared, the
+            // request used up, in one update guarded by the version read.
+            server.get(&ca_path, ca.clone()).await;
+            server.get(&next_path, created.body.clone()).await;
+            let (updated, send) = server.next(Method::PUT, &ca_path).await;
+            respond(send, StatusCode::OK, &updated.body);
+            (created, updated)
+        })
+        .await;
+    // The Certificates and bundles must see the new ca.crt first.
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(1)));
+
+    let prepared = &created.body;
+    assert_eq!(prepared["metadata"]["name"], "linkerd-trust-anchor-next");
+    assert_eq!(
+        prepared["metadata"]["annotations"]["lanyard.dev/prepared-anchor-for"],
+        ANCHOR_ISSUER
+    );
+    let data = |secret: &Value, key: &str| {
+        let secret: Secret = serde_json::from_value(secret.clone()).unwrap();
+        secret.data.unwrap()[key].0.clone()
+    };
+    let new = X509::parse_pem_bundle(&data(prepared, "tls.crt"), "tls.crt").unwrap();
+    assert_eq!(
+        new[0].subject(),
+        old.subject(),
+        "the new anchor keeps the name"
+    );
+    assert_ne!(new[0].der(), old.der());
+
+    let body = &updated.body;
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "5",
+        "guarded by the version read"
+    );
+    let trusted = X509::parse_pem_bundle(&data(body, "ca.crt"), "ca.crt").unwrap();
+    assert_eq!(ders(&trusted), ders(&[old.clone(), new[0].clone()]));
+    assert_eq!(
+        data(body, "tls.crt"),
+        old.to_pem().into_bytes(),
+        "the old anchor still signs"
+    );
+    let annotations = &body["metadata"]["annotations"];
+    assert!(
+        annotations.get("lanyard.dev/rotate-anchor").is_none(),
+        "{annotations}"
+    );
+    let record: Value =
+        serde_json::from_str(annotations["lanyard.dev/anchor-rotation"].as_str().unwrap()).unwrap();
+    assert_eq!(record["rotation"]["phase"], "Prepared");
+    assert_eq!(record["rotation"]["trigger"], "Manual");
+    assert_eq!(record["rotation"]["next"], new[0].sha256_fingerprint());
+    assert_eq!(record["rotation"]["current"], old.sha256_fingerprint());
+    scenario.finish().await;
 }

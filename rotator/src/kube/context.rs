@@ -55,6 +55,8 @@ pub struct Context<C: Clock> {
     api_failures: Mutex<HashMap<FailureKey, u32>>,
     /// Each trust bundle's last good anchors per source, by bundle name.
     pub(super) bundle_anchors: LastGoodAnchors,
+    /// The anchor rotation's leaf lifetime and skew.
+    pub rotation: super::anchor_rotation::RotationTiming,
 }
 
 /// A source's last good anchors, by source name, as
@@ -125,6 +127,7 @@ impl<C: Clock> Context<C> {
             materials: IssuerMaterials::default(),
             api_failures: Mutex::default(),
             bundle_anchors: LastGoodAnchors::default(),
+            rotation: Default::default(),
         }
     }
 
@@ -135,6 +138,13 @@ impl<C: Clock> Context<C> {
     /// controller's, so its failing watches never hold Certificates up.
     pub fn with_trust_bundles(mut self, enabled: bool) -> Self {
         self.trust_bundles = enabled;
+        self
+    }
+
+    /// Sets the anchor rotation's leaf lifetime (the identity service's
+    /// `--issuance-lifetime`) and skew.
+    pub fn with_rotation_timing(mut self, timing: super::anchor_rotation::RotationTiming) -> Self {
+        self.rotation = timing;
         self
     }
 

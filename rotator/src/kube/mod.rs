@@ -29,6 +29,7 @@
 //! Certificates it concerns (`dependents`), and the TrustBundle reconcile
 //! with its sources, targets and triggers (`trust_bundle`).
 
+pub mod anchor_rotation;
 pub mod cache;
 mod certificate;
 mod client;

@@ -277,8 +277,11 @@ pub async fn reconcile_trust_bundle<C: Clock>(
     } else {
         debug!(bundle = %name, "bundle is current");
     }
+    // The anchors this bundle distributes rotate with its targets' overlap.
+    let rotation = super::anchor_rotation::rotate_anchors(&ctx, &caches, &bundle).await?;
     ctx.clear_api_failures(TRUST_BUNDLE, "", &name);
-    Ok(Action::requeue(bundle_requeue_after(&assembled, now)))
+    let requeue = bundle_requeue_after(&assembled, now);
+    Ok(Action::requeue(rotation.map_or(requeue, |r| r.min(requeue))))
 }
 
 /// Writes `status` over the bundle's when it differs, by a merge patch of

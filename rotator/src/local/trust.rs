@@ -62,31 +62,7 @@ pub const DEFAULT_SKEW: TimeDelta = TimeDelta::seconds(30);
 /// every second.
 pub const DEFAULT_LOCAL_PROPAGATION_DELAY: TimeDelta = TimeDelta::seconds(5);
 
-/// The rotation record `lanyard up` keeps and `lanyard anchor status`
-/// prints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RotationRecord {
-    /// The anchor's name (its CA Secret).
-    pub anchor: String,
-    /// The state machine's state.
-    pub rotation: Rotation,
-    /// What the rotation waits for, in words.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiting_for: Option<String>,
-    /// When the next step is due by the clock; `None` when it waits on an
-    /// event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_step_due: Option<DateTime<Utc>>,
-    /// The anchor in force: subject and end.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_subject: Option<String>,
-    /// When the anchor in force expires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_not_after: Option<DateTime<Utc>>,
-    /// When the record was written.
-    pub updated: DateTime<Utc>,
-}
+pub use crate::anchor::RotationRecord;
 
 /// A rotation asked for by hand.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -479,7 +455,6 @@ impl LocalTrust {
                 &ca,
                 prepared.as_ref(),
                 &name,
-                &self.domain,
                 now,
             )
             .and_then(|writes| self.write(store, &ns, &name, &next_name, writes));
@@ -615,7 +590,7 @@ impl LocalTrust {
             targets: targets.to_vec(),
             requested,
             renew_before: self.options.anchor_renew_before,
-            issuer_chains: issuer_chain.into_iter().collect(),
+            issuer_chains: issuer_chain.map(|chain| vec![chain]),
             certificates_on_old,
         }
     }
