@@ -229,7 +229,10 @@ impl TrustBundleSpec {
                     "spec.sources[{i}]: set exactly one of secret, configMap, inLine or issuerRef ({set} set)"
                 ));
             }
-            for (what, selector) in [("secret", &source.secret), ("configMap", &source.config_map)] {
+            for (what, selector) in [
+                ("secret", &source.secret),
+                ("configMap", &source.config_map),
+            ] {
                 if let Some(selector) = selector {
                     if !crate::api::is_valid_object_name(&selector.name) {
                         return Err(format!(
@@ -245,7 +248,9 @@ impl TrustBundleSpec {
             if let Some(issuer) = &source.issuer_ref
                 && issuer.name.is_empty()
             {
-                return Err(format!("spec.sources[{i}].issuerRef.name must not be empty"));
+                return Err(format!(
+                    "spec.sources[{i}].issuerRef.name must not be empty"
+                ));
             }
         }
         if !is_valid_key(&self.target.config_map.key) {

@@ -221,7 +221,12 @@ impl Metrics {
 
     /// Records a trust bundle's content: how many anchors, and when it
     /// last changed.
-    pub fn observe_bundle(&self, bundle: &str, anchors: usize, updated: chrono::DateTime<chrono::Utc>) {
+    pub fn observe_bundle(
+        &self,
+        bundle: &str,
+        anchors: usize,
+        updated: chrono::DateTime<chrono::Utc>,
+    ) {
         let labels = BundleLabels {
             bundle: bundle.to_string(),
         };

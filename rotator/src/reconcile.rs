@@ -332,7 +332,10 @@ fn with_live_anchors(secret: &SecretData, material: &IssuerMaterial) -> Option<S
     let IssuerMaterial::Ca { roots, .. } = material else {
         return None;
     };
-    let live: String = roots.iter().map(lanyard_issuer::Certificate::to_pem).collect();
+    let live: String = roots
+        .iter()
+        .map(lanyard_issuer::Certificate::to_pem)
+        .collect();
     if secret.get(CA_CRT) == Some(live.as_bytes()) {
         return None;
     }

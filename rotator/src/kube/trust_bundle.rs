@@ -281,7 +281,9 @@ pub async fn reconcile_trust_bundle<C: Clock>(
     let rotation = super::anchor_rotation::rotate_anchors(&ctx, &caches, &bundle).await?;
     ctx.clear_api_failures(TRUST_BUNDLE, "", &name);
     let requeue = bundle_requeue_after(&assembled, now);
-    Ok(Action::requeue(rotation.map_or(requeue, |r| r.min(requeue))))
+    Ok(Action::requeue(
+        rotation.map_or(requeue, |r| r.min(requeue)),
+    ))
 }
 
 /// Writes `status` over the bundle's when it differs, by a merge patch of

@@ -450,14 +450,8 @@ impl LocalTrust {
             let around = self.surroundings(store, &ca, prepared.as_ref(), &state, &targets, now);
             let observed = anchor::observe(&ca, prepared.as_ref(), &state, &around, now);
             let decision = rotation::decide(&state, &observed, &self.options.timing, now);
-            let performed = anchor::writes(
-                &decision.action,
-                &ca,
-                prepared.as_ref(),
-                &name,
-                now,
-            )
-            .and_then(|writes| self.write(store, &ns, &name, &next_name, writes));
+            let performed = anchor::writes(&decision.action, &ca, prepared.as_ref(), &name, now)
+                .and_then(|writes| self.write(store, &ns, &name, &next_name, writes));
             if let Err(reason) = performed {
                 self.rotation_failed(reason);
                 report.next_wake = Some(now + TimeDelta::seconds(10));
