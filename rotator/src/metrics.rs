@@ -499,6 +499,9 @@ impl Metrics {
                     .filter(|r| r.der() != signing.der())
                     .map(|r| ("anchor", r)),
             );
+            // Old and new anchor of a rotation share a name: their series
+            // is the one that ends first, which an expiry alert must see.
+            let mut ends: Vec<(CaLabels, i64)> = Vec::new();
             for (role, cert) in certs {
                 let labels = CaLabels {
                     issuer: name.to_string(),
@@ -507,9 +510,14 @@ impl Metrics {
                     role: role.to_string(),
                     subject: cert.subject().to_string(),
                 };
-                self.ca_expiration
-                    .get_or_create(&labels)
-                    .set(cert.not_after().timestamp());
+                let end = cert.not_after().timestamp();
+                match ends.iter_mut().find(|(l, _)| *l == labels) {
+                    Some((_, first)) => *first = (*first).min(end),
+                    None => ends.push((labels, end)),
+                }
+            }
+            for (labels, end) in ends {
+                self.ca_expiration.get_or_create(&labels).set(end);
                 series.push(labels);
             }
         }

@@ -315,3 +315,36 @@ spec:
         "nothing written"
     );
 }
+
+#[test]
+fn while_two_anchors_share_a_name_the_expiry_series_shows_the_one_ending_first() {
+    let old = support::anchor_secret("root.linkerd.cluster.local", t0());
+    let new = support::anchor_secret("root.linkerd.cluster.local", t0() + TimeDelta::days(30));
+    let mut both = old.clone();
+    let mut ca = old.data["ca.crt"].clone();
+    ca.extend_from_slice(&new.data["ca.crt"]);
+    both.data.insert("ca.crt".into(), ca);
+    let material = support::ca_issuer(&both, t0() + TimeDelta::days(31));
+    let metrics = Metrics::new();
+    metrics.observe_issuer(
+        lanyard_crds::api::IssuerKind::ClusterIssuer,
+        "",
+        "linkerd-trust-anchor",
+        Some(&material),
+    );
+    let text = metrics.encode();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("lanyard_ca_expiration_timestamp_seconds{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    let old_end = read_pem(&old.data["tls.crt"])[0].not_after().timestamp();
+    assert!(
+        series[0].ends_with(&format!(" {old_end}")),
+        "the old anchor's end: {series:?}"
+    );
+}
+
+fn read_pem(pem: &[u8]) -> Vec<X509> {
+    X509::parse_pem_bundle(pem, "pem").unwrap()
+}
