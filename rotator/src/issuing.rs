@@ -90,6 +90,9 @@ pub enum IssuerMaterial {
         /// The roots for `ca.crt` of what it signs: the CA Secret's
         /// `ca.crt`, or else the last certificate of its `tls.crt`.
         roots: Vec<Certificate>,
+        /// `roots` as PEM, made once: every Secret's `ca.crt` is compared
+        /// with it at every look.
+        roots_pem: String,
     },
 }
 
@@ -146,9 +149,11 @@ pub fn load_issuer(
         None => chain.last().cloned().into_iter().collect(),
     };
     let ca = SigningCa::new(chain, key, now).map_err(bad)?;
+    let roots_pem = roots.iter().map(Certificate::to_pem).collect();
     Ok(IssuerMaterial::Ca {
         ca: Box::new(ca),
         roots,
+        roots_pem,
     })
 }
 
@@ -208,7 +213,7 @@ pub fn issue(
                 .to_pem();
             (pem.clone(), pem, signed.validity)
         }
-        IssuerMaterial::Ca { ca, roots } => {
+        IssuerMaterial::Ca { ca, roots_pem, .. } => {
             let signed = ca.sign(&template, &key, now)?;
             let mut pem = Certificate::from_der(&signed.der, "signed certificate")
                 .map_err(lanyard_issuer::Error::from)?
@@ -218,8 +223,7 @@ pub fn issue(
             for cert in ca.chain().iter().filter(|c| !c.is_self_issued()) {
                 pem.push_str(&cert.to_pem());
             }
-            let ca_pem: String = roots.iter().map(Certificate::to_pem).collect();
-            (pem, ca_pem, signed.validity)
+            (pem, roots_pem.clone(), signed.validity)
         }
     };
     let mut secret = SecretData::default();

@@ -485,7 +485,7 @@ impl Metrics {
                 .set(i64::from(condition == current));
         }
         let mut series = Vec::new();
-        if let Some(IssuerMaterial::Ca { ca, roots }) = material {
+        if let Some(IssuerMaterial::Ca { ca, roots, .. }) = material {
             let signing = ca.certificate();
             let role = if signing.is_self_issued() {
                 "anchor"

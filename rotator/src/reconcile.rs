@@ -329,18 +329,16 @@ pub fn reconcile(
 /// when it is current or the issuer is self-signed (its `ca.crt` is the
 /// certificate itself).
 fn with_live_anchors(secret: &SecretData, material: &IssuerMaterial) -> Option<SecretData> {
-    let IssuerMaterial::Ca { roots, .. } = material else {
+    let IssuerMaterial::Ca { roots_pem, .. } = material else {
         return None;
     };
-    let live: String = roots
-        .iter()
-        .map(lanyard_issuer::Certificate::to_pem)
-        .collect();
-    if secret.get(CA_CRT) == Some(live.as_bytes()) {
+    if secret.get(CA_CRT) == Some(roots_pem.as_bytes()) {
         return None;
     }
     let mut updated = secret.clone();
-    updated.data.insert(CA_CRT.into(), live.into_bytes());
+    updated
+        .data
+        .insert(CA_CRT.into(), roots_pem.clone().into_bytes());
     Some(updated)
 }
 

@@ -36,7 +36,7 @@ fn stamps(materials: &Materials) -> BTreeMap<IssuerKey, String> {
         .map(|(key, material)| {
             let stamp = match material {
                 Ok(IssuerMaterial::SelfSigned) => "self-signed".to_string(),
-                Ok(IssuerMaterial::Ca { ca, roots }) => std::iter::once(ca.certificate())
+                Ok(IssuerMaterial::Ca { ca, roots, .. }) => std::iter::once(ca.certificate())
                     .chain(roots)
                     .map(|c| c.sha256_fingerprint())
                     .collect::<Vec<_>>()
