@@ -905,7 +905,8 @@ fn a_manual_rotation_is_refused_while_one_is_under_way() {
             message.contains(&format!("phase {phase}")),
             "{phase}: {message}"
         );
-        assert!(message.contains(&t0().to_rfc3339()), "{phase}: {message}");
+        let since = t0().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        assert!(message.contains(&since), "{phase}: {message}");
     }
 }
 
