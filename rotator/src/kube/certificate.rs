@@ -11,7 +11,7 @@ use ::kube::runtime::controller::Action;
 use ::kube::runtime::reflector::ObjectRef;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use lanyard_crds::api::{Certificate, CertificateStatus, IssuerKind};
+use lanyard_crds::api::{Certificate, IssuerKind};
 use lanyard_crds::time::Clock;
 use tracing::{debug, info, warn};
 
@@ -364,16 +364,17 @@ pub fn requeue_after(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
         .clamp(MIN_REQUEUE, MAX_REQUEUE)
 }
 
-/// The merge patch that makes the status `new`: a merge patch leaves keys
-/// it does not mention alone, so every key of `old` that `new` no longer
-/// has (a cleared `failedIssuanceAttempts`, say) is sent as `null`. With
+/// The merge patch that makes the status `new` (a Certificate's, a
+/// TrustBundle's): a merge patch leaves keys it does not mention alone, so
+/// every key of `old` that `new` no longer has (a cleared
+/// `failedIssuanceAttempts`, say) is sent as `null`. With
 /// `resource_version` (that of the object `old` was read from), the API
 /// server refuses the patch with 409 Conflict if the object has changed
 /// since.
-pub fn status_patch(
+pub fn status_patch<S: serde::Serialize>(
     resource_version: Option<&str>,
-    old: Option<&CertificateStatus>,
-    new: &CertificateStatus,
+    old: Option<&S>,
+    new: &S,
 ) -> Result<serde_json::Value, serde_json::Error> {
     let mut status = serde_json::to_value(new)?;
     let old = old.map(serde_json::to_value).transpose()?;
@@ -431,14 +432,14 @@ mod tests {
 
     #[test]
     fn a_status_patch_nulls_fields_that_were_cleared() {
-        let old = CertificateStatus {
+        let old = lanyard_crds::api::CertificateStatus {
             failed_issuance_attempts: Some(2),
             revision: Some(1),
-            ..CertificateStatus::default()
+            ..lanyard_crds::api::CertificateStatus::default()
         };
-        let new = CertificateStatus {
+        let new = lanyard_crds::api::CertificateStatus {
             revision: Some(2),
-            ..CertificateStatus::default()
+            ..lanyard_crds::api::CertificateStatus::default()
         };
         let patch = status_patch(None, Some(&old), &new).unwrap();
         assert_eq!(

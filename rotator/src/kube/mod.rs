@@ -55,8 +55,8 @@ pub use secret::{applied_secret, secret_data};
 pub use trust_bundle::{
     BUNDLE_INVALID_SPEC, BUNDLE_LABEL, BUNDLE_NO_ANCHORS, BUNDLE_REQUEUE, BUNDLE_SECRET_TYPE,
     BUNDLE_SOURCE_FAILED, BUNDLE_SYNCED, BundleOutcome, applied_bundle_secret, applied_config_map,
-    bundle_requeue_after, bundle_status, bundle_status_patch, check_spec, namespace_gone,
-    reconcile_trust_bundle, selects, source_name, trust_bundle_error_policy,
+    bundle_requeue_after, bundle_status, check_spec, namespace_gone, reconcile_trust_bundle,
+    selects, source_name, trust_bundle_error_policy,
 };
 
 pub use crate::issuer_ref::DEFAULT_CLUSTER_RESOURCE_NAMESPACE;

@@ -28,7 +28,7 @@ use lanyard_trust_bundle::{Assembled, BundleError, Warning, assemble};
 use tracing::{debug, info, warn};
 
 use super::FIELD_MANAGER;
-use super::certificate::{MIN_REQUEUE, STALE_REQUEUE};
+use super::certificate::{MIN_REQUEUE, STALE_REQUEUE, status_patch};
 use super::context::{Context, Error, TRUST_BUNDLE, error_backoff};
 
 pub(super) use dependents::BundleTriggers;
@@ -300,7 +300,7 @@ async fn write_status<C: Clock>(
         return Ok(None);
     }
     let name = bundle.name_any();
-    let patch = bundle_status_patch(
+    let patch = status_patch(
         bundle.metadata.resource_version.as_deref(),
         bundle.status.as_ref(),
         status,
@@ -324,32 +324,6 @@ async fn write_status<C: Clock>(
         }
         Err(source) => Err(Error::PatchBundleStatus { name, source }),
     }
-}
-
-/// The merge patch that makes the status `new`: every key of `old` that
-/// `new` no longer has is sent as `null` (a merge patch leaves keys it
-/// does not mention alone), guarded by `resource_version` when given.
-pub fn bundle_status_patch(
-    resource_version: Option<&str>,
-    old: Option<&TrustBundleStatus>,
-    new: &TrustBundleStatus,
-) -> Result<serde_json::Value, serde_json::Error> {
-    let mut status = serde_json::to_value(new)?;
-    let old = old.map(serde_json::to_value).transpose()?;
-    if let (Some(serde_json::Value::Object(old)), serde_json::Value::Object(status)) =
-        (old, &mut status)
-    {
-        for key in old.keys() {
-            status.entry(key.clone()).or_insert(serde_json::Value::Null);
-        }
-    }
-    Ok(match resource_version {
-        Some(version) => serde_json::json!({
-            "metadata": { "resourceVersion": version },
-            "status": status,
-        }),
-        None => serde_json::json!({ "status": status }),
-    })
 }
 
 /// Backs off a bundle whose reconcile failed against the API server (5s,
@@ -586,7 +560,7 @@ mod tests {
             ..TrustBundleStatus::default()
         };
         assert_eq!(
-            bundle_status_patch(Some("7"), Some(&old), &new).unwrap(),
+            status_patch(Some("7"), Some(&old), &new).unwrap(),
             serde_json::json!({
                 "metadata": {"resourceVersion": "7"},
                 "status": {"anchorCount": 1, "targetNamespaces": null}
