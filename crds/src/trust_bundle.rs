@@ -270,6 +270,17 @@ impl TrustBundleSpec {
         Ok(())
     }
 
+    /// Whether a source reads the live anchors of the ClusterIssuer
+    /// `issuer`: the bundles whose targets an anchor rotation of that
+    /// issuer waits for.
+    pub fn distributes(&self, issuer: &str) -> bool {
+        self.sources.iter().any(|s| {
+            s.issuer_ref.as_ref().is_some_and(|r| {
+                r.name == issuer && r.issuer_kind() == Some(crate::api::IssuerKind::ClusterIssuer)
+            })
+        })
+    }
+
     /// `spec.propagationDelay`, or the default.
     pub fn propagation_delay(&self) -> GoDuration {
         self.propagation_delay.unwrap_or(DEFAULT_PROPAGATION_DELAY)

@@ -6,9 +6,10 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use lanyard_issuer::{Certificate, KeyAlgorithm, SigningKey, TrustAnchor};
-use lanyard_trust_bundle::rotation::{Action, AnchorId, Observed, Phase, Rotation};
+use lanyard_trust_bundle::rotation::{Action, AnchorId, Decision, Observed, Phase, Rotation};
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::Metrics;
 use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY, annotations};
 
 /// The rotation record the shells keep (`DIR/anchors/<anchor>.json`
@@ -36,6 +37,71 @@ pub struct RotationRecord {
     pub current_not_after: Option<DateTime<Utc>>,
     /// When the record was written.
     pub updated: DateTime<Utc>,
+}
+
+impl RotationRecord {
+    /// The record after `decision` for the anchor whose CA Secret is
+    /// `name`, written at `now`.
+    pub fn after(name: &str, ca: &AnchorSecret, decision: &Decision, now: DateTime<Utc>) -> Self {
+        let (waiting_for, next_step_due) = match decision.waiting {
+            Some((gate, until)) => (Some(gate.describe().to_string()), until),
+            None => (None, None),
+        };
+        let current = ca.find(&decision.state.current);
+        RotationRecord {
+            anchor: name.to_string(),
+            rotation: decision.state.clone(),
+            waiting_for,
+            next_step_due,
+            current_subject: current.map(|c| c.subject().to_string()),
+            current_not_after: current.map(Certificate::not_after),
+            updated: now,
+        }
+    }
+
+    /// Whether it says something `previous` did not: another state, or
+    /// another wait.
+    pub fn differs_from(&self, previous: Option<&RotationRecord>) -> bool {
+        previous.map(|r| (&r.rotation, &r.waiting_for, r.next_step_due))
+            != Some((&self.rotation, &self.waiting_for, self.next_step_due))
+    }
+}
+
+/// Tells what a step changed: a new phase is logged, a finished rotation
+/// counted, and the rotation's series (phase, since, next step due) set.
+pub fn report(
+    metrics: &Metrics,
+    before: Option<&RotationRecord>,
+    after: &RotationRecord,
+    now: DateTime<Utc>,
+) {
+    let anchor = after.anchor.as_str();
+    let rotation = &after.rotation;
+    let short = |id: &str| id.chars().take(23).collect::<String>();
+    match (before.map(|r| r.rotation.phase), rotation.phase) {
+        (Some(b), a) if b == a => {}
+        (Some(_), Phase::Stable) => tracing::info!(
+            anchor,
+            current = %short(&rotation.current),
+            "trust anchor rotation finished: Stable, the old anchor removed from every bundle and ca.crt"
+        ),
+        (None, Phase::Stable) => {}
+        (_, phase) => tracing::info!(
+            anchor,
+            new_anchor = %rotation.next.as_deref().map(short).unwrap_or_default(),
+            "trust anchor rotation: {phase}"
+        ),
+    }
+    if rotation.completed > before.map_or(0, |r| r.rotation.completed) {
+        metrics.rotated(anchor);
+    }
+    metrics.observe_rotation(
+        anchor,
+        rotation.phase.as_str(),
+        &Phase::ALL.map(Phase::as_str),
+        rotation.since,
+        after.next_step_due.unwrap_or(now),
+    );
 }
 
 /// The name of the Secret holding the prepared anchor of the CA Secret

@@ -237,6 +237,15 @@ pub enum Gate {
 }
 
 impl Gate {
+    /// Whether the gate opens at a time (its `until`), rather than on an
+    /// event a shell must look for again.
+    pub fn is_timed(self) -> bool {
+        matches!(
+            self,
+            Gate::AnchorRenewal | Gate::PropagationDelay | Gate::LeavesExpired
+        )
+    }
+
     /// What the gate waits for, as `lanyard anchor status` prints it.
     pub fn describe(self) -> &'static str {
         match self {

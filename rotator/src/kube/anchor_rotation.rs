@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanyard_crds::time::Clock;
 use lanyard_crds::trust_bundle::TrustBundle;
 use lanyard_issuer::Certificate;
-use lanyard_trust_bundle::rotation::{self, Action, Gate, Phase, Rotation, Timing};
+use lanyard_trust_bundle::rotation::{self, Action, Phase, Rotation, Timing};
 use tracing::{info, warn};
 
 use super::cache::Caches;
@@ -189,35 +189,13 @@ async fn rotate<C: Clock>(
             }
             continue;
         }
-        let (waiting_for, next_step_due) = match decision.waiting {
-            Some((gate, until)) => (Some(gate.describe().to_string()), until),
-            None => (None, None),
-        };
-        let current_anchor = ca
-            .trusted
-            .iter()
-            .chain(std::iter::once(&ca.signer))
-            .find(|c| anchor::anchor_id(c) == decision.state.current);
-        let new_record = RotationRecord {
-            anchor: secret_name.to_string(),
-            rotation: decision.state.clone(),
-            waiting_for,
-            next_step_due,
-            current_subject: current_anchor.map(|c| c.subject().to_string()),
-            current_not_after: current_anchor.map(Certificate::not_after),
-            updated: record
-                .as_ref()
-                .filter(|r| r.rotation == decision.state)
-                .map_or(now, |r| r.updated),
-        };
-        let changed_record = record
-            .as_ref()
-            .map(|r| (&r.rotation, &r.waiting_for, r.next_step_due))
-            != Some((
-                &new_record.rotation,
-                &new_record.waiting_for,
-                new_record.next_step_due,
-            ));
+        let mut new_record = RotationRecord::after(secret_name, &ca, &decision, now);
+        // `updated` is when the state last changed: an unchanged record is
+        // not rewritten for the time alone.
+        if let Some(previous) = record.as_ref().filter(|r| r.rotation == decision.state) {
+            new_record.updated = previous.updated;
+        }
+        let changed_record = new_record.differs_from(record.as_ref());
         let drop_request = requested && decision.state.phase != Phase::Stable;
         if writes.ca.is_some() || changed_record || drop_request {
             // The Secret's keys and the state that follows them, at once.
@@ -263,28 +241,13 @@ async fn rotate<C: Clock>(
                 }
             }
         }
-        if record.as_ref().map(|r| &r.rotation) != Some(&decision.state) {
-            announce(
-                secret_name,
-                record.as_ref().map(|r| &r.rotation),
-                &decision.state,
-            );
-            if decision.state.completed > record.as_ref().map_or(0, |r| r.rotation.completed) {
-                ctx.metrics.rotated(secret_name);
-            }
-        }
-        ctx.metrics.observe_rotation(
-            secret_name,
-            decision.state.phase.as_str(),
-            &Phase::ALL.map(Phase::as_str),
-            decision.state.since,
-            next_step_due.unwrap_or(now),
-        );
+        anchor::report(&ctx.metrics, record.as_ref(), &new_record, now);
         if let Some((gate, until)) = decision.waiting {
             let by_time = until.and_then(|u| (u - now).to_std().ok());
-            let after = match gate {
-                Gate::AnchorRenewal | Gate::PropagationDelay | Gate::LeavesExpired => by_time,
-                _ => Some(by_time.map_or(EVENT_POLL, |t| t.min(EVENT_POLL))),
+            let after = if gate.is_timed() {
+                by_time
+            } else {
+                Some(by_time.map_or(EVENT_POLL, |t| t.min(EVENT_POLL)))
             };
             return Ok(after.map(|d| d.max(Duration::from_millis(200))));
         }
@@ -312,7 +275,7 @@ fn timing<C: Clock>(ctx: &Context<C>, caches: &Caches, issuer: &str) -> Timing {
         .trust_bundles
         .state()
         .iter()
-        .filter(|b| names_issuer(b, issuer))
+        .filter(|b| b.spec.distributes(issuer))
         .map(|b| b.spec.propagation_delay().to_chrono())
         .max()
         .unwrap_or_else(|| lanyard_crds::trust_bundle::DEFAULT_PROPAGATION_DELAY.to_chrono());
@@ -321,15 +284,6 @@ fn timing<C: Clock>(ctx: &Context<C>, caches: &Caches, issuer: &str) -> Timing {
         leaf_lifetime: ctx.rotation.leaf_lifetime,
         skew: ctx.rotation.skew,
     }
-}
-
-fn names_issuer(bundle: &TrustBundle, issuer: &str) -> bool {
-    bundle.spec.sources.iter().any(|s| {
-        s.issuer_ref.as_ref().is_some_and(|r| {
-            r.name == issuer
-                && r.issuer_kind() == Some(lanyard_crds::api::IssuerKind::ClusterIssuer)
-        })
-    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -348,7 +302,7 @@ fn surroundings(
         .trust_bundles
         .state()
         .into_iter()
-        .filter(|b| names_issuer(b, issuer))
+        .filter(|b| b.spec.distributes(issuer))
         .collect();
     let mut targets = Vec::new();
     for config_map in caches.bundle_config_maps.state() {
@@ -431,18 +385,6 @@ fn surroundings(
         renew_before: None,
         issuer_chains,
         certificates_on_old,
-    }
-}
-
-fn announce(anchor: &str, before: Option<&Rotation>, after: &Rotation) {
-    match (before.map(|r| r.phase), after.phase) {
-        (Some(b), a) if b == a => {}
-        (Some(_), Phase::Stable) => info!(
-            anchor,
-            "trust anchor rotation finished: Stable, the old anchor removed from every bundle and ca.crt"
-        ),
-        (None, Phase::Stable) => {}
-        (_, phase) => info!(anchor, "trust anchor rotation: {phase}"),
     }
 }
 

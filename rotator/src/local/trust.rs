@@ -19,7 +19,7 @@ use lanyard_crds::api::{IssuerConfig, IssuerKind};
 use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::trust_bundle::TrustBundle;
 use lanyard_issuer::Certificate;
-use lanyard_trust_bundle::rotation::{self, Action, Gate, Phase, Rotation, Timing};
+use lanyard_trust_bundle::rotation::{self, Action, Phase, Rotation, Timing};
 use lanyard_trust_bundle::{Anchor, SourceRead, assemble};
 use serde::{Deserialize, Serialize};
 
@@ -412,18 +412,11 @@ impl LocalTrust {
         // The targets that carry this CA's anchors.
         let targets: Vec<Vec<String>> = bundles
             .iter()
-            .filter(|b| {
-                b.spec.sources.iter().any(|s| {
-                    s.issuer_ref.as_ref().is_some_and(|r| {
-                        r.name == TRUST_ANCHOR_NAME
-                            && r.issuer_kind() == Some(IssuerKind::ClusterIssuer)
-                    })
-                })
-            })
+            .filter(|b| b.spec.distributes(TRUST_ANCHOR_NAME))
             .filter_map(|b| targets.get(b.metadata.name.as_deref().unwrap_or_default()))
             .cloned()
             .collect();
-        let path = record_path(&self.state_dir, &name);
+        let path = record_path(&self.state_dir, TRUST_ANCHOR_NAME);
         let mut record: Option<RotationRecord> = read_json(&path)?;
         for _ in 0..16 {
             let read = |which: &str| -> Result<Option<AnchorSecret>, String> {
@@ -463,28 +456,8 @@ impl LocalTrust {
             if !matches!(decision.action, Action::None) {
                 report.ca_changed = true;
             }
-            let (waiting_for, next_step_due) = match decision.waiting {
-                Some((gate, until)) => (Some(gate.describe().to_string()), until),
-                None => (None, None),
-            };
-            let current_anchor = ca
-                .trusted
-                .iter()
-                .chain(std::iter::once(&ca.signer))
-                .find(|c| anchor::anchor_id(c) == decision.state.current);
-            let new_record = RotationRecord {
-                anchor: name.clone(),
-                rotation: decision.state.clone(),
-                waiting_for,
-                next_step_due,
-                current_subject: current_anchor.map(|c| c.subject().to_string()),
-                current_not_after: current_anchor.map(Certificate::not_after),
-                updated: now,
-            };
-            let changed_state = record.as_ref().map(|r| &r.rotation) != Some(&decision.state);
-            let changed_wait = record.as_ref().map(|r| (&r.waiting_for, r.next_step_due))
-                != Some((&new_record.waiting_for, new_record.next_step_due));
-            if changed_state || changed_wait {
+            let new_record = RotationRecord::after(&name, &ca, &decision, now);
+            if new_record.differs_from(record.as_ref()) {
                 std::fs::create_dir_all(anchors_dir(&self.state_dir))
                     .map_err(|e| corrupt(&path, e))?;
                 secrets::write_file_atomic(
@@ -494,30 +467,15 @@ impl LocalTrust {
                     self.durability,
                 )?;
             }
-            if changed_state {
-                announce(record.as_ref().map(|r| &r.rotation), &decision.state);
-                if decision.state.completed > record.as_ref().map_or(0, |r| r.rotation.completed) {
-                    metrics.rotated(&name);
-                }
-            }
+            anchor::report(metrics, record.as_ref(), &new_record, now);
             // A request is used up once the rotation it asked for started.
             if decision.state.phase != Phase::Stable && observed.requested {
-                let _ = std::fs::remove_file(request_path(&self.state_dir, &name));
+                let _ = std::fs::remove_file(request_path(&self.state_dir, TRUST_ANCHOR_NAME));
             }
             self.rotation_error = None;
-            metrics.observe_rotation(
-                &name,
-                decision.state.phase.as_str(),
-                &Phase::ALL.map(Phase::as_str),
-                decision.state.since,
-                next_step_due.unwrap_or(now),
-            );
             record = Some(new_record);
             if let Some((gate, until)) = decision.waiting {
-                let poll = match gate {
-                    Gate::AnchorRenewal | Gate::PropagationDelay | Gate::LeavesExpired => None,
-                    _ => Some(now + EVENT_POLL),
-                };
+                let poll = (!gate.is_timed()).then_some(now + EVENT_POLL);
                 report.next_wake = until.into_iter().chain(poll).min();
                 return Ok(report);
             }
@@ -614,22 +572,6 @@ impl LocalTrust {
             remove_secret(store, ns, next_name)?;
         }
         Ok(())
-    }
-}
-
-fn announce(before: Option<&Rotation>, after: &Rotation) {
-    let short = |id: &str| id.chars().take(23).collect::<String>();
-    match (before.map(|r| r.phase), after.phase) {
-        (Some(b), a) if b == a => {}
-        (_, Phase::Stable) if before.is_some() => tracing::info!(
-            anchor = %short(&after.current),
-            "trust anchor rotation finished: Stable, the old anchor removed from every bundle and ca.crt"
-        ),
-        (_, Phase::Stable) => {}
-        (_, phase) => tracing::info!(
-            new_anchor = %after.next.as_deref().map(short).unwrap_or_default(),
-            "trust anchor rotation: {phase}"
-        ),
     }
 }
 
