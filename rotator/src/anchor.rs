@@ -174,6 +174,20 @@ fn pem_of<'a>(certificates: impl IntoIterator<Item = &'a Certificate>) -> Vec<u8
         .into_bytes()
 }
 
+/// A root as its CA Secret holds it: `tls.crt` and `ca.crt` the
+/// certificate, `tls.key` its key.
+pub fn anchor_secret(anchor: &TrustAnchor) -> SecretData {
+    let pem = anchor.certificate().to_pem();
+    let mut secret = SecretData::default();
+    secret.data.insert(TLS_CRT.into(), pem.clone().into_bytes());
+    secret.data.insert(
+        TLS_KEY.into(),
+        anchor.key().to_pkcs8_pem().as_bytes().to_vec(),
+    );
+    secret.data.insert(CA_CRT.into(), pem.into_bytes());
+    secret
+}
+
 /// What the shell knows besides the two Secrets.
 #[derive(Debug, Clone)]
 pub struct Surroundings {
@@ -320,14 +334,7 @@ pub fn writes(
             let name = ca.signer.common_name().unwrap_or("trust anchor");
             let anchor = TrustAnchor::generate_named(name, lifetime, algorithm, now)
                 .map_err(|e| format!("cannot make a new anchor: {e}"))?;
-            let pem = anchor.certificate().to_pem();
-            let mut secret = SecretData::default();
-            secret.data.insert(TLS_CRT.into(), pem.clone().into_bytes());
-            secret.data.insert(
-                TLS_KEY.into(),
-                anchor.key().to_pkcs8_pem().as_bytes().to_vec(),
-            );
-            secret.data.insert(CA_CRT.into(), pem.into_bytes());
+            let mut secret = anchor_secret(&anchor);
             secret.annotations.insert(
                 annotations::PREPARED_ANCHOR_FOR.to_string(),
                 ca_name.to_string(),

@@ -15,7 +15,6 @@ use lanyard_issuer::{DEFAULT_ANCHOR_LIFETIME, KeyAlgorithm, TrustAnchor};
 
 use super::secrets::{self, Durability};
 use super::{IDENTITY_ISSUER_NAME, LocalController, LocalError, TRUST_ANCHOR_NAME, manifests};
-use crate::secret::{CA_CRT, SecretData, TLS_CRT, TLS_KEY};
 
 impl<C: Clock> LocalController<C> {
     /// On first start (no manifests directory yet), sets up what the Linkerd
@@ -36,14 +35,7 @@ impl<C: Clock> LocalController<C> {
             KeyAlgorithm::EcdsaP256,
             now,
         )?;
-        let mut secret = SecretData::default();
-        let pem = anchor.certificate().to_pem();
-        secret.data.insert(TLS_CRT.into(), pem.clone().into_bytes());
-        secret.data.insert(
-            TLS_KEY.into(),
-            anchor.key().to_pkcs8_pem().as_bytes().to_vec(),
-        );
-        secret.data.insert(CA_CRT.into(), pem.into_bytes());
+        let secret = crate::anchor::anchor_secret(&anchor);
         self.secrets.write(
             &self.options.cluster_resource_namespace,
             TRUST_ANCHOR_NAME,
