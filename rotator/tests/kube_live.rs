@@ -11,16 +11,12 @@
 mod live;
 mod support;
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -30,49 +26,11 @@ use lanyard_issuer::Certificate as X509;
 use lanyard_rotator::kube::{Context, LeaderElection, LeaseDecision, LeaseLock, client_for, run};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_rotator::secret::SecretData;
-use live::{live_client, live_config, unique};
+use live::{
+    apply_crds, create_namespace, delete_namespace, eventually, live_client, live_config, unique,
+    with_cleanup,
+};
 use support::{anchor_secret, ca_config, identity_issuer_spec};
-
-async fn apply_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in lanyard_crds::api::custom_resource_definitions() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("lanyard-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-    }
-    for crd in lanyard_crds::api::custom_resource_definitions() {
-        let name = crd.name_any();
-        eventually(&format!("CRD {name} is established"), || async {
-            crds.get(&name).await.ok().is_some_and(|crd| {
-                crd.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        })
-        .await;
-    }
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-}
 
 fn secret(namespace: &str, name: &str, data: &SecretData, type_: &str) -> Secret {
     Secret {
@@ -89,39 +47,6 @@ fn secret(namespace: &str, name: &str, data: &SecretData, type_: &str) -> Secret
         ),
         type_: Some(type_.into()),
         ..Secret::default()
-    }
-}
-
-/// Polls `check` every half second for up to 60s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..120 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-/// Runs `body`, then `cleanup` whether or not `body` panicked.
-async fn with_cleanup(body: impl Future<Output = ()>, cleanup: impl Future<Output = ()>) {
-    let outcome = AssertUnwindSafe(body).catch_unwind().await;
-    cleanup.await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-async fn delete_namespace(client: &Client, name: &str) {
-    if let Err(e) = Api::<Namespace>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        eprintln!("cleanup: deleting namespace {name}: {e}");
     }
 }
 
@@ -155,7 +80,7 @@ async fn a_certificate_from_a_ca_cluster_issuer_becomes_ready_in_a_real_cluster(
     apply_crds(&client).await;
     let namespace = unique("lanyard-live");
     let issuer_name = unique("lanyard-live-anchor");
-    create_namespace(&client, &namespace).await;
+    create_namespace(&client, &namespace, Default::default()).await;
 
     let body = async {
         let now = SystemClock.now();
@@ -522,7 +447,7 @@ async fn only_one_replica_holds_the_lease_and_a_regained_lease_starts_a_new_term
         return;
     };
     let namespace = unique("lanyard-lease");
-    create_namespace(&client, &namespace).await;
+    create_namespace(&client, &namespace, Default::default()).await;
     let body = async {
         let a = LeaseLock::new(client.clone(), LeaderElection::new(&namespace, "replica-a"));
         let b = LeaseLock::new(client.clone(), LeaderElection::new(&namespace, "replica-b"));

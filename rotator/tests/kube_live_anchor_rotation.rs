@@ -13,16 +13,12 @@
 mod live;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use futures::FutureExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -43,66 +39,9 @@ use lanyard_rotator::kube::anchor_rotation::{
 use lanyard_rotator::kube::{Context, client_for, run};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_trust_bundle::Phase;
-use live::{live_config, unique};
+use live::{apply_crds, create_namespace, eventually_within, live_config, unique, with_cleanup};
 
 const KEY: &str = "ca-bundle.crt";
-
-async fn apply_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in lanyard_crds::api::custom_resource_definitions() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("lanyard-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-    }
-    for crd in lanyard_crds::api::custom_resource_definitions() {
-        let name = crd.name_any();
-        eventually(&format!("CRD {name} is established"), 60, || async {
-            crds.get(&name).await.ok().is_some_and(|crd| {
-                crd.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        })
-        .await;
-    }
-}
-
-async fn create_namespace(client: &Client, name: &str, labels: BTreeMap<String, String>) {
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-}
-
-/// Polls `check` every half second for up to `seconds`.
-async fn eventually<F, Fut>(what: &str, seconds: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..seconds * 2 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
 
 fn pem_of(secret: &Secret, key: &str) -> Vec<X509> {
     let data = secret.data.as_ref().and_then(|d| d.get(key));
@@ -288,7 +227,7 @@ async fn an_anchor_rotates_through_every_phase_and_everything_ends_on_the_new_an
                 .and_then(|pem| X509::parse_pem_bundle(pem.as_bytes(), KEY).ok())
                 .map(|certs| ders(&certs))
         };
-        eventually(
+        eventually_within(
             "both Certificates are Ready and the bundle written",
             60,
             || async {
@@ -299,7 +238,7 @@ async fn an_anchor_rotates_through_every_phase_and_everything_ends_on_the_new_an
             },
         )
         .await;
-        eventually("the anchor's rotation record says Stable", 30, || async {
+        eventually_within("the anchor's rotation record says Stable", 30, || async {
             secrets
                 .get("anchor")
                 .await
@@ -361,7 +300,7 @@ async fn an_anchor_rotates_through_every_phase_and_everything_ends_on_the_new_an
             "the prepared copy is gone"
         );
         let anchors = signer;
-        eventually(
+        eventually_within(
             "the bundle and every ca.crt hold the new anchor alone",
             30,
             || async {
@@ -403,9 +342,5 @@ async fn an_anchor_rotates_through_every_phase_and_everything_ends_on_the_new_an
             .delete(&bundle_name, &DeleteParams::default())
             .await;
     };
-    let outcome = AssertUnwindSafe(body).catch_unwind().await;
-    cleanup.await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    with_cleanup(body, cleanup).await;
 }

@@ -11,18 +11,14 @@
 mod live;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use futures::FutureExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use lanyard_crds::api::{CaIssuer, ClusterIssuer, ClusterIssuerSpec, IssuerConfig, IssuerRef};
 use lanyard_crds::identity::IdentityDomain;
@@ -33,85 +29,12 @@ use lanyard_crds::trust_bundle::{
 use lanyard_issuer::{Certificate as X509, KeyAlgorithm, TrustAnchor};
 use lanyard_rotator::kube::{BUNDLE_LABEL, Context, client_for, run};
 use lanyard_rotator::metrics::Metrics;
-use live::{live_config, unique};
+use live::{
+    apply_crds, create_namespace, delete_namespace, eventually, live_config, unique, with_cleanup,
+};
 
 const KEY: &str = "ca-bundle.crt";
 const SELECT_LABEL: &str = "lanyard.dev/live-trust-bundle";
-
-async fn apply_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in lanyard_crds::api::custom_resource_definitions() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("lanyard-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-    }
-    for crd in lanyard_crds::api::custom_resource_definitions() {
-        let name = crd.name_any();
-        eventually(&format!("CRD {name} is established"), || async {
-            crds.get(&name).await.ok().is_some_and(|crd| {
-                crd.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        })
-        .await;
-    }
-}
-
-async fn create_namespace(client: &Client, name: &str, labels: BTreeMap<String, String>) {
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-}
-
-async fn delete_namespace(client: &Client, name: &str) {
-    if let Err(e) = Api::<Namespace>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        eprintln!("cleanup: deleting namespace {name}: {e}");
-    }
-}
-
-/// Polls `check` every half second for up to 60s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..120 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-/// Runs `body`, then `cleanup` whether or not `body` panicked.
-async fn with_cleanup(body: impl Future<Output = ()>, cleanup: impl Future<Output = ()>) {
-    let outcome = AssertUnwindSafe(body).catch_unwind().await;
-    cleanup.await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// The CA Secret of an anchor rotation: `tls.crt`/`tls.key` the signing
 /// anchor, `ca.crt` every live anchor.
