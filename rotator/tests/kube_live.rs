@@ -8,12 +8,14 @@
 //! watches the whole cluster, so point them at a cluster without another
 //! Lanyard controller.
 
+mod cluster;
 mod live;
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster::{apply_crds, create_namespace, delete_namespace, eventually, with_cleanup};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -26,10 +28,7 @@ use lanyard_issuer::Certificate as X509;
 use lanyard_rotator::kube::{Context, LeaderElection, LeaseDecision, LeaseLock, client_for, run};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_rotator::secret::SecretData;
-use live::{
-    apply_crds, create_namespace, delete_namespace, eventually, live_client, live_config, unique,
-    with_cleanup,
-};
+use live::{live_client, live_config, unique};
 use support::{anchor_secret, ca_config, identity_issuer_spec};
 
 fn secret(namespace: &str, name: &str, data: &SecretData, type_: &str) -> Secret {

@@ -10,6 +10,7 @@
 //! every target and `ca.crt` holds it alone, and every certificate chains
 //! to it.
 
+mod cluster;
 mod live;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use cluster::{apply_crds, create_namespace, eventually_within, with_cleanup};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -39,7 +41,7 @@ use lanyard_rotator::kube::anchor_rotation::{
 use lanyard_rotator::kube::{Context, client_for, run};
 use lanyard_rotator::metrics::Metrics;
 use lanyard_trust_bundle::Phase;
-use live::{apply_crds, create_namespace, eventually_within, live_config, unique, with_cleanup};
+use live::{live_config, unique};
 
 const KEY: &str = "ca-bundle.crt";
 

@@ -8,6 +8,7 @@
 //! deletes them afterwards. The controller it runs watches the whole
 //! cluster, so point it at a cluster without another Lanyard controller.
 
+mod cluster;
 mod live;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use cluster::{apply_crds, create_namespace, delete_namespace, eventually, with_cleanup};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -29,9 +31,7 @@ use lanyard_crds::trust_bundle::{
 use lanyard_issuer::{Certificate as X509, KeyAlgorithm, TrustAnchor};
 use lanyard_rotator::kube::{BUNDLE_LABEL, Context, client_for, run};
 use lanyard_rotator::metrics::Metrics;
-use live::{
-    apply_crds, create_namespace, delete_namespace, eventually, live_config, unique, with_cleanup,
-};
+use live::{live_config, unique};
 
 const KEY: &str = "ca-bundle.crt";
 const SELECT_LABEL: &str = "lanyard.dev/live-trust-bundle";
