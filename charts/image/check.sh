@@ -162,10 +162,10 @@ image_size() {
 if [ -z "$unreachable" ]; then
   echo "== $builder build -t $image_tag (the Rust build runs inside the build image)"
   build_args=(--build-arg "RUST_IMAGE=$rust_image" --build-arg "RUNTIME_IMAGE=$runtime_image")
-  "$builder" build --layers -f Containerfile -t "$image_tag" "${build_args[@]}" .
+  "$builder" build --layers --force-rm -f Containerfile -t "$image_tag" "${build_args[@]}" .
   # The agent's own image: the build stage comes from the layer cache.
   echo "== $builder build --target proxy -t $proxy_tag"
-  "$builder" build --layers -q -f Containerfile --target proxy -t "$proxy_tag" "${build_args[@]}" . >/dev/null
+  "$builder" build --layers --force-rm -q -f Containerfile --target proxy -t "$proxy_tag" "${build_args[@]}" . >/dev/null
   smoke_test "$image_tag" "${bins[@]}"
   smoke_test "$proxy_tag" lanyard-proxy
   image_size "$image_tag"
