@@ -36,7 +36,7 @@ pub struct ControllerArgs {
     /// The identity service's workload certificate lifetime (`lanyard
     /// identity`'s): an anchor rotation keeps the old anchor this long
     /// after the issuer switched.
-    #[arg(long, default_value = "24h")]
+    #[arg(long, default_value = "24h", value_parser = crate::local::leaf_lifetime)]
     issuance_lifetime: lanyard_crds::duration::GoDuration,
     /// How many Certificates (and, apart, issuers) are reconciled at once;
     /// the rest wait in the queue.

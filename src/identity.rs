@@ -50,6 +50,10 @@ pub struct IdentityArgs {
     /// The audience agents' service account tokens must be issued for.
     #[arg(long, default_value = token_review::DEFAULT_AUDIENCE)]
     audience: String,
+    /// The lifetime of the workload certificates it issues (Linkerd's
+    /// `identity.issuer.issuanceLifetime`).
+    #[arg(long, default_value = "24h", value_parser = crate::local::leaf_lifetime)]
+    issuance_lifetime: lanyard_crds::duration::GoDuration,
     /// Where to serve Prometheus metrics.
     #[arg(long, default_value = "0.0.0.0:9990")]
     metrics_addr: SocketAddr,
@@ -122,7 +126,7 @@ pub fn identity(args: IdentityArgs) -> Result<ExitCode, CliError> {
                 rate_limit: RateLimit::default(),
                 insecure_plaintext: args.insecure_plaintext,
                 limits: args.limits.limits(),
-                leaf_lifetime: lanyard_issuer::DEFAULT_LEAF_LIFETIME,
+                leaf_lifetime: args.issuance_lifetime.to_chrono(),
             },
             authenticator,
             SystemClock,

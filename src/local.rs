@@ -97,16 +97,11 @@ pub struct GetArgs {
     namespace: Option<String>,
 }
 
-/// A workload certificate lifetime: at least a minute (agents renew at
-/// about two thirds of it), at most a year.
-fn leaf_lifetime(text: &str) -> Result<GoDuration, String> {
+/// A workload certificate lifetime (see
+/// [`lanyard_crds::linkerd::check_issuance_lifetime`]).
+pub(crate) fn leaf_lifetime(text: &str) -> Result<GoDuration, String> {
     let lifetime: GoDuration = text.parse().map_err(|e| format!("{e}"))?;
-    let seconds = lifetime.to_chrono().num_seconds();
-    if !(60..=8_760 * 3_600).contains(&seconds) {
-        return Err(format!(
-            "{lifetime} is outside 1m..8760h; a workload certificate lives at least a minute"
-        ));
-    }
+    lanyard_crds::linkerd::check_issuance_lifetime(lifetime)?;
     Ok(lifetime)
 }
 

@@ -6,6 +6,7 @@ mod anchor;
 mod ca;
 mod controller;
 mod identity;
+mod install;
 mod limits;
 mod local;
 mod policy;
@@ -76,6 +77,9 @@ enum Command {
     Identity(identity::IdentityArgs),
     /// Print the CustomResourceDefinitions, generated from the Rust types.
     Crds,
+    /// Print the cluster manifests for `kubectl apply -f -` (the Helm
+    /// chart's objects at the same values), as `linkerd install` does.
+    Install(install::InstallArgs),
     /// Check Linkerd policy manifests offline, and test what the proxy
     /// would decide.
     #[command(subcommand)]
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
         Command::Token(command) => token::run(command, &clock),
         Command::Anchor(command) => anchor::run(command, &clock),
         Command::Policy(command) => policy::run(command),
+        Command::Install(args) => install::install(args, &clock),
         Command::Crds => {
             print!("{}", lanyard_crds::api::custom_resource_definitions_yaml());
             Ok(ExitCode::SUCCESS)

@@ -10,6 +10,8 @@
 pub mod api;
 pub mod duration;
 pub mod identity;
+#[cfg(feature = "api")]
+pub mod linkerd;
 pub mod quote;
 pub mod secret;
 pub mod time;

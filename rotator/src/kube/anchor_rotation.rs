@@ -260,7 +260,7 @@ async fn rotate<C: Clock>(
     Ok(Some(EVENT_POLL))
 }
 
-fn to_data(secret: &SecretData) -> std::collections::BTreeMap<String, ByteString> {
+pub(super) fn to_data(secret: &SecretData) -> std::collections::BTreeMap<String, ByteString> {
     secret
         .data
         .iter()

@@ -13,6 +13,7 @@ use ::kube::{Client, Resource, ResourceExt};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use lanyard_crds::api::{ClusterIssuer, Issuer, IssuerConfig, IssuerKind, IssuerStatus};
+use lanyard_crds::linkerd::GENERATE_ANCHOR_ANNOTATION;
 use lanyard_crds::time::Clock;
 use tracing::{debug, info, warn};
 
@@ -197,6 +198,7 @@ pub async fn reconcile_issuer<K: IssuerResource, C: Clock>(
         return Ok(Action::await_change());
     }
     let now = ctx.clock.now();
+    generate_anchor(&ctx, issuer.as_ref(), &target, now).await?;
     let loaded = load_material(
         &ctx,
         &ctx.caches(),
@@ -251,6 +253,92 @@ pub async fn reconcile_issuer<K: IssuerResource, C: Clock>(
     }
     ctx.clear_api_failures(kind.as_str(), &namespace, &name);
     Ok(Action::requeue(ISSUER_REQUEUE))
+}
+
+/// For a CA issuer annotated [`GENERATE_ANCHOR_ANNOTATION`] (the chart's
+/// and `lanyard install`'s default, as `lanyard up` makes its anchor on
+/// first start) whose Secret
+/// does not exist: makes a new self-signed anchor (ECDSA P-256, 10 years)
+/// and creates its Secret. The key is made here and goes only into that
+/// Secret. A Secret that appears meanwhile (another replica, the user) is
+/// kept: creation never overwrites.
+async fn generate_anchor<K: IssuerResource, C: Clock>(
+    ctx: &Context<C>,
+    issuer: &K,
+    target: &IssuerTarget,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let Some(common_name) = issuer
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(GENERATE_ANCHOR_ANNOTATION))
+    else {
+        return Ok(());
+    };
+    let Some(ca) = issuer.config().ca.as_ref() else {
+        return Ok(());
+    };
+    let namespace = target.secret_namespace.as_str();
+    if ctx
+        .caches()
+        .secret_version(namespace, &ca.secret_name)
+        .is_some()
+    {
+        return Ok(());
+    }
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
+    let secret_ref = format!("{namespace}/{}", ca.secret_name);
+    let existing = secrets
+        .get_opt(&ca.secret_name)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("Secret `{secret_ref}`"),
+            source,
+        })?;
+    if existing.is_some() {
+        return Ok(());
+    }
+    let anchor = match lanyard_issuer::TrustAnchor::generate_named(
+        common_name,
+        lanyard_issuer::DEFAULT_ANCHOR_LIFETIME,
+        lanyard_issuer::KeyAlgorithm::EcdsaP256,
+        now,
+    ) {
+        Ok(anchor) => anchor,
+        Err(error) => {
+            // The status says why the issuer is not ready (its Secret is
+            // missing); the log says why none was made.
+            warn!(issuer = %target.qualified_name(), annotation = GENERATE_ANCHOR_ANNOTATION, "cannot make a trust anchor named `{common_name}`: {error}");
+            return Ok(());
+        }
+    };
+    let data = crate::anchor::anchor_secret(&anchor);
+    let secret = Secret {
+        metadata: ::kube::api::ObjectMeta {
+            name: Some(ca.secret_name.clone()),
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(super::anchor_rotation::to_data(&data)),
+        ..Secret::default()
+    };
+    match secrets
+        .create(&::kube::api::PostParams::default(), &secret)
+        .await
+    {
+        Ok(_) => {
+            info!(issuer = %target.qualified_name(), secret = %secret_ref, "made a new trust anchor `{common_name}`");
+            Ok(())
+        }
+        Err(::kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(source) => Err(Error::ApplySecret {
+            namespace: namespace.to_string(),
+            name: ca.secret_name.clone(),
+            source,
+        }),
+    }
 }
 
 /// Backs off an issuer whose reconcile failed against the API server, as

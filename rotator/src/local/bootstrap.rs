@@ -2,19 +2,13 @@
 //! ClusterIssuer and the identity issuer Certificate, as Linkerd's
 //! cert-manager guide sets them up by hand.
 
-use lanyard_crds::api::{
-    CaIssuer, Certificate, CertificateSpec, ClusterIssuer, ClusterIssuerSpec, IssuerConfig,
-    IssuerKind, IssuerRef,
-};
-use lanyard_crds::duration::GoDuration;
 use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::time::Clock;
-use lanyard_crds::trust_bundle::{LINKERD_TRUST_ROOTS, TrustBundle, TrustBundleSpec};
-use lanyard_crds::usage::{KeyUsage, PrivateKeyAlgorithm};
+use lanyard_crds::trust_bundle::{LINKERD_TRUST_ROOTS, TrustBundle};
 use lanyard_issuer::{DEFAULT_ANCHOR_LIFETIME, KeyAlgorithm, TrustAnchor};
 
 use super::secrets::{self, Durability};
-use super::{IDENTITY_ISSUER_NAME, LocalController, LocalError, TRUST_ANCHOR_NAME, manifests};
+use super::{LocalController, LocalError, TRUST_ANCHOR_NAME, manifests};
 
 impl<C: Clock> LocalController<C> {
     /// On first start (no manifests directory yet), sets up what the Linkerd
@@ -42,18 +36,7 @@ impl<C: Clock> LocalController<C> {
             &secret,
         )?;
 
-        let mut issuer = ClusterIssuer::new(
-            TRUST_ANCHOR_NAME,
-            ClusterIssuerSpec {
-                config: IssuerConfig {
-                    ca: Some(CaIssuer {
-                        secret_name: TRUST_ANCHOR_NAME.into(),
-                    }),
-                    self_signed: None,
-                },
-            },
-        );
-        issuer.status = None;
+        let issuer = lanyard_crds::linkerd::anchor_cluster_issuer();
         let certificate = identity_issuer_certificate(domain);
         let bundle = linkerd_trust_roots(domain);
         let stream = manifests::to_yaml_stream(&[
@@ -121,54 +104,10 @@ impl<C: Clock> LocalController<C> {
     }
 }
 
-/// The trust bundle Linkerd reads, `linkerd-identity-trust-roots` with
-/// the key `ca-bundle.crt` in the control-plane namespace, holding the live
-/// anchors of the ClusterIssuer `linkerd-trust-anchor` (both anchors while
-/// it rotates). Locally it is written to `DIR/bundles/<name>.pem`.
+/// The trust bundle Linkerd reads (see [`lanyard_crds::linkerd::trust_roots_bundle`]);
+/// locally it is written to `DIR/bundles/<name>.pem`.
 pub fn linkerd_trust_roots(domain: &IdentityDomain) -> TrustBundle {
-    let mut bundle = TrustBundle::new(
-        LINKERD_TRUST_ROOTS,
-        TrustBundleSpec::linkerd_trust_roots(
-            IssuerRef {
-                name: TRUST_ANCHOR_NAME.into(),
-                kind: Some(IssuerKind::ClusterIssuer.as_str().into()),
-                group: None,
-            },
-            domain.control_plane_namespace(),
-        ),
-    );
-    bundle.status = None;
-    bundle
+    lanyard_crds::linkerd::trust_roots_bundle(domain)
 }
 
-/// The identity issuer Certificate of Linkerd's cert-manager guide:
-/// `<namespace>/linkerd-identity-issuer`, `identity.<namespace>.<trust
-/// domain>`, ECDSA, 8760h renewed 720h before its end, a CA, signed by the
-/// ClusterIssuer `linkerd-trust-anchor`.
-pub fn identity_issuer_certificate(domain: &IdentityDomain) -> Certificate {
-    let mut spec = CertificateSpec::new(
-        IDENTITY_ISSUER_NAME,
-        IssuerRef {
-            name: TRUST_ANCHOR_NAME.into(),
-            kind: Some(IssuerKind::ClusterIssuer.as_str().into()),
-            group: None,
-        },
-    );
-    spec.common_name = Some(domain.to_string());
-    spec.duration = Some(GoDuration::from_hours(8760));
-    spec.renew_before = Some(GoDuration::from_hours(720));
-    spec.is_ca = true;
-    spec.usages = vec![
-        KeyUsage::CertSign,
-        KeyUsage::CrlSign,
-        KeyUsage::ServerAuth,
-        KeyUsage::ClientAuth,
-    ];
-    spec.private_key = Some(lanyard_crds::api::PrivateKeySpec {
-        algorithm: Some(PrivateKeyAlgorithm::Ecdsa),
-        ..Default::default()
-    });
-    let mut certificate = Certificate::new(IDENTITY_ISSUER_NAME, spec);
-    certificate.metadata.namespace = Some(domain.control_plane_namespace().to_string());
-    certificate
-}
+pub use lanyard_crds::linkerd::identity_issuer_certificate;

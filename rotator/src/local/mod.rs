@@ -33,11 +33,7 @@ pub use bootstrap::{identity_issuer_certificate, linkerd_trust_roots};
 pub use secrets::{Durability, SecretStore, SecretStoreError};
 pub use status::{CertificateRow, certificate_rows};
 
-/// The name of the trust anchor's ClusterIssuer and Secret, as in
-/// Linkerd's cert-manager guide.
-pub const TRUST_ANCHOR_NAME: &str = "linkerd-trust-anchor";
-/// The name of the identity issuer's Certificate and Secret.
-pub const IDENTITY_ISSUER_NAME: &str = "linkerd-identity-issuer";
+pub use lanyard_crds::linkerd::{IDENTITY_ISSUER_NAME, TRUST_ANCHOR_NAME};
 
 /// Errors of the local shell.
 #[derive(Debug, thiserror::Error)]
