@@ -4,6 +4,7 @@
 
 mod anchor;
 mod ca;
+mod check;
 mod controller;
 mod identity;
 mod install;
@@ -80,6 +81,9 @@ enum Command {
     /// Print the cluster manifests for `kubectl apply -f -` (the Helm
     /// chart's objects at the same values), as `linkerd install` does.
     Install(install::InstallArgs),
+    /// Check an install, as `linkerd check` does (with --state-dir, the
+    /// state directory of `lanyard up`); exits 1 when a check fails.
+    Check(check::CheckArgs),
     /// Check Linkerd policy manifests offline, and test what the proxy
     /// would decide.
     #[command(subcommand)]
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
         Command::Anchor(command) => anchor::run(command, &clock),
         Command::Policy(command) => policy::run(command),
         Command::Install(args) => install::install(args, &clock),
+        Command::Check(args) => check::check(args, &clock),
         Command::Crds => {
             print!("{}", lanyard_crds::api::custom_resource_definitions_yaml());
             Ok(ExitCode::SUCCESS)
