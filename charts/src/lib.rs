@@ -55,7 +55,7 @@ pub fn render(
     if !is_dns_label(namespace) {
         return Err(InstallError::Namespace(namespace.to_string()));
     }
-    Values::from_json(values, now)?;
+    Values::from_json(values, namespace, now)?;
     let mut out = Vec::new();
     for doc in objects::documents() {
         if let Some(object) =

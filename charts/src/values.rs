@@ -312,9 +312,13 @@ impl Values {
 
     /// Checks raw values (the defaults merged with the user's) and returns
     /// their typed form.
-    pub fn from_json(values: &Value, now: DateTime<Utc>) -> Result<Values, ValuesError> {
+    pub fn from_json(
+        values: &Value,
+        namespace: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Values, ValuesError> {
         let typed: Values = serde_path_to_error_free(values)?;
-        typed.check(now)?;
+        typed.check(namespace, now)?;
         Ok(typed)
     }
 
@@ -323,7 +327,7 @@ impl Values {
         !self.identity.issuer.tls.crt_pem.is_empty()
     }
 
-    fn check(&self, now: DateTime<Utc>) -> Result<(), ValuesError> {
+    fn check(&self, namespace: &str, now: DateTime<Utc>) -> Result<(), ValuesError> {
         let invalid = |s: String| Err(ValuesError::Invalid(s));
         let trust_domain: TrustDomain = match self.identity_trust_domain.parse() {
             Ok(d) => d,
@@ -368,7 +372,7 @@ impl Values {
         .collect();
         match given.len() {
             0 => Ok(()),
-            3 => self.check_issuer(trust_domain, now),
+            3 => self.check_issuer(namespace, trust_domain, now),
             _ => Err(ValuesError::PartialIssuer {
                 given: given.join(", "),
             }),
@@ -376,10 +380,11 @@ impl Values {
     }
 
     /// The anchors, issuer and key the user brought make a working issuer,
-    /// as the identity service would load them (in the control-plane
-    /// namespace `linkerd`, whose name only the issuer's identity uses).
+    /// as the identity service in `namespace` would load them, named for
+    /// its identity domain `identity.<namespace>.<trust domain>`.
     fn check_issuer(
         &self,
+        namespace: &str,
         trust_domain: TrustDomain,
         now: DateTime<Utc>,
     ) -> Result<(), ValuesError> {
@@ -396,7 +401,16 @@ impl Values {
                 .map_err(|e| bad(&e))?;
         let key = SigningKey::from_pem(tls.key_pem.as_bytes(), "identity.issuer.tls.keyPEM")
             .map_err(|e| bad(&e))?;
-        let domain = IdentityDomain::new("linkerd", trust_domain).map_err(|e| bad(&e))?;
+        let domain = IdentityDomain::new(namespace, trust_domain).map_err(|e| bad(&e))?;
+        if let Some(issuer) = chain.first() {
+            let named = IdentityIssuer::domain_from_common_name(issuer).map_err(|e| bad(&e))?;
+            if named != domain {
+                return Err(ValuesError::BadIssuer(format!(
+                    "the issuer certificate is for {named}, but the identity service in namespace \
+                     `{namespace}` issues for {domain}: make it `{domain}`, or install into its namespace"
+                )));
+            }
+        }
         IdentityIssuer::new(anchors, chain, key, domain, now).map_err(|e| bad(&e))?;
         Ok(())
     }
@@ -521,7 +535,10 @@ mod tests {
     #[test]
     fn the_defaults_are_valid_and_round_trip() {
         let json = Values::default_json();
-        assert_eq!(Values::from_json(&json, now()).unwrap(), Values::default());
+        assert_eq!(
+            Values::from_json(&json, "linkerd", now()).unwrap(),
+            Values::default()
+        );
         assert_eq!(
             json["identity"]["issuer"]["issuanceLifetime"],
             json!("24h0m0s")
@@ -539,7 +556,7 @@ mod tests {
         set(&mut values, "image.tag=1.0").unwrap();
         set(&mut values, "metrics.prometheusRule.enabled=true").unwrap();
         set(&mut values, "identity.issuer.certificate.renewBefore=1440h").unwrap();
-        let typed = Values::from_json(&values, now()).unwrap();
+        let typed = Values::from_json(&values, "linkerd", now()).unwrap();
         assert_eq!(typed.controller.replicas, 3);
         assert_eq!(typed.image.tag, "1.0");
         assert!(typed.metrics.prometheus_rule.enabled);
@@ -555,7 +572,9 @@ mod tests {
             let mut values = Values::default_json();
             match set(&mut values, assignment) {
                 Err(e) => e.to_string(),
-                Ok(()) => Values::from_json(&values, now()).unwrap_err().to_string(),
+                Ok(()) => Values::from_json(&values, "linkerd", now())
+                    .unwrap_err()
+                    .to_string(),
             }
         };
         assert!(refused("controller.replicas").contains("expected KEY=VALUE"));

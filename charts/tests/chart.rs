@@ -228,10 +228,10 @@ fn lanyard_makes_the_issuer_unless_one_is_brought() {
         json!({"kubernetes.io/metadata.name": "linkerd"})
     );
 
-    let brought = by_key(lanyard_chart::render(&brought_values(&[]), "mesh", now()).unwrap());
+    let brought = by_key(lanyard_chart::render(&brought_values(&[]), "linkerd", now()).unwrap());
     assert!(!brought.contains_key("ClusterIssuer//linkerd-trust-anchor"));
-    assert!(!brought.contains_key("Certificate/mesh/linkerd-identity-issuer"));
-    let secret = &brought["Secret/mesh/linkerd-identity-issuer"];
+    assert!(!brought.contains_key("Certificate/linkerd/linkerd-identity-issuer"));
+    let secret = &brought["Secret/linkerd/linkerd-identity-issuer"];
     assert_eq!(secret["type"], "kubernetes.io/tls");
     assert!(
         secret["stringData"]["tls.key"]
@@ -266,6 +266,12 @@ fn bad_values_change_nothing_and_say_what_was_wrong() {
     values::set_string(&mut unrelated, "identity.issuer.tls.keyPEM", key).unwrap();
     let message = refused(&unrelated, "linkerd");
     assert!(message.contains("the identity issuer given"), "{message}");
+    // An issuer named for the identity domain of another namespace.
+    let message = refused(&brought_values(&[]), "mesh");
+    assert!(
+        message.contains("is for identity.linkerd.cluster.local"),
+        "{message}"
+    );
     // A key that is not PEM.
     let mut garbage = brought_values(&[]);
     values::set_string(
