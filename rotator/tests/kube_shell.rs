@@ -2105,3 +2105,85 @@ async fn run_takes_the_lease_reconciles_what_it_lists_and_gives_the_lease_up_on_
         cluster.lease_writes
     );
 }
+
+/// The ClusterIssuer `lanyard install` makes: a CA issuer whose anchor the
+/// controller makes when its Secret is missing.
+fn generating_cluster_issuer() -> ClusterIssuer {
+    let mut issuer = cluster_issuer();
+    issuer.metadata.annotations = Some(
+        [(
+            lanyard_crds::linkerd::GENERATE_ANCHOR_ANNOTATION.to_string(),
+            "root.linkerd.cluster.local".to_string(),
+        )]
+        .into(),
+    );
+    issuer
+}
+
+#[tokio::test]
+async fn an_annotated_ca_cluster_issuer_without_its_secret_gets_a_new_anchor_by_create() {
+    let (result, (created, patch), _) = reconcile_issuer_once(
+        &generating_cluster_issuer(),
+        t0(),
+        Cached::default().cluster_issuer(generating_cluster_issuer()),
+        async |server| {
+            // Not in the caches: asked for once, in case they lag.
+            server
+                .fail(
+                    Method::GET,
+                    ANCHOR_SECRET_PATH,
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "secrets \"linkerd-trust-anchor\" not found",
+                )
+                .await;
+            let (created, send) = server
+                .next(Method::POST, "/api/v1/namespaces/lanyard/secrets")
+                .await;
+            respond(send, StatusCode::CREATED, &created.body);
+            // Until its watch event arrives the caches still lack it: the
+            // status says so, and the Secret's event wakes the issuer.
+            let patch = server
+                .patch(CLUSTER_ISSUER_STATUS_PATH, cluster_issuer_with_status)
+                .await;
+            (created, patch)
+        },
+    )
+    .await;
+    result.expect("the reconcile succeeds");
+    assert_eq!(created.body["metadata"]["name"], ANCHOR);
+    assert_eq!(created.body["type"], "kubernetes.io/tls");
+    let secret = decode_secret(&created.body);
+    let anchor = lanyard_issuer::Certificate::parse_pem_bundle(&secret.data["tls.crt"], "tls.crt")
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        anchor.common_name().as_deref(),
+        Some("root.linkerd.cluster.local")
+    );
+    let key = lanyard_issuer::SigningKey::from_pem(&secret.data["tls.key"], "tls.key").unwrap();
+    lanyard_issuer::TrustAnchor::new(anchor, key, t0()).expect("a usable anchor and its key");
+    assert_eq!(
+        ready_condition(&patch.body["status"])["reason"],
+        "CASecretNotFound"
+    );
+}
+
+#[tokio::test]
+async fn an_annotated_issuer_whose_secret_exists_but_is_not_cached_yet_gets_no_new_anchor() {
+    let anchor = anchor_secret("Lanyard Test Anchor", t0());
+    let anchor_json = secret_json("lanyard", ANCHOR, &anchor, "kubernetes.io/tls");
+    let (result, (), _) = reconcile_issuer_once(
+        &generating_cluster_issuer(),
+        t0(),
+        Cached::default().cluster_issuer(generating_cluster_issuer()),
+        async move |server| {
+            server.get(ANCHOR_SECRET_PATH, anchor_json).await;
+            server
+                .patch(CLUSTER_ISSUER_STATUS_PATH, cluster_issuer_with_status)
+                .await;
+        },
+    )
+    .await;
+    result.expect("the reconcile succeeds");
+}
