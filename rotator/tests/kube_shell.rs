@@ -2157,10 +2157,7 @@ async fn an_annotated_ca_cluster_issuer_without_its_secret_gets_a_new_anchor_by_
     let anchor = lanyard_issuer::Certificate::parse_pem_bundle(&secret.data["tls.crt"], "tls.crt")
         .unwrap()
         .remove(0);
-    assert_eq!(
-        anchor.common_name().as_deref(),
-        Some("root.linkerd.cluster.local")
-    );
+    assert_eq!(anchor.common_name(), Some("root.linkerd.cluster.local"));
     let key = lanyard_issuer::SigningKey::from_pem(&secret.data["tls.key"], "tls.key").unwrap();
     lanyard_issuer::TrustAnchor::new(anchor, key, t0()).expect("a usable anchor and its key");
     assert_eq!(
