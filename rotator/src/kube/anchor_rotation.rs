@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use ::kube::api::{Api, DeleteParams, PostParams};
 use chrono::{DateTime, TimeDelta, Utc};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanyard_crds::time::Clock;
 use lanyard_crds::trust_bundle::TrustBundle;
 use lanyard_issuer::Certificate;
@@ -33,10 +31,10 @@ use tracing::{info, warn};
 
 use super::cache::Caches;
 use super::context::{Context, Error};
-use super::secret::secret_data;
+use super::secret::{create_tls_secret, get_secret, secret_data, to_data};
 use super::trust_bundle::BUNDLE_LABEL;
 use crate::anchor::{self, AnchorSecret, RotationRecord, Surroundings};
-use crate::secret::{SecretData, TLS_CRT, annotations};
+use crate::secret::{TLS_CRT, annotations};
 
 /// The CA Secret's annotation holding the rotation record (JSON).
 pub const ROTATION_ANNOTATION: &str = "lanyard.dev/anchor-rotation";
@@ -104,13 +102,8 @@ async fn rotate<C: Clock>(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let next_name = anchor::prepared_name(secret_name);
     let read = |name: String| {
-        let secrets = secrets.clone();
-        async move {
-            secrets.get_opt(&name).await.map_err(|source| Error::Read {
-                what: format!("Secret {namespace}/{name}"),
-                source,
-            })
-        }
+        let client = ctx.client.clone();
+        async move { get_secret(&client, namespace, &name).await }
     };
     for _ in 0..MAX_STEPS {
         let now = ctx.clock.now();
@@ -164,28 +157,10 @@ async fn rotate<C: Clock>(
                 }
             };
         if let Some(prepared) = &writes.prepared {
-            let mut new = Secret {
-                metadata: ObjectMeta {
-                    name: Some(next_name.clone()),
-                    namespace: Some(namespace.to_string()),
-                    annotations: Some(prepared.annotations.clone()),
-                    ..ObjectMeta::default()
-                },
-                type_: Some("kubernetes.io/tls".into()),
-                ..Secret::default()
-            };
-            new.data = Some(to_data(prepared));
-            match secrets.create(&PostParams::default(), &new).await {
-                Ok(_) => info!(anchor = %secret_name, "trust anchor rotation: made the new anchor"),
-                // Made by a step whose state was not written: adopted next.
-                Err(::kube::Error::Api(e)) if e.code == 409 => {}
-                Err(source) => {
-                    return Err(Error::ApplySecret {
-                        namespace: namespace.to_string(),
-                        name: next_name,
-                        source,
-                    });
-                }
+            // One that exists was made by a step whose state was not
+            // written: adopted next.
+            if create_tls_secret(&ctx.client, namespace, &next_name, prepared).await? {
+                info!(anchor = %secret_name, "trust anchor rotation: made the new anchor");
             }
             continue;
         }
@@ -258,14 +233,6 @@ async fn rotate<C: Clock>(
         }
     }
     Ok(Some(EVENT_POLL))
-}
-
-pub(super) fn to_data(secret: &SecretData) -> std::collections::BTreeMap<String, ByteString> {
-    secret
-        .data
-        .iter()
-        .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-        .collect()
 }
 
 /// The rotation's times: the longest propagation delay of the bundles

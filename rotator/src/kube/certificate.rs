@@ -303,13 +303,7 @@ async fn current_secret<C: Clock>(
     if !read_needed {
         return Ok(cached);
     }
-    let mut read = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("Secret `{namespace}/{name}`"),
-            source,
-        })?;
+    let mut read = super::secret::get_secret(&ctx.client, namespace, name).await?;
     // The cache must now catch up with what was read: a version newer than
     // the one written (someone wrote after the controller) becomes the one
     // waited for; a Secret gone since has no version to wait for.

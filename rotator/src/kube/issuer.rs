@@ -11,7 +11,6 @@ use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::runtime::controller::Action;
 use ::kube::{Client, Resource, ResourceExt};
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Secret;
 use lanyard_crds::api::{ClusterIssuer, Issuer, IssuerConfig, IssuerKind, IssuerStatus};
 use lanyard_crds::linkerd::GENERATE_ANCHOR_ANNOTATION;
 use lanyard_crds::time::Clock;
@@ -20,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::cache::{Caches, LoadedIssuer};
 use super::certificate::STALE_REQUEUE;
 use super::context::{Context, Error, error_backoff};
+use super::secret::{create_tls_secret, get_secret};
 use super::{FIELD_MANAGER, ISSUER_READY_MESSAGE, issuer_status, secret_data};
 use crate::issuer_ref::{IssuerTarget, issuer_target};
 use crate::issuing::{IssuerError, IssuerMaterial, load_issuer};
@@ -70,13 +70,8 @@ async fn load_material<C: Clock>(
     let secret_version = secret_name.and_then(|name| caches.secret_version(namespace, name));
     let load = async {
         let ca_secret = match (secret_name, &secret_version) {
-            (Some(name), Some(_)) => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(name)
-                .await
-                .map_err(|source| Error::Read {
-                    what: format!("Secret `{secret_ref}`"),
-                    source,
-                })?
+            (Some(name), Some(_)) => get_secret(&ctx.client, namespace, name)
+                .await?
                 .as_ref()
                 .map(secret_data),
             _ => None,
@@ -287,16 +282,10 @@ async fn generate_anchor<K: IssuerResource, C: Clock>(
     {
         return Ok(());
     }
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
-    let secret_ref = format!("{namespace}/{}", ca.secret_name);
-    let existing = secrets
-        .get_opt(&ca.secret_name)
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("Secret `{secret_ref}`"),
-            source,
-        })?;
-    if existing.is_some() {
+    if get_secret(&ctx.client, namespace, &ca.secret_name)
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     let anchor = match lanyard_issuer::TrustAnchor::generate_named(
@@ -314,31 +303,10 @@ async fn generate_anchor<K: IssuerResource, C: Clock>(
         }
     };
     let data = crate::anchor::anchor_secret(&anchor);
-    let secret = Secret {
-        metadata: ::kube::api::ObjectMeta {
-            name: Some(ca.secret_name.clone()),
-            namespace: Some(namespace.to_string()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(super::anchor_rotation::to_data(&data)),
-        ..Secret::default()
-    };
-    match secrets
-        .create(&::kube::api::PostParams::default(), &secret)
-        .await
-    {
-        Ok(_) => {
-            info!(issuer = %target.qualified_name(), secret = %secret_ref, "made a new trust anchor `{common_name}`");
-            Ok(())
-        }
-        Err(::kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(source) => Err(Error::ApplySecret {
-            namespace: namespace.to_string(),
-            name: ca.secret_name.clone(),
-            source,
-        }),
+    if create_tls_secret(&ctx.client, namespace, &ca.secret_name, &data).await? {
+        info!(issuer = %target.qualified_name(), secret = %format!("{namespace}/{}", ca.secret_name), "made a new trust anchor `{common_name}`");
     }
+    Ok(())
 }
 
 /// Backs off an issuer whose reconcile failed against the API server, as

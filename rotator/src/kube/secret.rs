@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use ::kube::Resource;
+use ::kube::api::{Api, PostParams};
+use ::kube::{Client, Resource};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use lanyard_crds::api::Certificate;
 
 use super::cache::{MANAGED_LABEL, MANAGED_LABEL_VALUE};
+use super::context::Error;
 use crate::secret::{MANAGED_KEYS, SecretData};
 
 /// The type a Secret the controller creates gets, as cert-manager's do.
@@ -28,6 +30,66 @@ pub fn secret_data(secret: &Secret) -> SecretData {
             .collect(),
         labels: secret.metadata.labels.clone().unwrap_or_default(),
         annotations: secret.metadata.annotations.clone().unwrap_or_default(),
+    }
+}
+
+/// [`SecretData`]'s keys as a `v1.Secret`'s `data`.
+pub(super) fn to_data(secret: &SecretData) -> BTreeMap<String, ByteString> {
+    secret
+        .data
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+        .collect()
+}
+
+/// The Secret `namespace/name` read from the API server, or `None` when it
+/// does not exist.
+pub(super) async fn get_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, Error> {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("Secret `{namespace}/{name}`"),
+            source,
+        })
+}
+
+/// Creates the `kubernetes.io/tls` Secret `namespace/name` holding `data`
+/// (its keys and annotations), as a new trust anchor's Secret is made:
+/// `true` when made, `false` when a Secret of that name exists already,
+/// which is kept as it is (creation never overwrites).
+pub(super) async fn create_tls_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    data: &SecretData,
+) -> Result<bool, Error> {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            annotations: (!data.annotations.is_empty()).then(|| data.annotations.clone()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(TLS_SECRET_TYPE.into()),
+        data: Some(to_data(data)),
+        ..Secret::default()
+    };
+    match Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(::kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(source) => Err(Error::ApplySecret {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        }),
     }
 }
 

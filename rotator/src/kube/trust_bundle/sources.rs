@@ -174,13 +174,7 @@ async fn read_secret<C: Clock>(
     if caches.secret_version(namespace, name).is_none() {
         return Ok(None);
     }
-    Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("Secret `{namespace}/{name}`"),
-            source,
-        })
+    crate::kube::secret::get_secret(&ctx.client, namespace, name).await
 }
 
 /// The ConfigMap `namespace/name`, as [`read_secret`] reads a Secret.
