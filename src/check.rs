@@ -585,20 +585,16 @@ fn issuer_checks(
 
     // The anchors.
     let anchors_valid = "trust anchors are within their validity period";
-    let anchors = match Certificate::parse_pem_bundle(bytes(CA_CRT), &format!("{what} {CA_CRT}")) {
-        Ok(anchors) if !anchors.is_empty() => anchors,
-        Ok(_) => {
-            checks.push(Check::new(
-                anchors_valid,
-                Outcome::Fail(format!("{what} {CA_CRT} holds no certificate")),
-            ));
-            return (checks, None);
-        }
-        Err(e) => {
-            checks.push(Check::new(
-                "trust anchors can be read",
-                Outcome::Fail(e.to_string()),
-            ));
+    let anchors = match certificates_of(
+        bytes(CA_CRT),
+        what,
+        CA_CRT,
+        anchors_valid,
+        "trust anchors can be read",
+    ) {
+        Ok(anchors) => anchors,
+        Err(failed) => {
+            checks.push(failed);
             return (checks, None);
         }
     };
@@ -635,20 +631,16 @@ fn issuer_checks(
 
     // The issuer.
     let issuer_valid = "issuer certificate is within its validity period";
-    let chain = match Certificate::parse_pem_bundle(bytes(TLS_CRT), &format!("{what} {TLS_CRT}")) {
-        Ok(chain) if !chain.is_empty() => chain,
-        Ok(_) => {
-            checks.push(Check::new(
-                issuer_valid,
-                Outcome::Fail(format!("{what} {TLS_CRT} holds no certificate")),
-            ));
-            return (checks, None);
-        }
-        Err(e) => {
-            checks.push(Check::new(
-                "issuer certificate can be read",
-                Outcome::Fail(e.to_string()),
-            ));
+    let chain = match certificates_of(
+        bytes(TLS_CRT),
+        what,
+        TLS_CRT,
+        issuer_valid,
+        "issuer certificate can be read",
+    ) {
+        Ok(chain) => chain,
+        Err(failed) => {
+            checks.push(failed);
             return (checks, None);
         }
     };
@@ -873,6 +865,26 @@ fn rbac_outcome(service_account: &str, answers: &[(Access, Result<Decision, Stri
             "{}\nsee: the install's ClusterRoles, Roles and their bindings (`lanyard install`)",
             denied.join("\n")
         ))
+    }
+}
+
+/// The certificates under `key` of the Secret `what`, at least one; else
+/// the failed check: `validity` (the check the certificates were read
+/// for) when the key holds none, `readable` when it is not PEM.
+fn certificates_of(
+    bytes: &[u8],
+    what: &str,
+    key: &str,
+    validity: &str,
+    readable: &str,
+) -> Result<Vec<Certificate>, Check> {
+    match Certificate::parse_pem_bundle(bytes, &format!("{what} {key}")) {
+        Ok(certificates) if !certificates.is_empty() => Ok(certificates),
+        Ok(_) => Err(Check::new(
+            validity,
+            Outcome::Fail(format!("{what} {key} holds no certificate")),
+        )),
+        Err(e) => Err(Check::new(readable, Outcome::Fail(e.to_string()))),
     }
 }
 

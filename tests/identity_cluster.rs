@@ -280,14 +280,8 @@ async fn certify_web(
     )
     .unwrap();
     assert_eq!(web.to_string(), WEB);
-    let key =
-        lanyard_issuer::SigningKey::generate(lanyard_issuer::KeyAlgorithm::EcdsaP256).unwrap();
     let response = client
-        .certify(lanyard_identity_api::CertifyRequest {
-            identity: WEB.into(),
-            token: token.to_vec(),
-            certificate_signing_request: key.certificate_signing_request(&web).unwrap(),
-        })
+        .certify(support::certify_request(&web, token))
         .await?
         .into_inner();
     let mut pem = lanyard_issuer::Certificate::from_der(&response.leaf_certificate, "leaf")

@@ -5,6 +5,31 @@ mod support;
 
 use support::Scratch;
 
+/// `linkerd install`'s certificate flags: the anchors, the issuer and the
+/// key of the `lanyard ca init` directories named.
+fn bring(anchors: &str, issuer: &str, key: &str) -> Vec<String> {
+    vec![
+        "--identity-trust-anchors-file".into(),
+        format!("{anchors}/ca.crt"),
+        "--identity-issuer-certificate-file".into(),
+        format!("{issuer}/issuer.crt"),
+        "--identity-issuer-key-file".into(),
+        format!("{key}/issuer.key"),
+    ]
+}
+
+/// `lanyard install` with `args` fails saying `needle`, and prints nothing.
+fn refused(scratch: &Scratch, args: &[impl AsRef<str>], needle: &str) {
+    let mut all = vec!["install"];
+    all.extend(args.iter().map(AsRef::as_ref));
+    let ran = scratch.lanyard(&all).failure_saying(needle);
+    assert!(
+        ran.stdout.is_empty(),
+        "printed a half install:\n{}",
+        ran.stdout
+    );
+}
+
 fn kinds_and_names(yaml: &str) -> Vec<String> {
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).unwrap();
     docs.iter()
@@ -53,21 +78,10 @@ fn install_takes_the_files_linkerd_install_takes() {
     scratch
         .ca_init("certs", &["--control-plane-namespace", "mesh"])
         .success();
-    let install = scratch
-        .lanyard(&[
-            "install",
-            "-n",
-            "mesh",
-            "--identity-trust-anchors-file",
-            "certs/ca.crt",
-            "--identity-issuer-certificate-file",
-            "certs/issuer.crt",
-            "--identity-issuer-key-file",
-            "certs/issuer.key",
-            "--set",
-            "controller.replicas=3",
-        ])
-        .success();
+    let mut args = vec!["install", "-n", "mesh", "--set", "controller.replicas=3"];
+    let certificates = bring("certs", "certs", "certs");
+    args.extend(certificates.iter().map(String::as_str));
+    let install = scratch.lanyard(&args).success();
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&install.stdout).unwrap();
     let secret = docs
         .iter()
@@ -96,70 +110,48 @@ fn install_refuses_bad_values_and_prints_nothing() {
     let scratch = Scratch::new();
     scratch.ca_init("certs", &[]).success();
     scratch.ca_init("other", &[]).success();
-    let refused = |args: &[&str], needle: &str| {
-        let mut all = vec!["install"];
-        all.extend_from_slice(args);
-        let ran = scratch.lanyard(&all).failure_saying(needle);
-        assert!(
-            ran.stdout.is_empty(),
-            "printed a half install:\n{}",
-            ran.stdout
-        );
-    };
     refused(
+        &scratch,
         &["--set", "controler.replicas=2"],
         "unknown field `controler`",
     );
     refused(
+        &scratch,
         &["--set", "controller.replicas=none"],
         "controller.replicas",
     );
     refused(
+        &scratch,
         &["--set", "identity.issuer.issuanceLifetime=24"],
         "missing a unit",
     );
-    refused(&["-n", "Linkerd"], "namespace `Linkerd`");
+    refused(&scratch, &["-n", "Linkerd"], "namespace `Linkerd`");
     refused(
+        &scratch,
         &["--identity-trust-anchors-file", "certs/ca.crt"],
         "--identity-issuer-certificate-file",
     );
     // An issuer its anchors did not sign.
     refused(
-        &[
-            "--identity-trust-anchors-file",
-            "other/ca.crt",
-            "--identity-issuer-certificate-file",
-            "certs/issuer.crt",
-            "--identity-issuer-key-file",
-            "certs/issuer.key",
-        ],
+        &scratch,
+        &bring("other", "certs", "certs"),
         "the identity issuer given",
     );
     // A key that is not the issuer's.
     refused(
-        &[
-            "--identity-trust-anchors-file",
-            "certs/ca.crt",
-            "--identity-issuer-certificate-file",
-            "certs/issuer.crt",
-            "--identity-issuer-key-file",
-            "other/issuer.key",
-        ],
+        &scratch,
+        &bring("certs", "certs", "other"),
         "the identity issuer given",
     );
-    refused(&["-f", "missing.yaml"], "missing.yaml");
+    refused(&scratch, &["-f", "missing.yaml"], "missing.yaml");
     // An issuer named for another namespace's identity domain.
     refused(
+        &scratch,
         &[
-            "-n",
-            "mesh",
-            "--identity-trust-anchors-file",
-            "certs/ca.crt",
-            "--identity-issuer-certificate-file",
-            "certs/issuer.crt",
-            "--identity-issuer-key-file",
-            "certs/issuer.key",
-        ],
+            vec!["-n".to_string(), "mesh".to_string()],
+            bring("certs", "certs", "certs"),
+        ]
+        .concat(),
         "the issuer certificate is for identity.linkerd.cluster.local",
     );
 }

@@ -263,16 +263,39 @@ async fn certify(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut client = IdentityClient::new(channel.expect("the identity service serves TLS"));
-    let key =
-        lanyard_issuer::SigningKey::generate(lanyard_issuer::KeyAlgorithm::EcdsaP256).unwrap();
     client
-        .certify(lanyard_identity_api::CertifyRequest {
-            identity: web.to_string(),
-            token: token.as_bytes().to_vec(),
-            certificate_signing_request: key.certificate_signing_request(&web).unwrap(),
-        })
+        .certify(support::certify_request(&web, token.as_bytes()))
         .await
         .map(|r| r.into_inner())
+}
+
+/// Certify, tried every 500 ms (up to 30 times) until its result passes
+/// `done`: RBAC changes reach the API server's authorizer after a moment.
+async fn certify_until(
+    addr: &str,
+    anchors: &str,
+    namespace: &str,
+    token: &str,
+    done: impl Fn(&Result<lanyard_identity_api::CertifyResponse, tonic::Status>) -> bool,
+) -> Option<Result<lanyard_identity_api::CertifyResponse, tonic::Status>> {
+    for _ in 0..30 {
+        let result = certify(addr, anchors, namespace, token).await;
+        if done(&result) {
+            return Some(result);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+/// What `lanyard check -n namespace` prints, as the admin runs it.
+fn lanyard_check(kubectl: &Kubectl, namespace: &str) -> String {
+    let check = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["check", "-n", namespace])
+        .env("KUBECONFIG", &kubectl.kubeconfig)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&check.stdout).into_owned()
 }
 
 fn lease_holder(kubectl: &Kubectl, namespace: &str) -> Option<String> {
@@ -460,12 +483,7 @@ async fn lanyard_install_runs_under_exactly_the_charts_rbac() {
 
     // `lanyard check` finds the install sound but for the pods, which never
     // run here (no kubelet).
-    let check = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["check", "-n", &namespace])
-        .env("KUBECONFIG", &kubectl.kubeconfig)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&check.stdout).to_string();
+    let report = lanyard_check(&kubectl, &namespace);
 
     // A rule taken away: without TokenReview, Certify is unavailable; put
     // back, it answers again.
@@ -481,42 +499,20 @@ async fn lanyard_install_runs_under_exactly_the_charts_rbac() {
         ],
         None,
     );
-    let mut status = None;
-    for _ in 0..30 {
-        match certify(&addr, &anchors, &namespace, token.trim()).await {
-            Err(s) => {
-                status = Some(s);
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-    let status = status.expect("Certify still answered without the TokenReview rule");
+    let status = certify_until(&addr, &anchors, &namespace, token.trim(), Result::is_err)
+        .await
+        .expect("Certify still answered without the TokenReview rule")
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
-    let without = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["check", "-n", &namespace])
-        .env("KUBECONFIG", &kubectl.kubeconfig)
-        .output()
-        .unwrap();
-    let without = String::from_utf8_lossy(&without.stdout).to_string();
+    let without = lanyard_check(&kubectl, &namespace);
     // Applying the install again puts the rule back.
     kubectl.ok(
         &["apply", "--server-side", "--force-conflicts", "-f", "-"],
         Some(&manifests),
     );
-    let mut answered = false;
-    for _ in 0..30 {
-        if certify(&addr, &anchors, &namespace, token.trim())
-            .await
-            .is_ok()
-        {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let answered = certify_until(&addr, &anchors, &namespace, token.trim(), Result::is_ok).await;
     assert!(
-        answered,
+        answered.is_some(),
         "Certify did not come back with the rule:\n{}",
         identity.log()
     );

@@ -308,15 +308,9 @@ fn the_first_caller_of_a_fresh_up_is_certified_and_no_refusal_is_counted() {
             lanyard_crds::identity::IdentityDomain::linkerd_default(),
         )
         .unwrap();
-        let key =
-            lanyard_issuer::SigningKey::generate(lanyard_issuer::KeyAlgorithm::EcdsaP256).unwrap();
         let mut client = lanyard_identity_api::identity_client::IdentityClient::new(channel);
         client
-            .certify(lanyard_identity_api::CertifyRequest {
-                identity: web.to_string(),
-                token: token.as_bytes().to_vec(),
-                certificate_signing_request: key.certificate_signing_request(&web).unwrap(),
-            })
+            .certify(support::certify_request(&web, token.as_bytes()))
             .await
             .expect("certified on the first call");
     });

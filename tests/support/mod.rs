@@ -9,6 +9,21 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A Certify request for `identity` with `token`, its CSR made with a new
+/// P-256 key (which the caller never needs again).
+pub fn certify_request(
+    identity: &lanyard_crds::identity::Identity,
+    token: &[u8],
+) -> lanyard_identity_api::CertifyRequest {
+    let key =
+        lanyard_issuer::SigningKey::generate(lanyard_issuer::KeyAlgorithm::EcdsaP256).unwrap();
+    lanyard_identity_api::CertifyRequest {
+        identity: identity.to_string(),
+        token: token.to_vec(),
+        certificate_signing_request: key.certificate_signing_request(identity).unwrap(),
+    }
+}
+
 pub const WEB: &str = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local";
 pub const WEB_SPIFFE: &str = "spiffe://cluster.local/ns/emojivoto/sa/web";
 
