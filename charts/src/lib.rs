@@ -138,8 +138,9 @@ pub fn chart_files() -> Vec<(String, String)> {
                  {{{{- if .Values.identity.issuer.tls.crtPEM }}}}{{{{- $given = append $given \"crtPEM\" }}}}{{{{- end }}}}\n\
                  {{{{- if .Values.identity.issuer.tls.keyPEM }}}}{{{{- $given = append $given \"keyPEM\" }}}}{{{{- end }}}}\n\
                  {{{{- if and $given (ne (len $given) 3) }}}}\n\
-                 {{{{- fail (printf \"values: identity.trustAnchorsPEM, identity.issuer.tls.crtPEM and identity.issuer.tls.keyPEM go together (given: %s); give all three to bring your own issuer, or none for Lanyard to make them\" (join \", \" $given)) }}}}\n\
-                 {{{{- end }}}}\n"
+                 {{{{- fail (printf {partial} (join \", \" $given)) }}}}\n\
+                 {{{{- end }}}}\n",
+                partial = serde_json::to_string(values::PARTIAL_ISSUER).expect("strings serialise"),
             ),
         ),
     ];

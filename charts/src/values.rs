@@ -282,6 +282,13 @@ pub fn comment(path: &str) -> Option<&'static str> {
     })
 }
 
+/// What a partial bring-your-own issuer is refused with, `%s` standing
+/// for the values given: `lanyard install`'s message, and the format of
+/// the chart's `fail`.
+pub const PARTIAL_ISSUER: &str = "values: identity.trustAnchorsPEM, identity.issuer.tls.crtPEM and \
+     identity.issuer.tls.keyPEM go together (given: %s); give all three to bring your own issuer, \
+     or none for Lanyard to make them";
+
 /// Why values were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ValuesError {
@@ -295,10 +302,7 @@ pub enum ValuesError {
     },
     #[error("values: {0}")]
     Invalid(String),
-    #[error(
-        "values: identity.trustAnchorsPEM, identity.issuer.tls.crtPEM and identity.issuer.tls.keyPEM \
-         go together (given: {given}); give all three to bring your own issuer, or none for Lanyard to make them"
-    )]
+    #[error("{}", PARTIAL_ISSUER.replace("%s", given))]
     PartialIssuer { given: String },
     #[error("values: the identity issuer given: {0}")]
     BadIssuer(String),
