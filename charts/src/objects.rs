@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use crate::rbac::{self, Rule};
 use crate::template::{Cond, Document, RELEASE_NAMESPACE, interpolate, v};
 
-/// The controller's name: its Deployment, ServiceAccount, RBAC and Lease.
+/// The controller's name: its Deployment, ServiceAccount and RBAC (its Lease
+/// is the controller's own default, `lanyard_rotator::kube::lease`).
 pub const CONTROLLER: &str = "lanyard-controller";
 /// The identity service's name, as Linkerd names it: its Deployment,
 /// ServiceAccount and the Service `linkerd-identity:8080` a stock

@@ -158,18 +158,20 @@ async fn deployment_check(client: &Client, namespace: &str, name: &str) -> Check
 }
 
 async fn controller(client: &Client, namespace: &str, now: DateTime<Utc>) -> Vec<Check> {
+    // The Lease the controller really takes (its default name).
+    let lease_name = lanyard_rotator::kube::lease::DEFAULT_LEASE_NAME;
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    let lease = match leases.get_opt(CONTROLLER).await {
+    let lease = match leases.get_opt(lease_name).await {
         Ok(Some(lease)) => lease_outcome(lease.spec.as_ref(), now),
         Ok(None) => Outcome::Fail(format!(
-            "the Lease {namespace}/{CONTROLLER} does not exist: no controller has led yet"
+            "the Lease {namespace}/{lease_name} does not exist: no controller has led yet"
         )),
         Err(e) => Outcome::Fail(api_error(&e)),
     };
     vec![
         deployment_check(client, namespace, CONTROLLER).await,
         Check::new(
-            format!("{CONTROLLER} Lease is held by a leading replica"),
+            format!("{lease_name} Lease is held by a leading replica"),
             lease,
         ),
     ]
