@@ -8,9 +8,11 @@
 //! certificate and key this way for applications that read files.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// The symlink to the current version.
 pub const DATA: &str = "..data";
@@ -26,6 +28,10 @@ pub type VolumeFile<'a> = (&'a str, &'a [u8], u32);
 /// The first half of a write: the new version's files, in a hidden
 /// directory of `dir` no reader looks at. Dropped uncommitted, it is
 /// removed. With `flush`, the files are on disk when this returns.
+///
+/// Every call after the volume's directory is opened is relative to that
+/// directory's descriptor, so the kernel resolves the path once per write,
+/// not once per file and link.
 pub fn stage(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<StagedVolume, Error> {
     for (name, _, _) in files {
         if name.is_empty() || name.contains('/') || matches!(*name, "." | ".." | DATA | DATA_TMP) {
@@ -35,27 +41,52 @@ pub fn stage(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<Staged
             )));
         }
     }
-    create_private_dirs(dir)?;
-    let version = tempfile::Builder::new()
-        .prefix("..")
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir_in(dir)
-        .map_err(at(dir))?;
-    for (name, contents, mode) in files {
-        write_new_file(&version.path().join(name), contents, *mode, flush)?;
+    let fresh = make_private_dir(dir)?;
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| at(dir)(e.into()))?;
+    if fresh && flush {
+        // The volume's own entry in its parent.
+        sync_dir(crate::parent_dir(dir))?;
     }
-    if flush {
-        sync_dir(version.path())?;
-    }
-    Ok(StagedVolume {
+    let version = make_version_dir(&dir_fd, dir)?;
+    let staged = StagedVolume {
         dir: dir.to_path_buf(),
+        dir_fd,
+        fresh,
         keys: files
             .iter()
             .map(|(name, _, _)| name.to_string())
             .filter(|name| !name.starts_with(".."))
             .collect(),
-        version,
-    })
+        version: Some(version),
+    };
+    let version = staged.version.as_deref().expect("just made");
+    for (name, contents, mode) in files {
+        write_new_file(
+            &staged.dir_fd,
+            &format!("{version}/{name}"),
+            dir,
+            contents,
+            *mode,
+            flush,
+        )?;
+    }
+    if flush {
+        let failed = |e: rustix::io::Errno| at(&dir.join(version))(e.into());
+        let version_fd = rustix::fs::openat(
+            &staged.dir_fd,
+            version,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(failed)?;
+        rustix::fs::fsync(&version_fd).map_err(failed)?;
+    }
+    Ok(staged)
 }
 
 /// Replaces the volume in `dir` with `files`, atomically: every key
@@ -68,61 +99,112 @@ pub fn write(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<(), Er
 #[derive(Debug)]
 pub struct StagedVolume {
     dir: PathBuf,
+    dir_fd: OwnedFd,
+    /// Whether `dir` was made by this write (so it has no `..data` and no
+    /// key links yet).
+    fresh: bool,
     keys: Vec<String>,
-    version: tempfile::TempDir,
+    /// The version directory's name in `dir`; `None` once committed.
+    version: Option<String>,
+}
+
+impl Drop for StagedVolume {
+    fn drop(&mut self) {
+        if let Some(version) = self.version.take() {
+            let _ = fs::remove_dir_all(self.dir.join(version));
+        }
+    }
 }
 
 impl StagedVolume {
     /// The second half of a write: `..data` swaps to the staged version in
     /// one rename, key links are made, stale ones and the old version go.
     /// With `flush`, the swap is on disk when this returns.
-    pub fn commit(self, flush: bool) -> Result<(), Error> {
-        let StagedVolume { dir, keys, version } = self;
-        let version = version.keep();
-        let version_name = version
-            .file_name()
-            .expect("a temporary directory has a name")
-            .to_owned();
+    pub fn commit(mut self, flush: bool) -> Result<(), Error> {
+        let version = self.version.clone().expect("uncommitted");
+        let dir = self.dir.clone();
+        let fd = &self.dir_fd;
 
         // Swap `..data` to the new version in one rename.
-        let previous = fs::read_link(dir.join(DATA)).ok();
-        let tmp_link = dir.join(DATA_TMP);
-        replace_symlink(Path::new(&version_name), &tmp_link)?;
-        fs::rename(&tmp_link, dir.join(DATA)).map_err(at(&dir))?;
+        let previous = if self.fresh {
+            None
+        } else {
+            rustix::fs::readlinkat(fd, DATA, Vec::new())
+                .ok()
+                .and_then(|target| target.into_string().ok())
+        };
+        replace_symlink(fd, &dir, &version, DATA_TMP)?;
+        rustix::fs::renameat(fd, DATA_TMP, fd, DATA).map_err(|e| at(&dir)(e.into()))?;
+        // From here the version is the live one: never removed on drop.
+        self.version = None;
 
         // User-visible keys are stable symlinks through `..data`.
-        for key in &keys {
-            let link = dir.join(key);
-            if previous.is_none() || fs::read_link(&link).is_err() {
-                replace_symlink(&Path::new(DATA).join(key), &link)?;
+        for key in &self.keys {
+            if previous.is_none() || rustix::fs::readlinkat(fd, key.as_str(), Vec::new()).is_err() {
+                replace_symlink(fd, &dir, &format!("{DATA}/{key}"), key)?;
             }
         }
         // A first write has no stale links to sweep.
-        let entries = if previous.is_some() {
-            fs::read_dir(&dir).map_err(at(&dir))?.collect::<Vec<_>>()
-        } else {
-            Vec::new()
-        };
-        for entry in entries {
-            let entry = entry.map_err(at(&dir))?;
-            let file_name = entry.file_name();
-            let Some(name) = file_name.to_str() else {
-                continue;
-            };
-            if !name.starts_with("..") && !keys.iter().any(|k| k == name) {
-                let _ = fs::remove_file(entry.path());
+        if previous.is_some() {
+            for entry in fs::read_dir(&dir).map_err(at(&dir))? {
+                let entry = entry.map_err(at(&dir))?;
+                let file_name = entry.file_name();
+                let Some(name) = file_name.to_str() else {
+                    continue;
+                };
+                if !name.starts_with("..") && !self.keys.iter().any(|k| k == name) {
+                    let _ = rustix::fs::unlinkat(fd, name, AtFlags::empty());
+                }
             }
         }
         if flush {
-            sync_dir(&dir)?;
+            rustix::fs::fsync(fd).map_err(|e| at(&dir)(e.into()))?;
         }
         if let Some(previous) = previous
-            && previous.as_os_str() != version_name
+            && previous != version
         {
             let _ = fs::remove_dir_all(dir.join(previous));
         }
         Ok(())
     }
+}
+
+/// Makes `dir` (and missing parents) owner-only; whether `dir` itself was
+/// made now. One `mkdir` when the parent exists.
+fn make_private_dir(dir: &Path) -> Result<bool, Error> {
+    let mode = Mode::from_raw_mode(0o700);
+    match rustix::fs::mkdir(dir, mode) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(rustix::io::Errno::NOENT) => {
+            create_private_dirs(crate::parent_dir(dir))?;
+            match rustix::fs::mkdir(dir, mode) {
+                Ok(()) => Ok(true),
+                Err(rustix::io::Errno::EXIST) => Ok(false),
+                Err(e) => Err(at(dir)(e.into())),
+            }
+        }
+        Err(e) => Err(at(dir)(e.into())),
+    }
+}
+
+/// A new hidden version directory in `dir`, named `..` and 16 random hex
+/// digits (from the standard library's per-thread hash keys: no system
+/// call per name).
+fn make_version_dir(dir_fd: &OwnedFd, dir: &Path) -> Result<String, Error> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut last = None;
+    for attempt in 0u32..16 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(attempt);
+        let name = format!("..{:016x}", hasher.finish());
+        match rustix::fs::mkdirat(dir_fd, name.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => return Ok(name),
+            Err(e @ rustix::io::Errno::EXIST) => last = Some(e),
+            Err(e) => return Err(at(dir)(e.into())),
+        }
+    }
+    Err(at(dir)(last.expect("tried").into()))
 }
 
 /// Removes what an interrupted write (a `kill -9` between stage and
@@ -160,35 +242,49 @@ pub fn sweep(dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
-/// Creates `path` (which must not exist) with `mode`; flushed when `flush`.
-fn write_new_file(path: &Path, bytes: &[u8], mode: u32, flush: bool) -> Result<(), Error> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(at(path))?;
-    file.write_all(bytes).map_err(at(path))?;
+/// Creates `name` in `dir_fd` (it must not exist) with `mode` from the
+/// first byte; flushed when `flush`.
+fn write_new_file(
+    dir_fd: &OwnedFd,
+    name: &str,
+    dir: &Path,
+    bytes: &[u8],
+    mode: u32,
+    flush: bool,
+) -> Result<(), Error> {
+    let path = || dir.join(name);
+    let file = rustix::fs::openat(
+        dir_fd,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(|e| at(&path())(e.into()))?;
+    let mut file = fs::File::from(file);
+    std::io::Write::write_all(&mut file, bytes).map_err(|e| at(&path())(e))?;
     if flush {
-        file.sync_all().map_err(at(path))?;
+        file.sync_all().map_err(|e| at(&path())(e))?;
     }
     Ok(())
 }
 
-/// Makes `link` a symlink to `target`, replacing whatever is there.
-fn replace_symlink(target: &Path, link: &Path) -> Result<(), Error> {
-    match symlink(target, link) {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            fs::remove_file(link).map_err(at(link))?;
-            symlink(target, link).map_err(at(link))
+/// Makes `link` in `dir_fd` a symlink to `target`, replacing whatever is
+/// there.
+fn replace_symlink(dir_fd: &OwnedFd, dir: &Path, target: &str, link: &str) -> Result<(), Error> {
+    let failed = |e: rustix::io::Errno| at(&dir.join(link))(e.into());
+    match rustix::fs::symlinkat(target, dir_fd, link) {
+        Err(rustix::io::Errno::EXIST) => {
+            rustix::fs::unlinkat(dir_fd, link, AtFlags::empty()).map_err(failed)?;
+            rustix::fs::symlinkat(target, dir_fd, link).map_err(failed)
         }
-        other => other.map_err(at(link)),
+        other => other.map_err(failed),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_rewrite_swaps_every_key_drops_stale_ones_and_keeps_modes() {
@@ -237,10 +333,10 @@ mod tests {
         write(&dir, &[("tls.key", b"k1", 0o600)], false).unwrap();
         // A writer killed between stage and commit leaves its version, key
         // included, and possibly a half-made `..data_tmp` link.
-        let staged = stage(&dir, &[("tls.key", b"k2", 0o600)], false).unwrap();
-        let leftover = staged.version.path().to_path_buf();
-        std::mem::forget(staged);
-        symlink(Path::new("..nowhere"), dir.join(DATA_TMP)).unwrap();
+        let mut staged = stage(&dir, &[("tls.key", b"k2", 0o600)], false).unwrap();
+        let leftover = dir.join(staged.version.take().unwrap());
+        drop(staged);
+        std::os::unix::fs::symlink(Path::new("..nowhere"), dir.join(DATA_TMP)).unwrap();
         assert!(leftover.join("tls.key").exists());
 
         let removed = sweep(&dir);
