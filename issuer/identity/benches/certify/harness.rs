@@ -129,6 +129,14 @@ pub(crate) fn cpu_time(threads: Threads) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// CPU time the calling thread has used so far, from
+/// `/proc/thread-self/schedstat`; `None` where there is no such file.
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
+    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 /// Counts a round's CPU time: the server's and the client runtime's.
 pub(crate) struct CpuMeter {
     pub(crate) server: Threads,

@@ -110,3 +110,32 @@ pub(crate) fn print_row(transport: &str, clients: usize, peer: &str, tally: &Tal
         println!("      first {peer} failure: {reason}");
     }
 }
+
+/// The server's CPU per `Certify` against the signing limit: what
+/// `IdentityIssuer::issue` alone (CSR checks and signature) costs on one
+/// thread, timed between the same rounds (median). The rest is transport: gRPC,
+/// HTTP/2, TLS, the runtime, the token check and the bookkeeping. The goal
+/// (issue 17) is at most [`SIGNING_LIMIT_GOAL`] at 16 clients over TLS.
+pub(crate) fn print_signing_limit(
+    transport: &str,
+    clients: usize,
+    per_certify: Duration,
+    issue_alone: Duration,
+) {
+    let ratio = per_certify.as_secs_f64() / issue_alone.as_secs_f64().max(1e-12);
+    let goal = if transport == "tls" && clients == CONCURRENCY[CONCURRENCY.len() - 1] {
+        if ratio <= SIGNING_LIMIT_GOAL {
+            format!(" (goal <= {SIGNING_LIMIT_GOAL:.2}x: met)")
+        } else {
+            format!(" (goal <= {SIGNING_LIMIT_GOAL:.2}x: NOT met)")
+        }
+    } else {
+        String::new()
+    };
+    println!(
+        "      server CPU per Certify({LANYARD}) {:.0} us / IdentityIssuer::issue alone {:.0} us \
+         = {ratio:.2}x{goal}",
+        us(per_certify),
+        us(issue_alone),
+    );
+}
