@@ -22,7 +22,7 @@ use crate::ca::CliError;
 /// `lanyard up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// The state directory: manifests/, secrets/, status/.
+    /// The state directory: manifests/, secrets/, status.db.
     #[arg(long, env = "LANYARD_STATE_DIR")]
     state_dir: PathBuf,
     /// The mesh's trust domain.

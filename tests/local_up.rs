@@ -180,7 +180,12 @@ fn up_names_follow_the_flags_and_a_restart_keeps_the_anchor() {
         let up = start_up(scratch, &flags);
         // The first pass has run once the issuer's status is recorded.
         eventually("the identity issuer's status", || {
-            scratch.exists("state/status/certificates/mesh/linkerd-identity-issuer.json")
+            scratch
+                .lanyard(&["get", "certificates", "--state-dir", "state", "-n", "mesh"])
+                .success()
+                .stdout
+                .lines()
+                .any(|l| l.contains("linkerd-identity-issuer") && l.contains("True"))
         });
         drop(up);
     };

@@ -1,7 +1,8 @@
 //! One Certificate's reconcile in the local shell, in two halves: prepare
-//! (read the Secret, decide, stage the new Secret and status file) and
-//! finish (commit what was staged, count and log it). Passes run the
-//! halves of independent Certificates on every core.
+//! (read the Secret, decide, stage the new Secret) and finish (commit the
+//! Secret, count and log it, hand back the new record for the pass to
+//! store). Passes run the halves of independent Certificates on every
+//! core.
 
 use chrono::{DateTime, Utc};
 use lanyard_crds::api::{Certificate, IssuerKind};
@@ -30,10 +31,8 @@ pub(super) struct Prepared {
     pub(super) current_usable: bool,
     pub(super) outcome: crate::reconcile::Outcome,
     pub(super) staged_secret: Option<secrets::StagedSecret>,
-    /// The status record, when it changed, and its staged file (`None`
-    /// when staging failed: the record is kept in memory and written
-    /// again at commit).
-    pub(super) record: Option<(Record, Option<secrets::StagedFile>)>,
+    /// The status record, when it changed.
+    pub(super) record: Option<Record>,
 }
 
 impl Prepared {
@@ -61,7 +60,7 @@ impl Prepared {
             spec: self.spec_value.clone(),
             status: self.outcome.status.clone(),
         };
-        self.record = Some((record, None));
+        self.record = Some(record);
         self
     }
 
@@ -110,7 +109,7 @@ impl<C: Clock> LocalController<C> {
     }
 
     /// The first half of a reconcile: read the Secret, decide, and stage
-    /// the new Secret and status file if anything changed. Touches nothing
+    /// the new Secret if it changed. Touches nothing
     /// shared but files of its own, so passes run it in parallel. A read or
     /// write error fails this Certificate only.
     pub(super) fn prepare_one(
@@ -167,8 +166,7 @@ impl<C: Clock> LocalController<C> {
                     "ReadFailed",
                     error.to_string(),
                 );
-                let failed = Prepared::new(key, certificate, spec_value, outcome).with_record();
-                return self.stage_record(failed, flush);
+                return Prepared::new(key, certificate, spec_value, outcome).with_record();
             }
         };
         let outcome = reconcile(
@@ -201,25 +199,14 @@ impl<C: Clock> LocalController<C> {
             status: prepared.outcome.status.clone(),
         };
         if record != Some(&new_record) {
-            prepared.record = Some((new_record, None));
-        }
-        self.stage_record(prepared, flush)
-    }
-
-    /// Stages the status record of `prepared`, if it changed. A record that
-    /// cannot be staged stays in memory and is written again at commit.
-    fn stage_record(&self, mut prepared: Prepared, flush: bool) -> Prepared {
-        if let Some((record, staged)) = &mut prepared.record {
-            let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
-            let path = self.record_path(&prepared.key.namespace, &prepared.key.name);
-            *staged = secrets::stage_file(&path, &bytes, 0o644, flush).ok();
+            prepared.record = Some(new_record);
         }
         prepared
     }
 
-    /// The second half: makes the staged Secret and status visible (Secret
-    /// first), then counts and logs what happened. A failed commit fails
-    /// this Certificate only.
+    /// The second half: makes the staged Secret visible, then counts and
+    /// logs what happened, and hands back the record for the pass to store
+    /// (after the Secret). A failed commit fails this Certificate only.
     pub(super) fn finish_one(&self, prepared: Prepared, flush: bool) -> One {
         let now = self.clock.now();
         let mut prepared = prepared;
@@ -237,24 +224,6 @@ impl<C: Clock> LocalController<C> {
             record,
             ..
         } = prepared;
-        let record = record.map(|(record, staged)| {
-            let written = match staged {
-                Some(staged) => staged.commit(flush),
-                None => {
-                    let bytes = serde_json::to_vec_pretty(&record).expect("records serialise");
-                    secrets::write_file_atomic(
-                        &self.record_path(&key.namespace, &key.name),
-                        &bytes,
-                        0o644,
-                        self.secrets.durability(),
-                    )
-                }
-            };
-            if let Err(error) = written {
-                tracing::warn!(certificate = %key, %error, "cannot record status; it is kept in memory");
-            }
-            record
-        });
         let spec = certificate.spec;
         let (ns, name) = (&key.namespace, &key.name);
         match &outcome.event {
@@ -310,8 +279,9 @@ impl<C: Clock> LocalController<C> {
             one.requeue_at,
         );
         if let Some(record) = one.record {
-            self.records
-                .insert((one.key.namespace, one.key.name), record);
+            let key = (one.key.namespace, one.key.name);
+            self.dirty_records.insert(key.clone());
+            self.records.insert(key, record);
         }
     }
 }

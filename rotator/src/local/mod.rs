@@ -1,7 +1,8 @@
 //! The local shell: `lanyard up` on one machine, no cluster. Objects are
 //! manifests in `DIR/manifests/`, Secrets are directories in
-//! `DIR/secrets/<namespace>/<name>/`, status is JSON in `DIR/status/`. The
-//! same reconcile core as in a cluster decides and issues.
+//! `DIR/secrets/<namespace>/<name>/`, status and bookkeeping are in one
+//! embedded store, `DIR/status.db` ([`store`]). The same reconcile core as
+//! in a cluster decides and issues.
 
 mod bootstrap;
 mod certificate;
@@ -11,14 +12,16 @@ pub mod run;
 mod schedule;
 pub mod secrets;
 mod status;
+pub mod store;
 pub mod sweep;
 pub mod trust;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use lanyard_crds::api::IssuerStatus;
 use lanyard_crds::identity::IdentityDomain;
 use lanyard_crds::time::Clock;
 
@@ -49,6 +52,15 @@ pub enum LocalError {
     /// was discarded.
     #[error("the pass was stopped")]
     Cancelled,
+    /// The store of status and bookkeeping (`DIR/status.db`) cannot be
+    /// opened, read or written.
+    #[error("{}: {reason}", path.display())]
+    Database {
+        /// The store's file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A state file is corrupt.
     #[error("{}: corrupt state file: {reason}", path.display())]
     CorruptState {
@@ -82,10 +94,6 @@ impl LocalOptions {
     pub fn secret_store(&self) -> SecretStore {
         SecretStore::new(self.state_dir.join("secrets"), self.durability)
     }
-
-    fn status_dir(&self) -> PathBuf {
-        self.state_dir.join("status")
-    }
 }
 
 /// What one pass did.
@@ -114,6 +122,15 @@ pub struct LocalController<C> {
     requeue: BTreeMap<(String, String), DateTime<Utc>>,
     issuer_stamps: BTreeMap<IssuerKey, String>,
     records: BTreeMap<(String, String), Record>,
+    issuer_statuses: BTreeMap<IssuerKey, IssuerStatus>,
+    /// Records and issuer statuses changed in memory but not yet in the
+    /// store (written at the end of each pass, kept for the next one when
+    /// that write fails).
+    dirty_records: BTreeSet<(String, String)>,
+    dirty_issuers: BTreeSet<IssuerKey>,
+    /// One writer's connection; a mutex only so passes can share the
+    /// controller across threads (only the pass's end writes).
+    store: std::sync::Mutex<store::Store>,
     stop: lanyard_runtime::Shutdown,
     /// Whether the first-start setup still has to be done (it failed to
     /// write, e.g. on a full disk, and is tried again each pass).
@@ -123,7 +140,9 @@ pub struct LocalController<C> {
 }
 
 impl<C: Clock> LocalController<C> {
-    /// Opens (creating) the state directory and loads recorded status.
+    /// Opens (creating) the state directory and its store, and loads
+    /// recorded status (moving status files of an older Lanyard into the
+    /// store).
     pub fn open(
         options: LocalOptions,
         clock: C,
@@ -131,7 +150,7 @@ impl<C: Clock> LocalController<C> {
     ) -> Result<Self, LocalError> {
         let secrets = options.secret_store();
         secrets.create_root()?;
-        let records = status::load_records(&options.status_dir().join("certificates"))?;
+        let (store, contents) = store::Store::open(&options.state_dir, options.durability)?;
         Ok(LocalController {
             options,
             clock,
@@ -141,7 +160,11 @@ impl<C: Clock> LocalController<C> {
             manifests: manifests::ManifestCache::default(),
             requeue: BTreeMap::new(),
             issuer_stamps: BTreeMap::new(),
-            records,
+            records: contents.records,
+            issuer_statuses: contents.issuers,
+            dirty_records: BTreeSet::new(),
+            dirty_issuers: BTreeSet::new(),
+            store: std::sync::Mutex::new(store),
             stop: lanyard_runtime::Shutdown::new(),
             bootstrap_pending: false,
             trust: None,

@@ -103,7 +103,16 @@ impl<C: Clock> LocalController<C> {
         self.pass(Scope::Due)
     }
 
+    /// A pass, then its changes to status written to the store in one
+    /// transaction, also when the pass stops early: every Secret a pass
+    /// commits is committed before its record.
     fn pass(&mut self, scope: Scope) -> Result<PassReport, LocalError> {
+        let report = self.pass_unrecorded(scope);
+        self.persist();
+        report
+    }
+
+    fn pass_unrecorded(&mut self, scope: Scope) -> Result<PassReport, LocalError> {
         self.check_stop()?;
         self.metrics.pass(match scope {
             Scope::Everything => "full",
@@ -232,9 +241,7 @@ impl<C: Clock> LocalController<C> {
         };
         let mut prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
         self.check_stop()?;
-        let wrote = prepared
-            .iter()
-            .any(|p| p.staged_secret.is_some() || p.record.is_some());
+        let wrote = prepared.iter().any(|p| p.staged_secret.is_some());
         if fsync
             && wrote
             && let Err(error) = secrets::flush_filesystem(&self.options.state_dir)
@@ -307,7 +314,7 @@ impl<C: Clock> LocalController<C> {
         for (ns, name) in gone {
             self.requeue.remove(&(ns.clone(), name.clone()));
             self.records.remove(&(ns.clone(), name.clone()));
-            let _ = std::fs::remove_file(self.record_path(&ns, &name));
+            self.dirty_records.insert((ns.clone(), name.clone()));
             self.metrics.forget_certificate(&ns, &name);
         }
         for (kind, ns, name) in self.metrics.tracked_issuers() {
@@ -362,7 +369,7 @@ impl<C: Clock> LocalController<C> {
     }
 
     fn load_issuers(
-        &self,
+        &mut self,
         issuers: &BTreeMap<(IssuerKind, String, String), IssuerConfig>,
         now: DateTime<Utc>,
     ) -> Materials {
@@ -388,9 +395,7 @@ impl<C: Clock> LocalController<C> {
             };
             self.metrics
                 .observe_issuer(*kind, ns, name, material.as_ref().ok());
-            if let Err(error) = self.write_issuer_status(*kind, ns, name, material.as_ref(), now) {
-                tracing::warn!(issuer = %name, %error, "cannot record issuer status");
-            }
+            self.write_issuer_status(*kind, ns, name, material.as_ref(), now);
             materials.insert((*kind, ns.clone(), name.clone()), material);
         }
         materials

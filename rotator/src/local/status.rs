@@ -1,17 +1,18 @@
-//! The status files of the state directory (`DIR/status/`): each
-//! Certificate's record, each issuer's status, and the rows of
-//! `lanyard get certificates` read back from them.
+//! Status of the local shell: each Certificate's record, each issuer's
+//! status (both kept in [`super::store`]), and the rows of `lanyard get
+//! certificates` read back from them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use lanyard_crds::api::{CertificateStatus, IssuerKind, IssuerStatus};
+use lanyard_crds::api::{CertificateStatus, IssuerKind};
 use lanyard_crds::time::Clock;
 use serde::{Deserialize, Serialize};
 
 use super::manifests::{self, ManifestError, Object};
-use super::secrets::{self, SecretStoreError};
+use super::secrets::SecretStoreError;
+use super::store::{self, Changes};
 use super::{LocalController, LocalError};
 use crate::issuing::{IssuerError, IssuerMaterial};
 use crate::reconcile::issuer_status;
@@ -25,8 +26,8 @@ pub(super) struct Record {
     pub(super) status: CertificateStatus,
 }
 
-/// The records under `status_root` (`DIR/status/certificates`), by
-/// namespace and name.
+/// The records of an older Lanyard, as files under `status_root`
+/// (`DIR/status/certificates`), by namespace and name.
 pub(super) fn load_records(
     status_root: &Path,
 ) -> Result<BTreeMap<(String, String), Record>, LocalError> {
@@ -65,44 +66,59 @@ pub(super) fn load_records(
 }
 
 impl<C: Clock> LocalController<C> {
-    pub(super) fn record_path(&self, namespace: &str, name: &str) -> PathBuf {
-        self.options
-            .status_dir()
-            .join("certificates")
-            .join(namespace)
-            .join(format!("{name}.json"))
-    }
-
+    /// Updates an issuer's status in memory; the pass's end writes it to
+    /// the store when it changed.
     pub(super) fn write_issuer_status(
-        &self,
+        &mut self,
         kind: IssuerKind,
         namespace: &str,
         name: &str,
         material: Result<&IssuerMaterial, &IssuerError>,
         now: DateTime<Utc>,
-    ) -> Result<(), LocalError> {
-        let path = match kind {
-            IssuerKind::Issuer => self
-                .options
-                .status_dir()
-                .join("issuers")
-                .join(namespace)
-                .join(format!("{name}.json")),
-            IssuerKind::ClusterIssuer => self
-                .options
-                .status_dir()
-                .join("clusterissuers")
-                .join(format!("{name}.json")),
-        };
-        let current = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<IssuerStatus>(&b).ok());
-        let status = issuer_status(current.as_ref(), material, None, now);
-        if current.as_ref() != Some(&status) {
-            let bytes = serde_json::to_vec_pretty(&status).expect("status serialises");
-            secrets::write_file_atomic(&path, &bytes, 0o644, self.options.durability)?;
+    ) {
+        let key = (kind, namespace.to_string(), name.to_string());
+        let current = self.issuer_statuses.get(&key);
+        let status = issuer_status(current, material, None, now);
+        if current != Some(&status) {
+            self.issuer_statuses.insert(key.clone(), status);
+            self.dirty_issuers.insert(key);
         }
-        Ok(())
+    }
+
+    /// Writes what changed in memory to the store, in one transaction. A
+    /// failed write is logged and tried again at the next pass's end; the
+    /// records stay in memory meanwhile.
+    pub(super) fn persist(&mut self) {
+        if self.dirty_records.is_empty() && self.dirty_issuers.is_empty() {
+            return;
+        }
+        let changes = Changes {
+            records: self
+                .dirty_records
+                .iter()
+                .map(|key| (key, self.records.get(key)))
+                .collect(),
+            issuers: self
+                .dirty_issuers
+                .iter()
+                .filter_map(|key| self.issuer_statuses.get_key_value(key))
+                .collect(),
+        };
+        let written = self
+            .store
+            .lock()
+            .expect("no pass panics while writing the store")
+            .write(&changes);
+        drop(changes);
+        match written {
+            Ok(()) => {
+                self.dirty_records.clear();
+                self.dirty_issuers.clear();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot record status; it is kept in memory and written again after the next pass");
+            }
+        }
     }
 }
 
@@ -130,6 +146,7 @@ pub fn certificate_rows(
     state_dir: &Path,
 ) -> Result<(Vec<CertificateRow>, Vec<ManifestError>), LocalError> {
     let (objects, errors) = manifests::load_dir(&state_dir.join("manifests"), "default");
+    let mut records = store::read(state_dir)?.records;
     let mut rows = Vec::new();
     for object in objects.into_values().flatten() {
         let Object::Certificate(cert) = object else {
@@ -137,22 +154,10 @@ pub fn certificate_rows(
         };
         let namespace = cert.metadata.namespace.clone().unwrap_or_default();
         let name = cert.metadata.name.clone().unwrap_or_default();
-        let path = state_dir
-            .join("status/certificates")
-            .join(&namespace)
-            .join(format!("{name}.json"));
-        let record: Option<Record> = match std::fs::read(&path) {
-            Ok(bytes) => {
-                Some(
-                    serde_json::from_slice(&bytes).map_err(|e| LocalError::CorruptState {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?,
-                )
-            }
-            Err(_) => None,
-        };
-        let status = record.map(|r| r.status).unwrap_or_default();
+        let status = records
+            .remove(&(namespace.clone(), name.clone()))
+            .map(|r| r.status)
+            .unwrap_or_default();
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         rows.push(CertificateRow {
             namespace,
