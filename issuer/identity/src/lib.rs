@@ -6,7 +6,7 @@
 //!   functions of their own: [`authorize`] (whether the identity a token
 //!   proves is the one asked for) and [`rate`] (the per-identity token
 //!   bucket);
-//! - [`serve`]: TLS on a bounded listener; [`serving`]: the service's own
+//! - [`serve`]: TLS on a bounded listener, each answer in one write; [`serving`]: the service's own
 //!   certificate, renewed from the issuer it serves;
 //! - [`reload`]: the issuer swapped in without a restart when its files or
 //!   Secret change, or refused while the old one keeps serving;
@@ -23,6 +23,7 @@ pub mod authorize;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod metrics;
+mod one_write;
 pub mod rate;
 pub mod reload;
 pub mod serve;
