@@ -9,10 +9,9 @@
 
 use std::fs;
 use std::io::ErrorKind;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{Mode, OFlags};
 
 /// The symlink to the current version.
 pub const DATA: &str = "..data";
@@ -29,9 +28,11 @@ pub type VolumeFile<'a> = (&'a str, &'a [u8], u32);
 /// directory of `dir` no reader looks at. Dropped uncommitted, it is
 /// removed. With `flush`, the files are on disk when this returns.
 ///
-/// Every call after the volume's directory is opened is relative to that
-/// directory's descriptor, so the kernel resolves the path once per write,
-/// not once per file and link.
+/// No descriptor is held between stage and commit (a pass stages
+/// thousands of Secrets before it commits any), and the kernel is asked
+/// only for what the write needs: one `mkdir` per directory, `open`,
+/// `write`, `close` per file; a new volume skips the look for a previous
+/// version.
 pub fn stage(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<StagedVolume, Error> {
     for (name, _, _) in files {
         if name.is_empty() || name.contains('/') || matches!(*name, "." | ".." | DATA | DATA_TMP) {
@@ -42,20 +43,13 @@ pub fn stage(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<Staged
         }
     }
     let fresh = make_private_dir(dir)?;
-    let dir_fd = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| at(dir)(e.into()))?;
     if fresh && flush {
         // The volume's own entry in its parent.
         sync_dir(crate::parent_dir(dir))?;
     }
-    let version = make_version_dir(&dir_fd, dir)?;
+    let version = make_version_dir(dir)?;
     let staged = StagedVolume {
         dir: dir.to_path_buf(),
-        dir_fd,
         fresh,
         keys: files
             .iter()
@@ -64,27 +58,12 @@ pub fn stage(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<Staged
             .collect(),
         version: Some(version),
     };
-    let version = staged.version.as_deref().expect("just made");
+    let version_dir = dir.join(staged.version.as_deref().expect("just made"));
     for (name, contents, mode) in files {
-        write_new_file(
-            &staged.dir_fd,
-            &format!("{version}/{name}"),
-            dir,
-            contents,
-            *mode,
-            flush,
-        )?;
+        write_new_file(&version_dir.join(name), contents, *mode, flush)?;
     }
     if flush {
-        let failed = |e: rustix::io::Errno| at(&dir.join(version))(e.into());
-        let version_fd = rustix::fs::openat(
-            &staged.dir_fd,
-            version,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(failed)?;
-        rustix::fs::fsync(&version_fd).map_err(failed)?;
+        sync_dir(&version_dir)?;
     }
     Ok(staged)
 }
@@ -99,7 +78,6 @@ pub fn write(dir: &Path, files: &[VolumeFile<'_>], flush: bool) -> Result<(), Er
 #[derive(Debug)]
 pub struct StagedVolume {
     dir: PathBuf,
-    dir_fd: OwnedFd,
     /// Whether `dir` was made by this write (so it has no `..data` and no
     /// key links yet).
     fresh: bool,
@@ -123,25 +101,23 @@ impl StagedVolume {
     pub fn commit(mut self, flush: bool) -> Result<(), Error> {
         let version = self.version.clone().expect("uncommitted");
         let dir = self.dir.clone();
-        let fd = &self.dir_fd;
 
         // Swap `..data` to the new version in one rename.
         let previous = if self.fresh {
             None
         } else {
-            rustix::fs::readlinkat(fd, DATA, Vec::new())
-                .ok()
-                .and_then(|target| target.into_string().ok())
+            fs::read_link(dir.join(DATA)).ok()
         };
-        replace_symlink(fd, &dir, &version, DATA_TMP)?;
-        rustix::fs::renameat(fd, DATA_TMP, fd, DATA).map_err(|e| at(&dir)(e.into()))?;
+        replace_symlink(Path::new(&version), &dir.join(DATA_TMP))?;
+        fs::rename(dir.join(DATA_TMP), dir.join(DATA)).map_err(at(&dir))?;
         // From here the version is the live one: never removed on drop.
         self.version = None;
 
         // User-visible keys are stable symlinks through `..data`.
         for key in &self.keys {
-            if previous.is_none() || rustix::fs::readlinkat(fd, key.as_str(), Vec::new()).is_err() {
-                replace_symlink(fd, &dir, &format!("{DATA}/{key}"), key)?;
+            let link = dir.join(key);
+            if previous.is_none() || fs::read_link(&link).is_err() {
+                replace_symlink(&Path::new(DATA).join(key), &link)?;
             }
         }
         // A first write has no stale links to sweep.
@@ -153,15 +129,15 @@ impl StagedVolume {
                     continue;
                 };
                 if !name.starts_with("..") && !self.keys.iter().any(|k| k == name) {
-                    let _ = rustix::fs::unlinkat(fd, name, AtFlags::empty());
+                    let _ = fs::remove_file(entry.path());
                 }
             }
         }
         if flush {
-            rustix::fs::fsync(fd).map_err(|e| at(&dir)(e.into()))?;
+            sync_dir(&dir)?;
         }
         if let Some(previous) = previous
-            && previous != version
+            && previous.as_os_str() != version.as_str()
         {
             let _ = fs::remove_dir_all(dir.join(previous));
         }
@@ -191,14 +167,14 @@ fn make_private_dir(dir: &Path) -> Result<bool, Error> {
 /// A new hidden version directory in `dir`, named `..` and 16 random hex
 /// digits (from the standard library's per-thread hash keys: no system
 /// call per name).
-fn make_version_dir(dir_fd: &OwnedFd, dir: &Path) -> Result<String, Error> {
+fn make_version_dir(dir: &Path) -> Result<String, Error> {
     use std::hash::{BuildHasher, Hasher};
     let mut last = None;
     for attempt in 0u32..16 {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(attempt);
         let name = format!("..{:016x}", hasher.finish());
-        match rustix::fs::mkdirat(dir_fd, name.as_str(), Mode::from_raw_mode(0o700)) {
+        match rustix::fs::mkdir(dir.join(&name), Mode::from_raw_mode(0o700)) {
             Ok(()) => return Ok(name),
             Err(e @ rustix::io::Errno::EXIST) => last = Some(e),
             Err(e) => return Err(at(dir)(e.into())),
@@ -242,42 +218,31 @@ pub fn sweep(dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
-/// Creates `name` in `dir_fd` (it must not exist) with `mode` from the
-/// first byte; flushed when `flush`.
-fn write_new_file(
-    dir_fd: &OwnedFd,
-    name: &str,
-    dir: &Path,
-    bytes: &[u8],
-    mode: u32,
-    flush: bool,
-) -> Result<(), Error> {
-    let path = || dir.join(name);
-    let file = rustix::fs::openat(
-        dir_fd,
-        name,
+/// Creates `path` (which must not exist) with `mode` from the first byte;
+/// flushed when `flush`.
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32, flush: bool) -> Result<(), Error> {
+    let file = rustix::fs::open(
+        path,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
         Mode::from_raw_mode(mode),
     )
-    .map_err(|e| at(&path())(e.into()))?;
+    .map_err(|e| at(path)(e.into()))?;
     let mut file = fs::File::from(file);
-    std::io::Write::write_all(&mut file, bytes).map_err(|e| at(&path())(e))?;
+    std::io::Write::write_all(&mut file, bytes).map_err(at(path))?;
     if flush {
-        file.sync_all().map_err(|e| at(&path())(e))?;
+        file.sync_all().map_err(at(path))?;
     }
     Ok(())
 }
 
-/// Makes `link` in `dir_fd` a symlink to `target`, replacing whatever is
-/// there.
-fn replace_symlink(dir_fd: &OwnedFd, dir: &Path, target: &str, link: &str) -> Result<(), Error> {
-    let failed = |e: rustix::io::Errno| at(&dir.join(link))(e.into());
-    match rustix::fs::symlinkat(target, dir_fd, link) {
-        Err(rustix::io::Errno::EXIST) => {
-            rustix::fs::unlinkat(dir_fd, link, AtFlags::empty()).map_err(failed)?;
-            rustix::fs::symlinkat(target, dir_fd, link).map_err(failed)
+/// Makes `link` a symlink to `target`, replacing whatever is there.
+fn replace_symlink(target: &Path, link: &Path) -> Result<(), Error> {
+    match std::os::unix::fs::symlink(target, link) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            fs::remove_file(link).map_err(at(link))?;
+            std::os::unix::fs::symlink(target, link).map_err(at(link))
         }
-        other => other.map_err(failed),
+        other => other.map_err(at(link)),
     }
 }
 
