@@ -142,9 +142,9 @@ fn test(args: TestArgs) -> Result<ExitCode, CliError> {
         identity: args.identity.clone(),
         ip: args.client_ip,
     };
-    let request = args.path.as_ref().map(|path| HttpRequest {
-        path: path.clone(),
-        method: args.method.clone(),
+    let request = args.path.as_deref().map(|path| HttpRequest {
+        path,
+        method: &args.method,
     });
     let decision = policy
         .authorize_server(&args.namespace, &args.server, &client, request.as_ref())

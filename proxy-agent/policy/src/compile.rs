@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use lanyard_crds::identity::{Identity, IdentityDomain};
@@ -256,7 +257,7 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
 #[derive(Debug, Clone)]
 pub(crate) struct ServerPolicy {
     pub(crate) namespace: String,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     /// How metrics name it.
     pub(crate) label: PolicyRef,
     pub(crate) selector: LabelSelector,
@@ -311,7 +312,7 @@ fn compile_server(s: &Parsed<ServerSpec>) -> Result<ServerPolicy, PolicyError> {
     };
     Ok(ServerPolicy {
         namespace: s.namespace.clone(),
-        name: s.name.clone(),
+        name: s.name.as_str().into(),
         label: PolicyRef::resource(POLICY_GROUP, "server", &s.name),
         selector,
         port: s.spec.port.clone(),
@@ -323,7 +324,7 @@ fn compile_server(s: &Parsed<ServerSpec>) -> Result<ServerPolicy, PolicyError> {
 #[derive(Debug, Clone)]
 pub(crate) struct RoutePolicy {
     pub(crate) namespace: String,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     /// How metrics name it: its group (`policy.linkerd.io` or
     /// `gateway.networking.k8s.io`, as written), `HTTPRoute`, its name.
     pub(crate) label: PolicyRef,
@@ -404,7 +405,7 @@ fn compile_route(r: &Parsed<HttpRouteSpec>) -> Result<RoutePolicy, PolicyError> 
     }
     Ok(RoutePolicy {
         namespace: r.namespace.clone(),
-        name: r.name.clone(),
+        name: r.name.as_str().into(),
         label: PolicyRef::resource(&r.group, "HTTPRoute", &r.name),
         parents,
         rules,
@@ -456,7 +457,7 @@ pub(crate) enum Target {
 #[derive(Debug, Clone)]
 pub(crate) struct Authorization {
     pub(crate) namespace: String,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     /// How metrics name it.
     pub(crate) label: PolicyRef,
     pub(crate) target: Target,
@@ -587,7 +588,7 @@ fn compile_policy(
     match target {
         Some(target) if errors.is_empty() => Ok(Authorization {
             namespace: p.namespace.clone(),
-            name: p.name.clone(),
+            name: p.name.as_str().into(),
             label: PolicyRef::resource(POLICY_GROUP, "authorizationpolicy", &p.name),
             target,
             required,

@@ -45,13 +45,13 @@ pub struct Client {
     pub ip: IpAddr,
 }
 
-/// An HTTP request's route-relevant parts.
-#[derive(Debug, Clone)]
-pub struct HttpRequest {
+/// An HTTP request's route-relevant parts, borrowed from the request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
     /// The path, without the query.
-    pub path: String,
+    pub path: &'a str,
     /// The method.
-    pub method: String,
+    pub method: &'a str,
 }
 
 /// The verdict.
@@ -71,12 +71,12 @@ pub struct Decision {
     /// The verdict.
     pub verdict: Verdict,
     /// The Server that covered the port, if any.
-    pub server: Option<String>,
+    pub server: Option<Arc<str>>,
     /// The AuthorizationPolicy that allowed it, or `default:<policy>`, or
     /// `<server's accessPolicy>` when none did.
-    pub authz: String,
+    pub authz: Arc<str>,
     /// The route the request matched, if any.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// Allowed only because the policy is `audit`: it would have been denied.
     pub audit: bool,
     /// The Server, route and authorization as Linkerd's proxy names them
@@ -150,7 +150,7 @@ impl Policy {
         workload: &Workload,
         port: u16,
         client: &Client,
-        request: Option<&HttpRequest>,
+        request: Option<&HttpRequest<'_>>,
     ) -> Decision {
         match self.server_for(workload, port) {
             Some(server) => self.decide_on(server, client, request),
@@ -194,12 +194,12 @@ impl Policy {
         namespace: &str,
         name: &str,
         client: &Client,
-        request: Option<&HttpRequest>,
+        request: Option<&HttpRequest<'_>>,
     ) -> Option<Decision> {
         let server = self
             .servers
             .iter()
-            .find(|s| s.namespace == namespace && s.name == name)?;
+            .find(|s| s.namespace == namespace && *s.name == *name)?;
         Some(self.decide_on(server, client, request))
     }
 
@@ -207,12 +207,14 @@ impl Policy {
         &self,
         server: &ServerPolicy,
         client: &Client,
-        request: Option<&HttpRequest>,
+        request: Option<&HttpRequest<'_>>,
     ) -> Decision {
         let routes: Vec<&RoutePolicy> = self
             .routes
             .iter()
-            .filter(|r| r.namespace == server.namespace && r.parents.contains(&server.name))
+            .filter(|r| {
+                r.namespace == server.namespace && r.parents.iter().any(|p| **p == *server.name)
+            })
             .collect();
         let mut route = None;
         if let Some(request) = request
@@ -227,7 +229,7 @@ impl Policy {
                 return Decision {
                     verdict: Verdict::NoRoute,
                     server: Some(server.name.clone()),
-                    authz: String::new(),
+                    authz: "".into(),
                     route: None,
                     audit: false,
                     labels: PolicyLabels {
@@ -241,9 +243,9 @@ impl Policy {
         let applies = |a: &&Authorization| {
             a.namespace == server.namespace
                 && match &a.target {
-                    Target::Server(name) => *name == server.name,
+                    Target::Server(name) => **name == *server.name,
                     Target::Namespace => true,
-                    Target::Route(name) => route.is_some_and(|r| r.name == *name),
+                    Target::Route(name) => route.is_some_and(|r| *r.name == **name),
                 }
         };
         let allowed = self
@@ -303,7 +305,7 @@ impl Policy {
         Decision {
             verdict: if allow { Verdict::Allow } else { Verdict::Deny },
             server: server.map(|s| s.name.clone()),
-            authz: format!("default:{policy}"),
+            authz: policy.authz(),
             route: None,
             audit,
             labels,
@@ -353,7 +355,7 @@ impl IdentityMatch {
 }
 
 impl RouteMatch {
-    fn matches(&self, request: &HttpRequest) -> bool {
+    fn matches(&self, request: &HttpRequest<'_>) -> bool {
         let path_ok = match &self.path {
             None => true,
             Some((true, exact)) => request.path == *exact,
@@ -371,6 +373,6 @@ impl RouteMatch {
             && self
                 .method
                 .as_ref()
-                .is_none_or(|m| m.eq_ignore_ascii_case(&request.method))
+                .is_none_or(|m| m.eq_ignore_ascii_case(request.method))
     }
 }

@@ -56,6 +56,23 @@ impl DefaultPolicy {
         labels[index].clone()
     }
 
+    /// What a decision by this default names as its authorization,
+    /// `default:<name>`, built once.
+    pub(crate) fn authz(self) -> std::sync::Arc<str> {
+        static AUTHZ: OnceLock<Vec<std::sync::Arc<str>>> = OnceLock::new();
+        let names = AUTHZ.get_or_init(|| {
+            DefaultPolicy::ALL
+                .iter()
+                .map(|p| format!("default:{}", p.name()).into())
+                .collect()
+        });
+        let index = DefaultPolicy::ALL
+            .iter()
+            .position(|p| *p == self)
+            .unwrap_or_default();
+        names[index].clone()
+    }
+
     /// Every name, for messages.
     pub const NAMES: &'static str = "all-unauthenticated, all-authenticated, cluster-authenticated, cluster-unauthenticated, deny, audit";
 

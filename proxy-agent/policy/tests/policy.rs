@@ -94,7 +94,7 @@ fn the_guides_three_tier_example_lets_only_the_api_server_reach_postgres() {
     let other = policy.authorize(&db, 5432, &meshed(&identity("web", "frontend")), None);
     assert_eq!(other.verdict, Verdict::Deny);
     assert_eq!(
-        other.authz, "default:deny",
+        &*other.authz, "default:deny",
         "a Server with no matching authorization denies"
     );
     assert_eq!(
@@ -105,7 +105,7 @@ fn the_guides_three_tier_example_lets_only_the_api_server_reach_postgres() {
     );
     // Another port of the pod is not covered: the default policy decides.
     assert_eq!(
-        policy.authorize(&db, 9999, &plain("10.0.0.9"), None).authz,
+        &*policy.authorize(&db, 9999, &plain("10.0.0.9"), None).authz,
         "default:all-unauthenticated"
     );
 }
@@ -468,7 +468,7 @@ fn default_policies() {
                 allowed,
                 "{default} for {client:?}"
             );
-            assert_eq!(d.authz, format!("default:{default}"));
+            assert_eq!(*d.authz, format!("default:{default}"));
             assert_eq!(d.audit, default == DefaultPolicy::Audit);
         }
     }
@@ -485,22 +485,14 @@ fn routes_authorize_per_path_and_method_and_unmatched_requests_get_no_route() {
     let policy = build(&format!("{SERVER}\n---\n{ROUTES}")).unwrap();
     let ask = |client: &Client, path: &str, method: &str| {
         policy
-            .authorize_server(
-                "shop",
-                "api",
-                client,
-                Some(&HttpRequest {
-                    path: path.into(),
-                    method: method.into(),
-                }),
-            )
+            .authorize_server("shop", "api", client, Some(&HttpRequest { path, method }))
             .unwrap()
     };
     let web = meshed(&identity("web", "front"));
     let anon = plain("10.0.0.1");
     let d = ask(&anon, "/healthz", "GET");
     assert_eq!(
-        (d.verdict, d.route.as_deref(), d.authz.as_str()),
+        (d.verdict, d.route.as_deref(), &*d.authz),
         (Verdict::Allow, Some("health"), "health-for-all")
     );
     assert_eq!(ask(&anon, "/healthz", "POST").verdict, Verdict::NoRoute);
@@ -738,8 +730,8 @@ spec:
                 name,
                 client,
                 Some(&HttpRequest {
-                    path: path.into(),
-                    method: "GET".into(),
+                    path,
+                    method: "GET",
                 }),
             )
             .unwrap()

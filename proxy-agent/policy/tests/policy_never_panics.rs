@@ -247,7 +247,7 @@ struct Question {
     port: u16,
     identity: Option<String>,
     ip: IpAddr,
-    request: Option<HttpRequest>,
+    request: Option<(String, String)>,
 }
 
 fn question() -> impl Strategy<Value = Question> {
@@ -268,7 +268,7 @@ fn question() -> impl Strategy<Value = Question> {
             port,
             identity,
             ip,
-            request: request.map(|(path, method)| HttpRequest { path, method }),
+            request,
         })
 }
 
@@ -295,8 +295,12 @@ fn evaluate(policy: &Policy, q: &Question) {
         identity: q.identity.clone(),
         ip: q.ip,
     };
+    let request = q
+        .request
+        .as_ref()
+        .map(|(path, method)| HttpRequest { path, method });
     for workload in workloads() {
-        let decision = policy.authorize(&workload, q.port, &client, q.request.as_ref());
+        let decision = policy.authorize(&workload, q.port, &client, request.as_ref());
         assert!(
             !decision.audit || decision.verdict == Verdict::Allow,
             "audit only allows"
@@ -305,7 +309,7 @@ fn evaluate(policy: &Policy, q: &Question) {
         let _ = policy.server_protocol(&workload, q.port);
     }
     for (namespace, server) in [("shop", "api"), ("data", "postgres-server")] {
-        let _ = policy.authorize_server(namespace, server, &client, q.request.as_ref());
+        let _ = policy.authorize_server(namespace, server, &client, request.as_ref());
     }
 }
 

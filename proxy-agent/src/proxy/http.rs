@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use lanyard_policy::{Client, Decision, HttpRequest, Policy, Verdict, Workload};
 
+use super::CLIENT_ID_HEADER;
 use super::metrics::{ClassifiedBody, ConnectionMetrics};
-use super::{CLIENT_ID_HEADER, Clients};
+use super::upstream::Upstream;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -23,24 +24,26 @@ fn full(text: &'static str) -> Body {
         .boxed()
 }
 
-#[derive(Clone)]
+/// What serves the requests of one inbound connection.
 pub(super) struct HttpService {
-    pub(super) client: Arc<Client>,
+    pub(super) client: Client,
+    /// The verified identity as the `l5d-client-id` value, made once.
+    pub(super) client_id: Option<hyper::header::HeaderValue>,
     pub(super) port: u16,
     pub(super) policy: Arc<ArcSwap<Policy>>,
     pub(super) workload: Arc<Workload>,
     pub(super) authority: hyper::http::uri::Authority,
-    pub(super) metrics: Arc<ConnectionMetrics>,
-    pub(super) clients: Arc<Clients>,
+    pub(super) metrics: ConnectionMetrics,
+    pub(super) upstream: Upstream,
 }
 
 impl HttpService {
     pub(super) async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let request = HttpRequest {
-            path: req.uri().path().to_string(),
-            method: req.method().as_str().to_string(),
-        };
         let (decision, declared) = {
+            let request = HttpRequest {
+                path: req.uri().path(),
+                method: req.method().as_str(),
+            };
             let policy = self.policy.load();
             let decision =
                 policy.authorize(&self.workload, self.port, &self.client, Some(&request));
@@ -60,15 +63,17 @@ impl HttpService {
             return refuse(&decision, grpc);
         };
         if decision.audit {
-            tracing::info!(identity = ?self.client.identity, path = request.path, "audit: would be denied");
+            tracing::info!(identity = ?self.client.identity, path = req.uri().path(), "audit: would be denied");
         }
         // The application learns the verified identity, and only that.
         let headers = req.headers_mut();
-        headers.remove(CLIENT_ID_HEADER);
-        if let Some(id) = &self.client.identity
-            && let Ok(value) = id.parse()
-        {
-            headers.insert(CLIENT_ID_HEADER, value);
+        match &self.client_id {
+            Some(value) => {
+                headers.insert(CLIENT_ID_HEADER, value.clone());
+            }
+            None => {
+                headers.remove(CLIENT_ID_HEADER);
+            }
         }
         let client_version = req.version();
         match declared {
@@ -81,19 +86,36 @@ impl HttpService {
             }
             _ => {}
         }
-        let mut parts = hyper::http::uri::Parts::default();
-        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = req.uri().path_and_query().cloned();
-        let Ok(uri) = hyper::Uri::from_parts(parts) else {
-            return status(StatusCode::BAD_REQUEST, "bad request target\n");
+        let sent = match declared {
+            AppProtocol::Http1 => {
+                // Origin-form, as HTTP/1 sends to a server; a request
+                // without `Host` (HTTP/1.0) names the application.
+                if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+                    let Some(target) = req.uri().path_and_query().cloned() else {
+                        return status(StatusCode::BAD_REQUEST, "bad request target\n");
+                    };
+                    *req.uri_mut() = hyper::Uri::from(target);
+                }
+                if !req.headers().contains_key(hyper::header::HOST)
+                    && let Ok(host) = self.authority.as_str().parse()
+                {
+                    req.headers_mut().insert(hyper::header::HOST, host);
+                }
+                self.upstream.http1(req).await
+            }
+            AppProtocol::Http2 => {
+                let mut parts = hyper::http::uri::Parts::default();
+                parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+                parts.authority = Some(self.authority.clone());
+                parts.path_and_query = req.uri().path_and_query().cloned();
+                let Ok(uri) = hyper::Uri::from_parts(parts) else {
+                    return status(StatusCode::BAD_REQUEST, "bad request target\n");
+                };
+                *req.uri_mut() = uri;
+                self.upstream.http2(req).await
+            }
         };
-        *req.uri_mut() = uri;
-        let client = match declared {
-            AppProtocol::Http2 => &self.clients.1,
-            AppProtocol::Http1 => &self.clients.0,
-        };
-        match client.request(req).await {
+        match sent {
             Ok(mut response) => {
                 let h2 = |v: hyper::Version| v == hyper::Version::HTTP_2;
                 if h2(response.version()) != h2(client_version) {

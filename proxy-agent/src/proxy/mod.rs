@@ -12,6 +12,7 @@ mod http;
 pub mod metrics;
 mod outbound;
 pub mod tls;
+mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,10 +23,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use lanyard_runtime::Shutdown;
 use lanyard_runtime::listen::{BoundedListener, Slot};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -112,27 +109,20 @@ pub async fn serve_inbound(
     inbound: Arc<Inbound>,
     shutdown: Shutdown,
 ) {
-    // Nagle would hold a request body written in pieces until the app's
-    // delayed ACK.
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let http1 = HttpClient::builder(TokioExecutor::new()).build(connector.clone());
-    let http2 = HttpClient::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(connector);
+    let pool = upstream::pool();
     loop {
         let (tcp, peer, slot) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.wait() => return,
         };
         let inbound = inbound.clone();
-        let clients = (http1.clone(), http2.clone());
+        let pool = pool.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let drain = inbound.drain.clone();
             let _active = drain.enter();
             if let Err(error) =
-                inbound_connection(tcp, peer, &slot, &inbound, clients, &shutdown).await
+                inbound_connection(tcp, peer, &slot, &inbound, pool, &shutdown).await
             {
                 tracing::debug!(%peer, %error, "inbound connection ended");
             }
@@ -140,17 +130,12 @@ pub async fn serve_inbound(
     }
 }
 
-type Clients = (
-    HttpClient<HttpConnector, Incoming>,
-    HttpClient<HttpConnector, Incoming>,
-);
-
 async fn inbound_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     slot: &Slot,
     inbound: &Inbound,
-    clients: Clients,
+    pool: upstream::Pool,
     shutdown: &Shutdown,
 ) -> std::io::Result<()> {
     // The first byte and the TLS handshake must come within the handshake
@@ -186,7 +171,7 @@ async fn inbound_connection(
             identity,
             ip: peer.ip(),
         };
-        serve_stream(tls, client, labels, inbound, clients, slot, shutdown).await
+        serve_stream(tls, client, labels, inbound, pool, slot, shutdown).await
     } else {
         // Plaintext: never trusted, always unauthenticated.
         let client = Client {
@@ -197,7 +182,7 @@ async fn inbound_connection(
             target,
             tls: TlsLabel::NoTlsFromRemote,
         };
-        serve_stream(tcp, client, labels, inbound, clients, slot, shutdown).await
+        serve_stream(tcp, client, labels, inbound, pool, slot, shutdown).await
     }
 }
 
@@ -233,7 +218,7 @@ async fn serve_stream<S>(
     client: Client,
     peer: Peer,
     inbound: &Inbound,
-    clients: Clients,
+    pool: upstream::Pool,
     slot: &Slot,
     shutdown: &Shutdown,
 ) -> std::io::Result<()>
@@ -282,8 +267,11 @@ where
     match protocol {
         Protocol::Opaque => serve_opaque(stream, client, &peer, inbound).await,
         Protocol::Http => {
-            let service = HttpService {
-                client: Arc::new(client),
+            let client_id = client.identity.as_deref().and_then(|id| id.parse().ok());
+            // One allocation per connection; each request clones a pointer.
+            let service = Arc::new(HttpService {
+                client,
+                client_id,
                 port,
                 policy: inbound.policy.clone(),
                 workload: Arc::new(inbound.workload.clone()),
@@ -292,9 +280,9 @@ where
                     .to_string()
                     .parse()
                     .map_err(std::io::Error::other)?,
-                metrics: Arc::new(inbound.metrics.connection(peer)),
-                clients: Arc::new(clients),
-            };
+                metrics: inbound.metrics.connection(peer),
+                upstream: upstream::Upstream::new(inbound.app, pool),
+            });
             let builder = slot.http_builder();
             slot.serve_http(
                 &builder,

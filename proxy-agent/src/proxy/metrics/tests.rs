@@ -57,7 +57,7 @@ fn a_connection_counts_each_decision_in_its_own_series() {
     let decision = |verdict, authz: Option<&str>| Decision {
         verdict,
         server: Some("api".into()),
-        authz: String::new(),
+        authz: "".into(),
         route: None,
         audit: false,
         labels: lanyard_policy::PolicyLabels {
