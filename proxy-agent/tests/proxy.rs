@@ -1060,16 +1060,24 @@ impl Drop for PythonHttpServer {
 /// HTTP/1 connection fields that must not reach an HTTP/2 client.
 async fn host_echo_backend() -> SocketAddr {
     use axum::http::HeaderMap;
-    let app = axum::Router::new().route(
-        "/host",
-        axum::routing::get(|headers: HeaderMap| async move {
-            let host = headers
-                .get("host")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_else(|| "no host".into());
-            ([("keep-alive", "timeout=5"), ("x-app", "h1")], host)
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/host",
+            axum::routing::get(|headers: HeaderMap| async move {
+                let host = headers
+                    .get("host")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_else(|| "no host".into());
+                ([("keep-alive", "timeout=5"), ("x-app", "h1")], host)
+            }),
+        )
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                "slow\n"
+            }),
+        );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -1146,6 +1154,45 @@ async fn an_http2_client_reaches_an_http1_app_behind_an_http1_server() {
     assert!(head.contains("x-app: h1"), "{head}");
     assert!(!head.contains("keep-alive"), "{head}");
     assert!(!head.contains("connection:"), "{head}");
+
+    // Streams of one HTTP/2 connection in flight at once each reach the
+    // HTTP/1 app: one on the connection's own application connection, the
+    // others beside it.
+    let (out, err) = tokio::task::block_in_place(|| {
+        let cert = web.join("tls.crt").display().to_string();
+        let key = web.join("tls.key").display().to_string();
+        let ca = mesh.bundle().display().to_string();
+        let resolve = format!("{API}:{port}:127.0.0.1");
+        let url = format!("https://{API}:{port}/slow");
+        let mut args = vec![
+            "-sS",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "--http2",
+            "-Z",
+            "-w",
+            "%{http_code} HTTP/%{http_version}\n",
+        ];
+        args.extend(std::iter::repeat_n(url.as_str(), 6));
+        let (_, out, err) = run("curl", &args, b"");
+        (out, err)
+    });
+    // curl writes the bodies and the -w lines as the transfers end,
+    // interleaved.
+    assert_eq!(
+        (
+            out.matches("slow\n").count(),
+            out.matches("200 HTTP/2\n").count()
+        ),
+        (6, 6),
+        "every concurrent stream is answered: {out} {err}"
+    );
     drop(python);
 }
 
