@@ -19,9 +19,6 @@
 #   BENCH_SAT_THREADS=2 BENCH_SAT_CONNS=64   (the saturation load)
 #   BENCH_HAPROXY_THREADS=2                  (nbthread of each HAProxy)
 #   BENCH_KEEP=1                             (keep the temp dir, for logs)
-#   BENCH_PERF=1                             (also count each proxy's instructions
-#                                             with `perf stat`: a figure that other
-#                                             work on the machine barely moves)
 #   LANYARD_BIN=... LANYARD_PROXY_BIN=...    (measure these binaries, e.g. an
 #                                             earlier build, instead of building)
 set -euo pipefail
@@ -291,24 +288,10 @@ measure() {
     read -r -a b0 <<<"$(counters "$b")"
     nginx_before=$(cpu_ticks "$NGINX_PID")
     local out=$DIR/wrk-$round-$load-$setup.log
-    local perf_a=$DIR/perf-$round-$load-$setup-a.csv perf_b=$DIR/perf-$round-$load-$setup-b.csv perf_pids=()
-    if [ "${BENCH_PERF:-0}" = 1 ] && [ -n "$a" ]; then
-        perf stat -x, -e instructions:u,instructions:k -o "$perf_a" -p "$a" 2>/dev/null &
-        perf_pids+=($!)
-        perf stat -x, -e instructions:u,instructions:k -o "$perf_b" -p "$b" 2>/dev/null &
-        perf_pids+=($!)
-    fi
     # In the background, so that an interrupt stops the run at once.
     start "wrk-$round-$load-$setup" wrk -t"$threads" -c"$conns" -d"$DURATION" --latency "http://127.0.0.1:$port/"
     wait "$STARTED" || die "wrk failed for $setup $load; see $out"
     forget "$STARTED"
-    local ins_a=0 ins_b=0 pid
-    if [ ${#perf_pids[@]} -gt 0 ]; then
-        for pid in "${perf_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-        for pid in "${perf_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-        ins_a=$(awk -F, '$3 ~ /^instructions/ {n += $1} END {print n + 0}' "$perf_a")
-        ins_b=$(awk -F, '$3 ~ /^instructions/ {n += $1} END {print n + 0}' "$perf_b")
-    fi
     read -r -a a1 <<<"$(counters "$a")"
     read -r -a b1 <<<"$(counters "$b")"
     nginx_after=$(cpu_ticks "$NGINX_PID")
@@ -329,8 +312,7 @@ measure() {
     # A's and B's ticks and context switches.
     printf '%s\t' "$round" "$load" "$setup" "$rps" "$p50" "$p99" "$requests" \
         "$((nginx_after - nginx_before))" "$((${bad:-0} + ${errors:-0}))" \
-        "$((a1[0] - a0[0]))" "$((a1[1] - a0[1]))" "$((b1[0] - b0[0]))" "$((b1[1] - b0[1]))" \
-        "$ins_a" "$ins_b" >>"$RESULTS"
+        "$((a1[0] - a0[0]))" "$((a1[1] - a0[1]))" "$((b1[0] - b0[0]))" "$((b1[1] - b0[1]))" >>"$RESULTS"
     echo >>"$RESULTS"
     say "$(printf 'round %s %-4s %-8s %10s req/s  p50 %8s us  p99 %8s us' "$round" "$load" "$setup" "$rps" "$p50" "$p99")"
 }
@@ -379,7 +361,6 @@ function ratio(a, b) { return (b > 0 && a >= 0) ? sprintf("%.2fx", a / b) : "n/a
     cpu[k] += $10 + $12
     cpu_a[k] += $10; cs_a[k] += $11
     cpu_b[k] += $12; cs_b[k] += $13
-    ins_a[k] += $14; ins_b[k] += $15
     runs[$1, $2, $3] = sprintf("%10.0f %9.1f %9.1f", $4, $5, $6)
     r_rps[$1, $2, $3] = $4; r50[$1, $2, $3] = $5; r99[$1, $2, $3] = $6
     if ($1 > rounds) rounds = $1
@@ -407,14 +388,14 @@ END {
                 printf "  round %d %-4s %-8s %s\n", r, loads[l], setups[s], runs[r, loads[l], setups[s]]
     print ""
     print "per request, by proxy (CPU: utime+stime of all threads; context switches of all threads):"
-    printf "%-5s %-36s %9s %12s %12s\n", "load", "proxy", "CPU us", "ctx switches", "instructions"
+    printf "%-5s %-36s %9s %12s\n", "load", "proxy", "CPU us", "ctx switches"
     split("lanyard-proxy A (outbound, L4 TLS)|lanyard-proxy B (inbound, HTTP/1)|haproxy A (mode tcp)|haproxy B (mode http)", names, "|")
     for (l = 1; l <= 2; l++) {
         L = loads[l]
         for (s = 2; s <= 3; s++) {
             k = L SUBSEP setups[s]; i = (s - 2) * 2
-            printf "%-5s %-36s %9.1f %12.2f %12s\n", L, names[i + 1], cpu_a[k] / tck * 1e6 / req[k], cs_a[k] / req[k], (ins_a[k] > 0 ? sprintf("%.0f", ins_a[k] / req[k]) : "n/a")
-            printf "%-5s %-36s %9.1f %12.2f %12s\n", L, names[i + 2], cpu_b[k] / tck * 1e6 / req[k], cs_b[k] / req[k], (ins_b[k] > 0 ? sprintf("%.0f", ins_b[k] / req[k]) : "n/a")
+            printf "%-5s %-36s %9.1f %12.2f\n", L, names[i + 1], cpu_a[k] / tck * 1e6 / req[k], cs_a[k] / req[k]
+            printf "%-5s %-36s %9.1f %12.2f\n", L, names[i + 2], cpu_b[k] / tck * 1e6 / req[k], cs_b[k] / req[k]
         }
     }
     print ""
@@ -430,9 +411,6 @@ END {
         printf "  %-4s req/s %s   added p50 %s   added p99 %s   CPU/req %s (outbound %s, inbound %s)\n", L,
             ratio(m_rps[a], m_rps[h]), ratio(add50[a], add50[h]), ratio(add99[a], add99[h]), ratio(cpr[a], cpr[h]),
             ratio(cpu_a[a] / req[a], cpu_a[h] / req[h]), ratio(cpu_b[a] / req[a], cpu_b[h] / req[h])
-        if (ins_a[h] > 0)
-            printf "       instructions/req: outbound %s, inbound %s\n",
-                ratio(ins_a[a] / req[a], ins_a[h] / req[h]), ratio(ins_b[a] / req[a], ins_b[h] / req[h])
     }
     printf "  RSS at rest %s, after load %s (sum of the pair)\n",
         ratio(rest_la + rest_lb, rest_ha + rest_hb), ratio(after_la + after_lb, after_ha + after_hb)
