@@ -1087,6 +1087,18 @@ async fn host_echo_backend() -> SocketAddr {
 /// curl over mTLS as `who` (a directory with tls.crt and tls.key), with
 /// `extra` arguments; returns stdout and stderr.
 fn curl_mtls(who: &Path, ca: &Path, port: u16, path: &str, extra: &[&str]) -> (String, String) {
+    curl_mtls_times(who, ca, port, path, 1, extra)
+}
+
+/// [`curl_mtls`] asking for `path` `times` times in one curl run.
+fn curl_mtls_times(
+    who: &Path,
+    ca: &Path,
+    port: u16,
+    path: &str,
+    times: usize,
+    extra: &[&str],
+) -> (String, String) {
     let cert = who.join("tls.crt").display().to_string();
     let key = who.join("tls.key").display().to_string();
     let ca = ca.display().to_string();
@@ -1104,7 +1116,7 @@ fn curl_mtls(who: &Path, ca: &Path, port: u16, path: &str, extra: &[&str]) -> (S
         &resolve,
     ];
     args.extend_from_slice(extra);
-    args.push(&url);
+    args.extend(std::iter::repeat_n(url.as_str(), times));
     let (_, out, err) = run("curl", &args, b"");
     (out, err)
 }
@@ -1159,29 +1171,14 @@ async fn an_http2_client_reaches_an_http1_app_behind_an_http1_server() {
     // HTTP/1 app: one on the connection's own application connection, the
     // others beside it.
     let (out, err) = tokio::task::block_in_place(|| {
-        let cert = web.join("tls.crt").display().to_string();
-        let key = web.join("tls.key").display().to_string();
-        let ca = mesh.bundle().display().to_string();
-        let resolve = format!("{API}:{port}:127.0.0.1");
-        let url = format!("https://{API}:{port}/slow");
-        let mut args = vec![
-            "-sS",
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            "--http2",
-            "-Z",
-            "-w",
-            "%{http_code} HTTP/%{http_version}\n",
-        ];
-        args.extend(std::iter::repeat_n(url.as_str(), 6));
-        let (_, out, err) = run("curl", &args, b"");
-        (out, err)
+        curl_mtls_times(
+            &web,
+            &mesh.bundle(),
+            port,
+            "/slow",
+            6,
+            &["--http2", "-Z", "-w", "%{http_code} HTTP/%{http_version}\n"],
+        )
     });
     // curl writes the bodies and the -w lines as the transfers end,
     // interleaved.

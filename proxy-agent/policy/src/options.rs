@@ -49,11 +49,7 @@ impl DefaultPolicy {
                 .map(|p| PolicyRef::default_named(p.name()))
                 .collect()
         });
-        let index = DefaultPolicy::ALL
-            .iter()
-            .position(|p| *p == self)
-            .unwrap_or_default();
-        labels[index].clone()
+        labels[self.index()].clone()
     }
 
     /// What a decision by this default names as its authorization,
@@ -66,11 +62,15 @@ impl DefaultPolicy {
                 .map(|p| format!("default:{}", p.name()).into())
                 .collect()
         });
-        let index = DefaultPolicy::ALL
+        names[self.index()].clone()
+    }
+
+    /// The position in [`DefaultPolicy::ALL`], for the tables built once.
+    fn index(self) -> usize {
+        DefaultPolicy::ALL
             .iter()
             .position(|p| *p == self)
-            .unwrap_or_default();
-        names[index].clone()
+            .unwrap_or_default()
     }
 
     /// Every name, for messages.
