@@ -117,7 +117,7 @@ pub struct LocalController<C> {
     clock: C,
     metrics: Arc<Metrics>,
     secrets: SecretStore,
-    last_good: BTreeMap<PathBuf, Vec<Object>>,
+    last_good: BTreeMap<PathBuf, std::sync::Arc<Vec<Object>>>,
     manifests: manifests::ManifestCache,
     requeue: BTreeMap<(String, String), DateTime<Utc>>,
     issuer_stamps: BTreeMap<IssuerKey, String>,

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use lanyard_crds::api::{Certificate, IssuerConfig, IssuerKind};
@@ -57,19 +58,25 @@ impl<C: Clock> LocalController<C> {
         for (path, errs) in errors {
             // A broken edit keeps the last good version of that file.
             if let Some(previous) = self.last_good.get(&path) {
-                current.insert(path.clone(), previous.clone());
+                current.insert(path.clone(), Arc::clone(previous));
             }
             report.manifest_errors.extend(errs);
         }
-        self.last_good = current.clone();
-        let mut seen: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
+        // Shared with the cache: the objects themselves are copied once,
+        // below, for the pass to own.
+        self.last_good = current;
+        let mut seen: BTreeMap<&ObjectKey, &PathBuf> = BTreeMap::new();
+        let keys: Vec<(&PathBuf, Vec<(ObjectKey, &Object)>)> = self
+            .last_good
+            .iter()
+            .map(|(path, objs)| (path, objs.iter().map(|o| (o.key(), o)).collect()))
+            .collect();
         let mut objects = Vec::new();
-        for (path, objs) in current {
-            for object in objs {
-                let key = object.key();
-                if let Some(first) = seen.get(&key) {
+        for (path, objs) in &keys {
+            for (key, object) in objs {
+                if let Some(first) = seen.get(key) {
                     report.manifest_errors.push(ManifestError {
-                        file: path.clone(),
+                        file: (*path).clone(),
                         document: 0,
                         field: None,
                         message: format!(
@@ -79,8 +86,8 @@ impl<C: Clock> LocalController<C> {
                     });
                     continue;
                 }
-                seen.insert(key, path.clone());
-                objects.push(object);
+                seen.insert(key, path);
+                objects.push((*object).clone());
             }
         }
         objects

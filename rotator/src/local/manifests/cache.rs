@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -56,7 +57,7 @@ impl Stamp {
     }
 }
 
-type Parsed = Result<Vec<Object>, Vec<ManifestError>>;
+type Parsed = Result<Arc<Vec<Object>>, Vec<ManifestError>>;
 
 /// [`load_dir`] for a directory read again and again: files whose size,
 /// times and inode are unchanged are not parsed again, and changed files
@@ -67,62 +68,72 @@ pub struct ManifestCache {
 }
 
 impl ManifestCache {
-    /// Every object in `dir`, by file, and every error, by file.
+    /// Every object in `dir`, by file (shared with the cache, not copied),
+    /// and every error, by file.
     #[allow(clippy::type_complexity)]
     pub fn load(
         &mut self,
         dir: &Path,
         default_namespace: &str,
     ) -> (
-        BTreeMap<PathBuf, Vec<Object>>,
+        BTreeMap<PathBuf, Arc<Vec<Object>>>,
         BTreeMap<PathBuf, Vec<ManifestError>>,
     ) {
         let files = manifest_files(dir);
+        // Both sides are sorted by path: one walk pairs each file with its
+        // cached parse, without a map lookup (and its path comparisons)
+        // per file.
+        let mut old = std::mem::take(&mut self.files).into_iter().peekable();
+        let stamps: Vec<Option<Stamp>> = files.par_iter().map(|p| Stamp::of(p)).collect();
+        let mut kept = Vec::new();
         let mut stale = Vec::new();
-        let mut fresh = BTreeMap::new();
-        for path in files {
-            let stamp = Stamp::of(&path);
-            match (stamp, self.files.remove(&path)) {
-                (Some(stamp), Some((old, parsed))) if old == stamp => {
-                    fresh.insert(path, (stamp, parsed));
+        for (path, stamp) in files.into_iter().zip(stamps) {
+            while old.next_if(|(cached, _)| *cached < path).is_some() {}
+            let cached = old.next_if(|(cached, _)| *cached == path);
+            match (stamp, cached) {
+                (Some(stamp), Some((_, (was, parsed)))) if was == stamp => {
+                    kept.push((path, (stamp, parsed)));
                 }
                 (stamp, _) => stale.push((path, stamp)),
             }
         }
+        drop(old);
         // Results come back in the files' order.
         let parsed: Vec<_> = stale
             .into_par_iter()
             .map(|(path, stamp)| {
-                let parsed = parse_file(&path, default_namespace);
+                let parsed = parse_file(&path, default_namespace).map(Arc::new);
                 (path, stamp, parsed)
             })
             .collect();
         // Stamped before reading, so a write during the read shows up as a
         // changed stamp next time. A file without a stamp vanished between
         // listing and reading: it is gone.
-        for (path, stamp, result) in parsed {
-            if let Some(stamp) = stamp {
-                fresh.insert(path, (stamp, result));
-            }
-        }
-        self.files = fresh;
-        let mut objects = BTreeMap::new();
-        let mut errors = BTreeMap::new();
-        for (path, (_, parsed)) in &self.files {
-            match parsed {
-                Ok(objs) => {
-                    objects.insert(path.clone(), objs.clone());
-                }
-                Err(errs) => {
-                    errors.insert(path.clone(), errs.clone());
-                }
-            }
-        }
+        kept.extend(
+            parsed
+                .into_iter()
+                .filter_map(|(path, stamp, result)| stamp.map(|stamp| (path, (stamp, result)))),
+        );
+        // Two sorted runs: collecting merges them and builds the map
+        // without a search per file.
+        self.files = kept.into_iter().collect();
+        let objects = self
+            .files
+            .iter()
+            .filter_map(|(path, (_, parsed))| {
+                Some((path.clone(), Arc::clone(parsed.as_ref().ok()?)))
+            })
+            .collect();
+        let errors = self
+            .files
+            .iter()
+            .filter_map(|(path, (_, parsed))| Some((path.clone(), parsed.as_ref().err()?.clone())))
+            .collect();
         (objects, errors)
     }
 }
 
-fn parse_file(path: &Path, default_namespace: &str) -> Parsed {
+fn parse_file(path: &Path, default_namespace: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
     std::fs::read_to_string(path)
         .map_err(|e| {
             vec![ManifestError {
@@ -141,15 +152,22 @@ pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
+        .filter_map(|e| {
+            let p = e.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-            !name.starts_with('.')
-                && p.is_file()
+            let wanted = !name.starts_with('.')
                 && matches!(
                     p.extension().and_then(|e| e.to_str()),
                     Some("yaml" | "yml" | "json")
-                )
+                );
+            // The entry's type comes with the listing; only a symbolic link
+            // (or a file system that does not say) needs a stat to follow.
+            let is_file = || match e.file_type() {
+                Ok(t) if t.is_file() => true,
+                Ok(t) if t.is_dir() => false,
+                _ => p.is_file(),
+            };
+            (wanted && is_file()).then_some(p)
         })
         .collect();
     files.sort();
