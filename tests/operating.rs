@@ -234,9 +234,13 @@ fn up_starts_on_a_directory_whose_status_cannot_be_written_and_serves_what_it_ca
         eventually("ready", || up.ready());
         up.signal("TERM");
     }
-    // Status can no longer be recorded anywhere.
-    std::fs::remove_dir_all(scratch.path("state/status")).unwrap();
-    std::fs::write(scratch.path("state/status"), "in the way").unwrap();
+    // Status can no longer be recorded anywhere: a directory stands where
+    // the store was.
+    for file in ["status.db", "status.db-wal", "status.db-shm"] {
+        let _ = std::fs::remove_file(scratch.path(&format!("state/{file}")));
+    }
+    std::fs::create_dir(scratch.path("state/status.db")).unwrap();
+    std::fs::write(scratch.path("state/status.db/in-the-way"), "").unwrap();
     let up = start_up(&scratch, &[]);
     eventually("ready with the issuer it has", || up.ready());
     let log = up.log();

@@ -130,7 +130,9 @@ pub struct LocalController<C> {
     dirty_issuers: BTreeSet<IssuerKey>,
     /// One writer's connection; a mutex only so passes can share the
     /// controller across threads (only the pass's end writes).
-    store: std::sync::Mutex<store::Store>,
+    /// `None` while the store cannot be opened: status is then kept in
+    /// memory, and each pass tries to open it again.
+    store: std::sync::Mutex<Option<store::Store>>,
     stop: lanyard_runtime::Shutdown,
     /// Whether the first-start setup still has to be done (it failed to
     /// write, e.g. on a full disk, and is tried again each pass).
@@ -150,7 +152,19 @@ impl<C: Clock> LocalController<C> {
     ) -> Result<Self, LocalError> {
         let secrets = options.secret_store();
         secrets.create_root()?;
-        let (store, contents) = store::Store::open(&options.state_dir, options.durability)?;
+        // A store that cannot be opened (a full or read-only disk,
+        // something in its place) does not stop the controller: status is
+        // kept in memory and written once the store opens. Status files of
+        // an older Lanyard that cannot be read still stop it, before
+        // anything is written.
+        let (store, contents) = match store::Store::open(&options.state_dir, options.durability) {
+            Ok((store, contents)) => (Some(store), contents),
+            Err(error @ LocalError::Database { .. }) => {
+                tracing::warn!(%error, "cannot record status; it is kept in memory and written once the store opens");
+                (None, store::Contents::default())
+            }
+            Err(error) => return Err(error),
+        };
         Ok(LocalController {
             options,
             clock,

@@ -104,11 +104,26 @@ impl<C: Clock> LocalController<C> {
                 .filter_map(|key| self.issuer_statuses.get_key_value(key))
                 .collect(),
         };
-        let written = self
+        let mut store = self
             .store
             .lock()
-            .expect("no pass panics while writing the store")
+            .expect("no pass panics while writing the store");
+        if store.is_none() {
+            // Only what this run changed is written: what the unopened
+            // store held is not known here, and is kept there.
+            match store::Store::open(&self.options.state_dir, self.options.durability) {
+                Ok((opened, _)) => *store = Some(opened),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record status; it is kept in memory and written again after the next pass");
+                    return;
+                }
+            }
+        }
+        let written = store
+            .as_mut()
+            .expect("the store was opened above")
             .write(&changes);
+        drop(store);
         drop(changes);
         match written {
             Ok(()) => {
