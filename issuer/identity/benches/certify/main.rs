@@ -8,7 +8,7 @@
 //! HTTP/2 gRPC (a tonic `Channel` per client, as the agent uses) to
 //! `lanyard_identity::serve::serve`, the service `lanyard identity` and
 //! `lanyard up` run, with its metrics and rate limit, on tokio's default
-//! runtime; cfssl over HTTP/1.1 keep-alive (one connection per client) to
+//! runtime and the binary's allocator (mimalloc); cfssl over HTTP/1.1 keep-alive (one connection per client) to
 //! `POST /api/v1/cfssl/sign`. Then the same over TLS, where Lanyard presents
 //! the certificate it signs for its own identity and the clients verify it
 //! against the anchor.
@@ -59,6 +59,11 @@ pub(crate) use cfssl::*;
 pub(crate) use harness::*;
 pub(crate) use lanyard::*;
 pub(crate) use report::*;
+
+/// The allocator of the `lanyard` binary, which serves `lanyard identity`:
+/// the bench measures the service as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Measured rounds per peer and concurrency, alternating the peers.
 pub(crate) const ROUNDS: usize = 3;
@@ -264,7 +269,7 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "  lanyard: lanyard_identity::serve::serve (metrics, default rate limit, TCP_NODELAY) on \
-         tokio's default runtime ({cpus} workers, as `lanyard identity`); gRPC over HTTP/2 with \
+         tokio's default runtime ({cpus} workers) and mimalloc, as `lanyard identity`; gRPC over HTTP/2 with \
          tonic's Channel, as the agent, one per client"
     );
     match &peer {
