@@ -9,8 +9,11 @@ use lanyard_rotator::local::manifests::{Checks, parse};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        for checks in [Checks::Admission, Checks::Structure] {
-            let _ = parse(Path::new("fuzz.yaml"), text, "default", checks);
+        // `.json` files are read as JSON streams, the rest as YAML.
+        for file in ["fuzz.yaml", "fuzz.json"] {
+            for checks in [Checks::Admission, Checks::Structure] {
+                let _ = parse(Path::new(file), text, "default", checks);
+            }
         }
     }
 });

@@ -28,6 +28,10 @@ use lanyard_rotator::local::manifests::apply;
 use lanyard_rotator::local::{Durability, LocalController, LocalOptions};
 use lanyard_rotator::metrics::Metrics;
 
+/// The `lanyard` binary's allocator, so the bench measures what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
 fn stopwatch() -> Instant {
     Instant::now()
@@ -97,7 +101,7 @@ struct Run {
     issued: usize,
 }
 
-fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial) {
+fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial, tempfile::TempDir) {
     let dir = tempfile::tempdir_in(
         std::env::var_os("LANYARD_BENCH_DIR")
             .unwrap_or_else(|| std::env::temp_dir().into_os_string()),
@@ -165,6 +169,7 @@ fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial) {
             issued: cold.issued.len(),
         },
         material,
+        dir,
     )
 }
 
@@ -172,11 +177,18 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = if quick { 50 } else { 10_000 };
 
+    // Each run's files stay until the end: on ext4, deleting them would
+    // slow the next run, whose new inodes skip those deleted in the last
+    // minutes (the inode allocator's `recently_deleted` check). For the same
+    // reason, a run started within minutes of another's end (or of a large
+    // build's cleanup) measures the filesystem's state more than Lanyard.
+    let mut dirs = Vec::new();
     for (label, durability, n) in [
         ("deferred flush", Durability::Deferred, n),
         ("fsync every write", Durability::Fsync, n / 10),
     ] {
-        let (run, material) = run(n, durability);
+        let (run, material, dir) = run(n, durability);
+        dirs.push(dir);
         // The peer: the CA core's raw rate, before and after, same material.
         let raw = (raw_issuance_rate(&material, n.min(2_000), false)
             + raw_issuance_rate(&material, n.min(2_000), false))

@@ -337,7 +337,7 @@ fn applying_the_same_object_again_updates_it_and_a_deleted_certificate_loses_its
     let manifest = env
         .options
         .manifests_dir()
-        .join("certificate.default.web.yaml");
+        .join("certificate.default.web.json");
     std::fs::remove_file(manifest).unwrap();
     env.pass();
     assert!(
@@ -492,7 +492,7 @@ fn apply_names_what_was_and_was_not_written_when_a_commit_fails() {
     let blocked = env
         .options
         .manifests_dir()
-        .join("certificate.default.web.yaml");
+        .join("certificate.default.web.json");
     std::fs::create_dir(&blocked).unwrap();
     let yaml = [secret_doc("default", "first"), leaf("web", "")].join("---\n");
     let error = env

@@ -307,7 +307,7 @@ spec:
     assert!(
         !options
             .manifests_dir()
-            .join("trustbundle.roots.yaml")
+            .join("trustbundle.roots.json")
             .exists()
             && std::fs::read_dir(options.manifests_dir())
                 .map(|d| d.count() == 0)

@@ -135,7 +135,8 @@ pub enum Checks {
     Structure,
 }
 
-/// Parses a YAML stream. Every document must be usable; all errors are
+/// Parses a YAML stream, or a JSON stream when `file` ends in `.json`
+/// (what `lanyard apply` writes). Every document must be usable; all errors are
 /// returned together. Empty documents are skipped. Namespaced objects
 /// without a namespace get `default_namespace`, as kubectl does.
 pub fn parse(
@@ -150,12 +151,15 @@ pub fn parse(
         field: field.map(str::to_string),
         message,
     };
-    let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+    let documents = if is_json_file(file) {
+        json_documents(text).map_err(|e| format!("not valid JSON: {}", excerpt(&e)))
+    } else {
+        serde_saphyr::from_multiple::<serde_json::Value>(text)
+            .map_err(|e| format!("not valid YAML: {}", excerpt(&e.to_string())))
+    };
+    let documents = match documents {
         Ok(docs) => docs,
-        Err(e) => {
-            let message = format!("not valid YAML: {}", excerpt(&e.to_string()));
-            return Err(vec![error(0, None, message)]);
-        }
+        Err(message) => return Err(vec![error(0, None, message)]),
     };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -174,6 +178,30 @@ pub fn parse(
     } else {
         Err(errors)
     }
+}
+
+/// The most documents one file may hold, in either syntax: serde-saphyr's
+/// default guard against document storms, applied to JSON streams too.
+const MAX_DOCUMENTS: usize = 1024;
+
+/// Whether `file` is read as JSON (a stream of JSON values, as `lanyard
+/// apply` stores objects) rather than YAML. JSON is also YAML, but a JSON
+/// parser reads it about ten times faster.
+fn is_json_file(file: &Path) -> bool {
+    file.extension().is_some_and(|e| e == "json")
+}
+
+/// The values of a JSON stream (whitespace between them), at most
+/// [`MAX_DOCUMENTS`]; nesting is bounded by serde_json's recursion limit.
+fn json_documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    let mut documents = Vec::new();
+    for document in serde_json::Deserializer::from_str(text).into_iter() {
+        if documents.len() == MAX_DOCUMENTS {
+            return Err(format!("more than {MAX_DOCUMENTS} documents in one file"));
+        }
+        documents.push(document.map_err(|e| e.to_string())?);
+    }
+    Ok(documents)
 }
 
 type DocError = (Option<String>, String);
@@ -312,6 +340,17 @@ fn validate_issuer(config: &IssuerConfig) -> Result<(), DocError> {
     config
         .validate()
         .map_err(|message| (Some("spec".into()), message))
+}
+
+/// A JSON stream for a list of documents, one indented document after
+/// another: how `lanyard apply` stores objects (see [`is_json_file`]).
+fn to_json_stream(values: &[serde_json::Value]) -> Result<String, String> {
+    let mut out = String::new();
+    for value in values {
+        out.push_str(&serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// YAML for a list of documents.
