@@ -93,6 +93,9 @@ pub enum IssuerMaterial {
         /// `roots` as PEM, made once: every Secret's `ca.crt` is compared
         /// with it at every look.
         roots_pem: String,
+        /// The CA's chain up to, not including, self-signed roots, as PEM,
+        /// made once: what follows each leaf in its `tls.crt`.
+        chain_pem: String,
     },
 }
 
@@ -150,10 +153,18 @@ pub fn load_issuer(
     };
     let ca = SigningCa::new(chain, key, now).map_err(bad)?;
     let roots_pem = roots.iter().map(Certificate::to_pem).collect();
+    // Self-signed roots are the relying party's to hold, in ca.crt.
+    let chain_pem = ca
+        .chain()
+        .iter()
+        .filter(|c| !c.is_self_issued())
+        .map(Certificate::to_pem)
+        .collect();
     Ok(IssuerMaterial::Ca {
         ca: Box::new(ca),
         roots,
         roots_pem,
+        chain_pem,
     })
 }
 
@@ -208,21 +219,18 @@ pub fn issue(
     let (tls_crt, ca_crt, validity) = match issuer {
         IssuerMaterial::SelfSigned => {
             let signed = self_signed(&template, &key, now)?;
-            let pem = Certificate::from_der(&signed.der, "self-signed certificate")
-                .map_err(lanyard_issuer::Error::from)?
-                .to_pem();
+            let pem = Certificate::pem_from_der(&signed.der);
             (pem.clone(), pem, signed.validity)
         }
-        IssuerMaterial::Ca { ca, roots_pem, .. } => {
+        IssuerMaterial::Ca {
+            ca,
+            roots_pem,
+            chain_pem,
+            ..
+        } => {
             let signed = ca.sign(&template, &key, now)?;
-            let mut pem = Certificate::from_der(&signed.der, "signed certificate")
-                .map_err(lanyard_issuer::Error::from)?
-                .to_pem();
-            // The chain up to, not including, self-signed roots: those are
-            // the relying party's to hold, in ca.crt.
-            for cert in ca.chain().iter().filter(|c| !c.is_self_issued()) {
-                pem.push_str(&cert.to_pem());
-            }
+            let mut pem = Certificate::pem_from_der(&signed.der);
+            pem.push_str(chain_pem);
             (pem, roots_pem.clone(), signed.validity)
         }
     };

@@ -143,8 +143,14 @@ impl Certificate {
 
     /// PEM text of this certificate.
     pub fn to_pem(&self) -> String {
+        Self::pem_from_der(&self.der)
+    }
+
+    /// A `CERTIFICATE` PEM block for `der`, as [`Certificate::to_pem`]
+    /// writes it, without parsing the certificate: for one just signed.
+    pub fn pem_from_der(der: &[u8]) -> String {
         pem::encode_config(
-            &pem::Pem::new("CERTIFICATE", self.der.clone()),
+            &pem::Pem::new("CERTIFICATE", der),
             pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
         )
     }
