@@ -17,7 +17,8 @@
 # Installs haproxy, nginx and wrk (apt) when missing. Knobs:
 #   BENCH_DURATION=10s  BENCH_ROUNDS=2
 #   BENCH_SAT_THREADS=2 BENCH_SAT_CONNS=64   (the saturation load)
-#   BENCH_HAPROXY_THREADS=2                  (nbthread of each HAProxy)
+#   LANYARD_PROXY_CORES=2                    (lanyard-proxy's worker threads)
+#   BENCH_HAPROXY_THREADS=$LANYARD_PROXY_CORES (nbthread of each HAProxy)
 #   BENCH_KEEP=1                             (keep the temp dir, for logs)
 #   LANYARD_BIN=... LANYARD_PROXY_BIN=...    (measure these binaries, e.g. an
 #                                             earlier build, instead of building)
@@ -30,9 +31,10 @@ DURATION=${BENCH_DURATION:-10s}
 ROUNDS=${BENCH_ROUNDS:-2}
 SAT_THREADS=${BENCH_SAT_THREADS:-2}
 SAT_CONNS=${BENCH_SAT_CONNS:-64}
-# lanyard-proxy runs two tokio worker threads (main.rs), so each HAProxy
-# gets two threads too.
-HAPROXY_THREADS=${BENCH_HAPROXY_THREADS:-2}
+# lanyard-proxy runs LANYARD_PROXY_CORES tokio worker threads (default 2),
+# and each HAProxy gets as many threads.
+export LANYARD_PROXY_CORES=${LANYARD_PROXY_CORES:-2}
+HAPROXY_THREADS=${BENCH_HAPROXY_THREADS:-$LANYARD_PROXY_CORES}
 
 APP_PORT=18080
 IDENTITY_PORT=18443
@@ -339,7 +341,7 @@ done
 # --- report ------------------------------------------------------------
 echo
 echo "lanyard-proxy vs HAProxy, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r)"
-echo "  $("$PROXY" --version) (2 tokio workers); $(haproxy -v | head -1 | cut -d' ' -f1-3), nbthread $HAPROXY_THREADS;"
+echo "  $("$PROXY" --version) ($LANYARD_PROXY_CORES tokio workers); $(haproxy -v | head -1 | cut -d' ' -f1-3), nbthread $HAPROXY_THREADS;"
 echo "  $(nginx -v 2>&1 | sed 's/.*: //') (1 worker); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 echo "  leaves: $LEAF_KIND from one anchor; TLS 1.3; lanyard B and haproxy B check the client identity per request"
 echo "  load average before the runs: $LOAD_BEFORE (other work on the machine skews every setup alike only if it is steady)"

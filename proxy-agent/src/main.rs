@@ -115,6 +115,11 @@ struct Args {
         default_value = "all-unauthenticated"
     )]
     default_policy: DefaultPolicy,
+    /// Worker threads of the proxy's runtime (Linkerd's proxy reads
+    /// `LINKERD2_PROXY_CORES` the same way): the cores it may use at once.
+    #[arg(long, env = "LANYARD_PROXY_CORES", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    cores: u16,
     /// Proxy mode: the cluster's networks, for the `cluster-*` policies.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_CLUSTER_NETWORKS.map(String::from))]
     cluster_networks: Vec<String>,
@@ -195,7 +200,7 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(usize::from(args.cores))
         .enable_all()
         .build()
     {

@@ -384,15 +384,18 @@ impl Metrics {
             .iter()
             .find(|c| c.type_ == "Ready")
             .map_or("Unknown", |c| c.status.as_str());
+        // One label set, its condition changed in place for each series.
+        let mut ready = ReadyLabels {
+            name: labels.name,
+            namespace: labels.namespace,
+            condition: String::new(),
+            issuer_name: labels.issuer_name,
+            issuer_kind: labels.issuer_kind,
+            issuer_group: labels.issuer_group,
+        };
         for condition in CONDITIONS {
-            let ready = ReadyLabels {
-                name: labels.name.clone(),
-                namespace: labels.namespace.clone(),
-                condition: condition.to_string(),
-                issuer_name: labels.issuer_name.clone(),
-                issuer_kind: labels.issuer_kind.clone(),
-                issuer_group: labels.issuer_group.clone(),
-            };
+            ready.condition.clear();
+            ready.condition.push_str(condition);
             self.ready
                 .get_or_create(&ready)
                 .set(i64::from(condition == current));
