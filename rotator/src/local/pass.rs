@@ -49,8 +49,13 @@ fn stamps(materials: &Materials) -> BTreeMap<IssuerKey, String> {
         .collect()
 }
 
+/// An object of the pass: its file's parsed objects (shared with the
+/// manifest cache) and its place among them. A pass borrows objects from
+/// these instead of copying every one.
+type Shared = (Arc<Vec<Object>>, usize);
+
 impl<C: Clock> LocalController<C> {
-    fn load_objects(&mut self, report: &mut PassReport) -> Vec<Object> {
+    fn load_objects(&mut self, report: &mut PassReport) -> Vec<Shared> {
         let (loaded, errors) = self
             .manifests
             .load(&self.options.manifests_dir(), "default");
@@ -62,18 +67,17 @@ impl<C: Clock> LocalController<C> {
             }
             report.manifest_errors.extend(errs);
         }
-        // Shared with the cache: the objects themselves are copied once,
-        // below, for the pass to own.
+        // Shared with the cache: the pass borrows the objects, uncopied.
         self.last_good = current;
         let mut seen: BTreeMap<&ObjectKey, &PathBuf> = BTreeMap::new();
-        let keys: Vec<(&PathBuf, Vec<(ObjectKey, &Object)>)> = self
+        let keys: Vec<Vec<ObjectKey>> = self
             .last_good
-            .iter()
-            .map(|(path, objs)| (path, objs.iter().map(|o| (o.key(), o)).collect()))
+            .values()
+            .map(|objs| objs.iter().map(Object::key).collect())
             .collect();
         let mut objects = Vec::new();
-        for (path, objs) in &keys {
-            for (key, object) in objs {
+        for ((path, objs), file_keys) in self.last_good.iter().zip(&keys) {
+            for (index, key) in file_keys.iter().enumerate() {
                 if let Some(first) = seen.get(key) {
                     report.manifest_errors.push(ManifestError {
                         file: (*path).clone(),
@@ -87,7 +91,7 @@ impl<C: Clock> LocalController<C> {
                     continue;
                 }
                 seen.insert(key, path);
-                objects.push((*object).clone());
+                objects.push((Arc::clone(objs), index));
             }
         }
         objects
@@ -139,25 +143,25 @@ impl<C: Clock> LocalController<C> {
         }
         let objects = self.load_objects(&mut report);
         let now = self.clock.now();
-        let mut certificates = Vec::new();
+        let mut certificates: Vec<&Certificate> = Vec::new();
         let mut bundles = Vec::new();
         let mut issuers: BTreeMap<(IssuerKind, String, String), IssuerConfig> = BTreeMap::new();
-        for object in objects {
-            match object {
-                Object::Certificate(c) => certificates.push(*c),
+        for (file, index) in &objects {
+            match &file[*index] {
+                Object::Certificate(c) => certificates.push(c),
                 Object::Issuer(i) => {
                     let ns = i.metadata.namespace.clone().unwrap_or_default();
                     let name = i.metadata.name.clone().unwrap_or_default();
-                    issuers.insert((IssuerKind::Issuer, ns, name), i.spec.config);
+                    issuers.insert((IssuerKind::Issuer, ns, name), i.spec.config.clone());
                 }
                 Object::ClusterIssuer(i) => {
                     let name = i.metadata.name.clone().unwrap_or_default();
                     issuers.insert(
                         (IssuerKind::ClusterIssuer, String::new(), name),
-                        i.spec.config,
+                        i.spec.config.clone(),
                     );
                 }
-                Object::TrustBundle(b) => bundles.push(*b),
+                Object::TrustBundle(b) => bundles.push((**b).clone()),
                 Object::Secret { .. } => {}
             }
         }
@@ -201,12 +205,12 @@ impl<C: Clock> LocalController<C> {
             .chained
             .into_iter()
             .filter(|i| {
-                scope == Scope::Everything || self.needs_look(&certificates[*i], &changed, now)
+                scope == Scope::Everything || self.needs_look(certificates[*i], &changed, now)
             })
             .collect();
         for index in chained {
             self.check_stop()?;
-            let one = self.reconcile_one(&certificates[index], &materials, now);
+            let one = self.reconcile_one(certificates[index], &materials, now);
             let rewrote_ca = one.wrote_secret
                 && ca_secrets.contains(&(
                     one.key.namespace.clone(),
@@ -225,7 +229,7 @@ impl<C: Clock> LocalController<C> {
             .independent
             .into_iter()
             .filter(|i| {
-                scope == Scope::Everything || self.needs_look(&certificates[*i], &changed, now)
+                scope == Scope::Everything || self.needs_look(certificates[*i], &changed, now)
             })
             .collect();
         self.issuer_stamps = stamps(&materials);
@@ -242,7 +246,7 @@ impl<C: Clock> LocalController<C> {
                 .into_par_iter()
                 .map(|index| {
                     (!this.stop.is_triggered())
-                        .then(|| this.prepare_one(&certificates[index], materials, now, false))
+                        .then(|| this.prepare_one(certificates[index], materials, now, false))
                 })
                 .collect::<Vec<_>>()
         };

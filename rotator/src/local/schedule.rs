@@ -71,7 +71,7 @@ fn signing_secret(
 /// backs a CA issuer too, and so on, up to [`MAX_DEPTH`].
 pub(super) fn depth(
     certificate: &Certificate,
-    certificates: &[Certificate],
+    certificates: &[&Certificate],
     issuers: &BTreeMap<IssuerKey, IssuerConfig>,
     ca_secrets: &BTreeSet<SecretKey>,
     cluster_resource_namespace: &str,
@@ -105,7 +105,7 @@ pub(super) struct Order {
 /// Splits `certificates` into those that back a CA, in chain order, and
 /// the independent rest.
 pub(super) fn chain_order(
-    certificates: &[Certificate],
+    certificates: &[&Certificate],
     issuers: &BTreeMap<IssuerKey, IssuerConfig>,
     ca_secrets: &BTreeSet<SecretKey>,
     cluster_resource_namespace: &str,
@@ -317,7 +317,12 @@ mod tests {
         for (name, certificates, issuers, expected) in cases {
             let secrets = ca_secrets(&issuers, CLUSTER);
             assert_eq!(
-                chain_order(&certificates, &issuers, &secrets, CLUSTER),
+                chain_order(
+                    &certificates.iter().collect::<Vec<_>>(),
+                    &issuers,
+                    &secrets,
+                    CLUSTER
+                ),
                 expected,
                 "{name}"
             );
@@ -341,7 +346,7 @@ mod tests {
             ),
         ]);
         let secrets = ca_secrets(&issuers, CLUSTER);
-        let certificates = [a.clone(), b];
+        let certificates = [&a, &b];
         assert_eq!(
             depth(&a, &certificates, &issuers, &secrets, CLUSTER),
             MAX_DEPTH
