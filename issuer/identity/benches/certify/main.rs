@@ -8,7 +8,7 @@
 //! HTTP/2 gRPC (a tonic `Channel` per client, as the agent uses) to
 //! `lanyard_identity::serve::serve`, the service `lanyard identity` and
 //! `lanyard up` run, with its metrics and rate limit, on tokio's default
-//! runtime and the binary's allocator (mimalloc); cfssl over HTTP/1.1 keep-alive (one connection per client) to
+//! runtime with the binary's allocator (mimalloc) and default log filter; cfssl over HTTP/1.1 keep-alive (one connection per client) to
 //! `POST /api/v1/cfssl/sign`. Then the same over TLS, where Lanyard presents
 //! the certificate it signs for its own identity and the clients verify it
 //! against the anchor.
@@ -64,6 +64,13 @@ pub(crate) use report::*;
 /// the bench measures the service as it runs there.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The `lanyard` binary's default log filter (its `DEFAULT_LOG_FILTER`):
+/// the bench logs as `lanyard identity` does, so the libraries' disabled
+/// spans and events cost what they cost there (with no subscriber at all,
+/// every span of h2 is offered to the `log` crate instead).
+const LOG_FILTER: &str = "warn,lanyard=info,lanyard_rotator=info,lanyard_identity=info,\
+                          lanyard_issuer=info,lanyard_runtime=info";
 
 /// Measured rounds per peer and concurrency, alternating the peers.
 pub(crate) const ROUNDS: usize = 3;
@@ -240,6 +247,10 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
     // and wants a quick smoke run.
     let quick = !std::env::args().any(|a| a == "--bench");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(LOG_FILTER))
+        .with_writer(std::io::stderr)
+        .init();
     let started = stopwatch();
     let mut fixture = Fixture::new();
     let server_rt = server_runtime();
