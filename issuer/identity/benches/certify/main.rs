@@ -8,7 +8,8 @@
 //! HTTP/2 gRPC (a tonic `Channel` per client, as the agent uses) to
 //! `lanyard_identity::serve::serve`, the service `lanyard identity` and
 //! `lanyard up` run, with its metrics and rate limit, on tokio's default
-//! runtime with the binary's allocator (mimalloc) and default log filter; cfssl over HTTP/1.1 keep-alive (one connection per client) to
+//! runtime with the binary's allocator (mimalloc) and default log filter;
+//! cfssl over HTTP/1.1 keep-alive (one connection per client) to
 //! `POST /api/v1/cfssl/sign`. Then the same over TLS, where Lanyard presents
 //! the certificate it signs for its own identity and the clients verify it
 //! against the anchor.
