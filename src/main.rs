@@ -17,19 +17,14 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use lanyard_runtime::DEFAULT_LOG_FILTER;
 use tracing_subscriber::EnvFilter;
 
-/// What is logged when neither `--log-level` nor `LANYARD_LOG` says: one
-/// line per lifecycle event (issued, renewed, the issuer rotated, a
-/// refusal) from Lanyard's own crates, and only warnings from the
-/// libraries under them.
 /// A server allocator, as in `lanyard-proxy`: the identity service and the
 /// local controller's passes allocate and free many small buffers (YAML and
 /// JSON values, DER, frames) from several threads at once.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const DEFAULT_LOG_FILTER: &str = "warn,lanyard=info,lanyard_rotator=info,lanyard_identity=info,lanyard_issuer=info,lanyard_runtime=info";
 
 /// Certificate lifecycle manager for Kubernetes service meshes.
 #[derive(Debug, Parser)]

@@ -22,6 +22,13 @@ pub mod shutdown;
 pub use backoff::Backoff;
 pub use shutdown::Shutdown;
 
+/// What the `lanyard` binary logs when neither `--log-level` nor
+/// `LANYARD_LOG` says: one line per lifecycle event (issued, renewed, the
+/// issuer rotated, a refusal) from Lanyard's own crates, and only warnings
+/// from the libraries under them. The identity service's bench logs with it
+/// too, so it measures what `lanyard identity` runs.
+pub const DEFAULT_LOG_FILTER: &str = "warn,lanyard=info,lanyard_rotator=info,lanyard_identity=info,lanyard_issuer=info,lanyard_runtime=info";
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, as servers commonly
 /// do at start: the default soft limit (often 1024) is far below what a
 /// busy listener needs, while the hard limit is what the administrator

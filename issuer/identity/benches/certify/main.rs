@@ -66,13 +66,6 @@ pub(crate) use report::*;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The `lanyard` binary's default log filter (its `DEFAULT_LOG_FILTER`):
-/// the bench logs as `lanyard identity` does, so the libraries' disabled
-/// spans and events cost what they cost there (with no subscriber at all,
-/// every span of h2 is offered to the `log` crate instead).
-const LOG_FILTER: &str = "warn,lanyard=info,lanyard_rotator=info,lanyard_identity=info,\
-                          lanyard_issuer=info,lanyard_runtime=info";
-
 /// Measured rounds per peer and concurrency, alternating the peers.
 pub(crate) const ROUNDS: usize = 3;
 /// How long one measured round lasts.
@@ -249,7 +242,12 @@ fn main() {
     // and wants a quick smoke run.
     let quick = !std::env::args().any(|a| a == "--bench");
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(LOG_FILTER))
+        // The binary's default filter: the libraries' disabled spans and
+        // events cost what they cost there (with no subscriber at all,
+        // every span of h2 is offered to the `log` crate instead).
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            lanyard_runtime::DEFAULT_LOG_FILTER,
+        ))
         .with_writer(std::io::stderr)
         .init();
     let started = stopwatch();
