@@ -32,7 +32,6 @@ pub(super) struct HttpService {
     pub(super) port: u16,
     pub(super) policy: Arc<ArcSwap<Policy>>,
     pub(super) workload: Arc<Workload>,
-    pub(super) authority: hyper::http::uri::Authority,
     pub(super) metrics: ConnectionMetrics,
     pub(super) upstream: Upstream,
 }
@@ -97,18 +96,14 @@ impl HttpService {
                     *req.uri_mut() = hyper::Uri::from(target);
                 }
                 if !req.headers().contains_key(hyper::header::HOST)
-                    && let Ok(host) = self.authority.as_str().parse()
+                    && let Ok(host) = self.upstream.authority().as_str().parse()
                 {
                     req.headers_mut().insert(hyper::header::HOST, host);
                 }
                 self.upstream.http1(req).await
             }
             AppProtocol::Http2 => {
-                let mut parts = hyper::http::uri::Parts::default();
-                parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
-                parts.authority = Some(self.authority.clone());
-                parts.path_and_query = req.uri().path_and_query().cloned();
-                let Ok(uri) = hyper::Uri::from_parts(parts) else {
+                let Some(uri) = self.upstream.absolute_form(req.uri()) else {
                     return status(StatusCode::BAD_REQUEST, "bad request target\n");
                 };
                 *req.uri_mut() = uri;

@@ -275,13 +275,9 @@ where
                 port,
                 policy: inbound.policy.clone(),
                 workload: Arc::new(inbound.workload.clone()),
-                authority: inbound
-                    .app
-                    .to_string()
-                    .parse()
-                    .map_err(std::io::Error::other)?,
                 metrics: inbound.metrics.connection(peer),
-                upstream: upstream::Upstream::new(inbound.app, pool),
+                upstream: upstream::Upstream::new(inbound.app, pool)
+                    .map_err(std::io::Error::other)?,
             });
             let builder = slot.http_builder();
             slot.serve_http(

@@ -16,7 +16,8 @@ use std::sync::Mutex;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
-use hyper::{Request, Response};
+use hyper::http::uri::{Authority, Parts, Scheme};
+use hyper::{Request, Response, Uri};
 use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -65,6 +66,8 @@ enum Http1Slot {
 /// The application connections of one inbound connection.
 pub(super) struct Upstream {
     app: SocketAddr,
+    /// `app` as an authority, made once.
+    authority: Authority,
     http1: Mutex<Http1Slot>,
     http2: Mutex<Option<http2::SendRequest<Incoming>>>,
     pool: Pool,
@@ -104,13 +107,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Upstream {
     /// The application connections for one inbound connection; none is
     /// made until a request needs it.
-    pub(super) fn new(app: SocketAddr, pool: Pool) -> Self {
-        Upstream {
+    pub(super) fn new(app: SocketAddr, pool: Pool) -> Result<Self, hyper::http::uri::InvalidUri> {
+        Ok(Upstream {
             app,
+            authority: app.to_string().parse()?,
             http1: Mutex::default(),
             http2: Mutex::default(),
             pool,
-        }
+        })
+    }
+
+    /// The application's address as an authority: the `Host` of a request
+    /// without one, and the authority of absolute-form targets.
+    pub(super) fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     async fn tcp(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
@@ -220,19 +230,21 @@ impl Upstream {
         let mut req = req;
         // The pool needs the application's address in the target; it
         // sends origin-form with the request's own `Host`.
-        let mut parts = hyper::http::uri::Parts::default();
-        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        parts.authority = Some(
-            self.app
-                .to_string()
-                .parse()
-                .expect("a socket address is an authority"),
-        );
-        parts.path_and_query = req.uri().path_and_query().cloned();
-        if let Ok(uri) = hyper::Uri::from_parts(parts) {
+        if let Some(uri) = self.absolute_form(req.uri()) {
             *req.uri_mut() = uri;
         }
         Ok(self.pool.request(req).await?)
+    }
+
+    /// `uri`'s path and query with the application as scheme and
+    /// authority: the target of a request to an HTTP/2 application or
+    /// through the pool. `None` when no URI can be made of them.
+    pub(super) fn absolute_form(&self, uri: &Uri) -> Option<Uri> {
+        let mut parts = Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = uri.path_and_query().cloned();
+        Uri::from_parts(parts).ok()
     }
 }
 
