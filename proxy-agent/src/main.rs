@@ -340,12 +340,12 @@ async fn proxy(
     let drain = Arc::new(Drain::default());
     let inbound = Arc::new(Inbound {
         app: args.app_addr,
-        workload: Workload {
+        workload: Arc::new(Workload {
             namespace: args.namespace.clone(),
             labels: args.pod_labels.iter().cloned().collect(),
             named_ports: args.named_ports.iter().cloned().collect(),
             default_policy: None,
-        },
+        }),
         policy: policy.clone(),
         bundle: bundle.clone(),
         metrics: metrics.clone(),

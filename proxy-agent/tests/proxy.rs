@@ -154,12 +154,12 @@ async fn server_side_with(
     let metrics = ProxyMetrics::default();
     let inbound = Arc::new(Inbound {
         app,
-        workload: Workload {
+        workload: Arc::new(Workload {
             namespace: "shop".into(),
             labels: [("app".to_string(), "api".to_string())].into(),
             named_ports: [("http".to_string(), app.port())].into(),
             default_policy: None,
-        },
+        }),
         policy: policy.clone(),
         bundle: bundle.clone(),
         metrics: metrics.clone(),

@@ -90,8 +90,8 @@ impl Drain {
 pub struct Inbound {
     /// The application's address (usually loopback).
     pub app: SocketAddr,
-    /// The pod the proxy fronts.
-    pub workload: Workload,
+    /// The pod the proxy fronts (shared with each connection's requests).
+    pub workload: Arc<Workload>,
     /// The current policy, swapped on reload.
     pub policy: Arc<ArcSwap<Policy>>,
     /// The trust bundle and TLS configurations.
@@ -274,7 +274,7 @@ where
                 client_id,
                 port,
                 policy: inbound.policy.clone(),
-                workload: Arc::new(inbound.workload.clone()),
+                workload: Arc::clone(&inbound.workload),
                 metrics: inbound.metrics.connection(peer),
                 upstream: upstream::Upstream::new(inbound.app, pool)
                     .map_err(std::io::Error::other)?,
