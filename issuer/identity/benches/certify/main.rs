@@ -150,6 +150,11 @@ fn measure(
         }
         issue_alone.push(limit.issue(fixture, round_time / 4));
     }
+    let spread = issue_alone
+        .iter()
+        .min()
+        .copied()
+        .zip(issue_alone.iter().max().copied());
     let issue_alone = median(&mut issue_alone);
     for (peer, total) in peers.iter().zip(&totals) {
         print_row(transport, concurrency, peer.name(), total);
@@ -162,7 +167,7 @@ fn measure(
             .map(|(_, total)| total)
     };
     if let Some(per_certify) = find(LANYARD).and_then(|ours| ours.per_signed(ours.server_cpu)) {
-        print_signing_limit(transport, concurrency, per_certify, issue_alone);
+        print_signing_limit(transport, concurrency, per_certify, issue_alone, spread);
     }
     if let (Some(ours), Some(theirs)) = (find(LANYARD), find(CFSSL)) {
         let cpu = match (
@@ -233,7 +238,7 @@ fn profile(
     print_header();
     print_row(transport, concurrency, LANYARD, &tally);
     if let Some(per_certify) = tally.per_signed(tally.server_cpu) {
-        print_signing_limit(transport, concurrency, per_certify, issue_alone);
+        print_signing_limit(transport, concurrency, per_certify, issue_alone, None);
     }
 }
 
