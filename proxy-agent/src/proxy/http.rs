@@ -95,10 +95,9 @@ impl HttpService {
                     };
                     *req.uri_mut() = hyper::Uri::from(target);
                 }
-                if !req.headers().contains_key(hyper::header::HOST)
-                    && let Ok(host) = self.upstream.authority().as_str().parse()
-                {
-                    req.headers_mut().insert(hyper::header::HOST, host);
+                if !req.headers().contains_key(hyper::header::HOST) {
+                    req.headers_mut()
+                        .insert(hyper::header::HOST, self.upstream.host().clone());
                 }
                 self.upstream.http1(req).await
             }

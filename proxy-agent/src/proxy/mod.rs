@@ -276,8 +276,7 @@ where
                 policy: inbound.policy.clone(),
                 workload: Arc::clone(&inbound.workload),
                 metrics: inbound.metrics.connection(peer),
-                upstream: upstream::Upstream::new(inbound.app, pool)
-                    .map_err(std::io::Error::other)?,
+                upstream: upstream::Upstream::new(inbound.app, pool)?,
             });
             let builder = slot.http_builder();
             slot.serve_http(

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::header::HeaderValue;
 use hyper::http::uri::{Authority, Parts, Scheme};
 use hyper::{Request, Response, Uri};
 use hyper_util::client::legacy::Client as PooledClient;
@@ -66,8 +67,9 @@ enum Http1Slot {
 /// The application connections of one inbound connection.
 pub(super) struct Upstream {
     app: SocketAddr,
-    /// `app` as an authority, made once.
+    /// `app` as an authority, and as a `Host` value, made once.
     authority: Authority,
+    host: HeaderValue,
     http1: Mutex<Http1Slot>,
     http2: Mutex<Option<http2::SendRequest<Incoming>>>,
     pool: Pool,
@@ -107,20 +109,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Upstream {
     /// The application connections for one inbound connection; none is
     /// made until a request needs it.
-    pub(super) fn new(app: SocketAddr, pool: Pool) -> Result<Self, hyper::http::uri::InvalidUri> {
+    pub(super) fn new(app: SocketAddr, pool: Pool) -> std::io::Result<Self> {
+        let authority: Authority = app.to_string().parse().map_err(std::io::Error::other)?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(std::io::Error::other)?;
         Ok(Upstream {
             app,
-            authority: app.to_string().parse()?,
+            authority,
+            host,
             http1: Mutex::default(),
             http2: Mutex::default(),
             pool,
         })
     }
 
-    /// The application's address as an authority: the `Host` of a request
-    /// without one, and the authority of absolute-form targets.
-    pub(super) fn authority(&self) -> &Authority {
-        &self.authority
+    /// The application's address as a `Host` value: the `Host` of an
+    /// HTTP/1 request without one.
+    pub(super) fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
     async fn tcp(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
