@@ -262,6 +262,17 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The hidden version directories of `dir`.
+    fn versions(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
+            .filter(|n| n.starts_with("..") && n != DATA)
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn a_rewrite_swaps_every_key_drops_stale_ones_and_keeps_modes() {
         let tmp = tempfile::tempdir().unwrap();
@@ -291,26 +302,7 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.join("tls.key")), 0o600);
         assert_eq!(mode(&dir), 0o700);
-        let versions = fs::read_dir(&dir)
-            .unwrap()
-            .filter(|e| {
-                let n = e.as_ref().unwrap().file_name();
-                let n = n.to_str().unwrap().to_string();
-                n.starts_with("..") && n != DATA
-            })
-            .count();
-        assert_eq!(versions, 1, "the old version is removed");
-    }
-
-    /// The hidden version directories of `dir`.
-    fn versions(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
-            .filter(|n| n.starts_with("..") && n != DATA)
-            .collect();
-        names.sort();
-        names
+        assert_eq!(versions(&dir).len(), 1, "the old version is removed");
     }
 
     #[test]

@@ -125,7 +125,8 @@ pub(crate) fn print_signing_limit(
     issue_alone: Duration,
     spread: Option<(Duration, Duration)>,
 ) {
-    let ratio = per_certify.as_secs_f64() / issue_alone.as_secs_f64().max(1e-12);
+    let over = |alone: Duration| per_certify.as_secs_f64() / alone.as_secs_f64().max(1e-12);
+    let ratio = over(issue_alone);
     let goal = if transport == "tls" && clients == CONCURRENCY[CONCURRENCY.len() - 1] {
         if ratio <= SIGNING_LIMIT_GOAL {
             format!(" (goal <= {SIGNING_LIMIT_GOAL:.2}x: met)")
@@ -140,8 +141,8 @@ pub(crate) fn print_signing_limit(
             " (rounds {:.0}-{:.0} us: {:.2}x-{:.2}x)",
             us(fastest),
             us(slowest),
-            per_certify.as_secs_f64() / slowest.as_secs_f64().max(1e-12),
-            per_certify.as_secs_f64() / fastest.as_secs_f64().max(1e-12),
+            over(slowest),
+            over(fastest),
         )
     });
     println!(
