@@ -129,7 +129,11 @@ struct Run {
     issued: usize,
 }
 
-fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial, tempfile::TempDir) {
+fn run(
+    n: usize,
+    durability: Durability,
+    cold_only: bool,
+) -> (Run, IssuerMaterial, tempfile::TempDir) {
     let dir = tempfile::tempdir_in(
         std::env::var_os("LANYARD_BENCH_DIR")
             .unwrap_or_else(|| std::env::temp_dir().into_os_string()),
@@ -161,6 +165,20 @@ fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial, tempfile::Temp
     let cold = controller.reconcile_all().expect("cold pass");
     let cold_time = start.elapsed();
     assert!(cold.failed.is_empty(), "{:?}", cold.failed.first());
+    if cold_only {
+        // The monotonic clock's readings, for a profiler's time filter
+        // (`perf record -k CLOCK_MONOTONIC`, then `perf report --time`).
+        println!(
+            "cold pass {:.3} s, {} issued; monotonic {:?} .. {:?}",
+            cold_time.as_secs_f64(),
+            cold.issued.len(),
+            start,
+            start + cold_time
+        );
+        drop(controller);
+        drop(dir);
+        std::process::exit(0);
+    }
     let start = stopwatch();
     let steady = controller.reconcile_all().expect("steady pass");
     let steady_time = start.elapsed();
@@ -204,6 +222,11 @@ fn run(n: usize, durability: Durability) -> (Run, IssuerMaterial, tempfile::Temp
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = if quick { 50 } else { 10_000 };
+    // `--cold-only`: one cold pass with deferred flushes and nothing else,
+    // for a profiler to see the pass alone.
+    if std::env::args().any(|a| a == "--cold-only") {
+        run(n, Durability::Deferred, true);
+    }
 
     // Each run's files stay until the end: on ext4, deleting them would
     // slow the next run, whose new inodes skip those deleted in the last
@@ -215,7 +238,7 @@ fn main() {
         ("deferred flush", Durability::Deferred, n),
         ("fsync every write", Durability::Fsync, n / 10),
     ] {
-        let (run, material, dir) = run(n, durability);
+        let (run, material, dir) = run(n, durability, false);
         // Volumes alone, beside the pass's own (the fsync run stages and
         // commits each volume with its own flushes, a bound below a pass's
         // two filesystem flushes).

@@ -25,14 +25,17 @@ pub(super) struct Prepared {
     /// The Certificate as the reconcile saw it (generation, prior status),
     /// for a storage failure's outcome.
     pub(super) certificate: Certificate,
-    pub(super) spec_value: serde_json::Value,
     /// Whether the Secret's current certificate is unexpired; looked at
     /// only when a new Secret is staged (only then can a write fail).
     pub(super) current_usable: bool,
+    /// What the reconcile decided. Its Secret is dropped once staged: a
+    /// pass holds thousands of these between stage and commit.
     pub(super) outcome: crate::reconcile::Outcome,
     pub(super) staged_secret: Option<secrets::StagedSecret>,
-    /// The status record, when it changed.
-    pub(super) record: Option<Record>,
+    /// The status record: the spec seen, and the outcome's status once the
+    /// record changed (`record_changed`).
+    pub(super) record: Record,
+    pub(super) record_changed: bool,
 }
 
 impl Prepared {
@@ -43,24 +46,24 @@ impl Prepared {
         outcome: crate::reconcile::Outcome,
     ) -> Prepared {
         Prepared {
+            record: Record {
+                generation: certificate.metadata.generation.unwrap_or(1),
+                spec: spec_value,
+                status: Default::default(),
+            },
             key,
             certificate,
-            spec_value,
             current_usable: false,
             outcome,
             staged_secret: None,
-            record: None,
+            record_changed: false,
         }
     }
 
     /// Records the outcome's status (to be staged).
     fn with_record(mut self) -> Prepared {
-        let record = Record {
-            generation: self.certificate.metadata.generation.unwrap_or(1),
-            spec: self.spec_value.clone(),
-            status: self.outcome.status.clone(),
-        };
-        self.record = Some(record);
+        self.record.status = self.outcome.status.clone();
+        self.record_changed = true;
         self
     }
 
@@ -181,25 +184,24 @@ impl<C: Clock> LocalController<C> {
         );
         let mut prepared = Prepared::new(key, certificate, spec_value, outcome);
         // Stage first: nothing is visible until `finish_one` commits.
-        if let Some(new_secret) = &prepared.outcome.secret {
+        if let Some(new_secret) = prepared.outcome.secret.take() {
             prepared.current_usable = crate::reconcile::secret_is_unexpired(secret.as_ref(), now);
             match self.secrets.stage(
                 &ns,
                 &prepared.certificate.spec.secret_name,
-                new_secret,
+                &new_secret,
                 flush,
             ) {
                 Ok(staged) => prepared.staged_secret = Some(staged),
-                Err(error) => prepared = prepared.storage_failed("WriteFailed", &error, now),
+                Err(error) => return prepared.storage_failed("WriteFailed", &error, now),
             }
         }
-        let new_record = Record {
-            generation,
-            spec: prepared.spec_value.clone(),
-            status: prepared.outcome.status.clone(),
-        };
-        if record != Some(&new_record) {
-            prepared.record = Some(new_record);
+        if record.is_none_or(|r| {
+            r.generation != generation
+                || r.status != prepared.outcome.status
+                || r.spec != prepared.record.spec
+        }) {
+            prepared = prepared.with_record();
         }
         prepared
     }
@@ -222,8 +224,10 @@ impl<C: Clock> LocalController<C> {
             certificate,
             outcome,
             record,
+            record_changed,
             ..
         } = prepared;
+        let record = record_changed.then_some(record);
         let spec = certificate.spec;
         let (ns, name) = (&key.namespace, &key.name);
         match &outcome.event {

@@ -250,30 +250,30 @@ impl<C: Clock> LocalController<C> {
                 })
                 .collect::<Vec<_>>()
         };
-        let mut prepared: Vec<Prepared> = prepared.into_iter().flatten().collect();
+        // Kept in the order and slots they were made in (no second vector
+        // of thousands of them: a pass's memory is mostly fresh pages).
+        let mut prepared: Vec<Option<Prepared>> = prepared;
         self.check_stop()?;
-        let wrote = prepared.iter().any(|p| p.staged_secret.is_some());
+        let wrote = prepared.iter().flatten().any(|p| p.staged_secret.is_some());
         if fsync
             && wrote
             && let Err(error) = secrets::flush_filesystem(&self.options.state_dir)
         {
             // Nothing staged is known to be on disk: commit none of it.
-            prepared = prepared
-                .into_iter()
-                .map(|p| {
-                    if p.staged_secret.is_some() {
-                        p.storage_failed("WriteFailed", &error, now)
-                    } else {
-                        p
-                    }
-                })
-                .collect();
+            for slot in &mut prepared {
+                if let Some(p) = slot.take_if(|p| p.staged_secret.is_some()) {
+                    *slot = Some(p.storage_failed("WriteFailed", &error, now));
+                }
+            }
         }
         let results = {
             let this = &*self;
             prepared
                 .into_par_iter()
-                .map(|p| (!this.stop.is_triggered()).then(|| this.finish_one(p, false)))
+                .map(|p| {
+                    p.filter(|_| !this.stop.is_triggered())
+                        .map(|p| this.finish_one(p, false))
+                })
                 .collect::<Vec<_>>()
         };
         if fsync
