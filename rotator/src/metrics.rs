@@ -2,46 +2,19 @@
 //! `lanyard_` prefix, plus the expiry of the signing CAs themselves, which
 //! cert-manager does not export. A deleted Certificate's series disappear.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanyard_crds::api::{CertificateSpec, CertificateStatus, GROUP, IssuerKind};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::issuing::IssuerMaterial;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CertificateLabels {
-    name: String,
-    namespace: String,
-    issuer_name: String,
-    issuer_kind: String,
-    issuer_group: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReadyLabels {
-    name: String,
-    namespace: String,
-    condition: String,
-    issuer_name: String,
-    issuer_kind: String,
-    issuer_group: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FailureLabels {
-    name: String,
-    namespace: String,
-    issuer_name: String,
-    issuer_kind: String,
-    issuer_group: String,
-    reason: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IssuerLabels {
@@ -62,10 +35,227 @@ struct CaLabels {
 
 const CONDITIONS: [&str; 3] = ["True", "False", "Unknown"];
 
+/// One Certificate's series, cert-manager's: the issuer it is labelled
+/// with, and the value of each series it has so far.
+#[derive(Debug)]
+struct CertificateSeries {
+    issuer_name: String,
+    issuer_kind: String,
+    issuer_group: String,
+    expiration: Option<i64>,
+    renewal: Option<i64>,
+    /// The current Ready condition, once observed (three series, one 1).
+    ready: Option<&'static str>,
+    issued: Option<u64>,
+    /// Failed attempts by reason.
+    failures: BTreeMap<String, u64>,
+}
+
+impl CertificateSeries {
+    fn new(spec: &CertificateSpec) -> Self {
+        let (issuer_name, issuer_kind, issuer_group) = issuer_labels(spec);
+        CertificateSeries {
+            issuer_name: issuer_name.to_string(),
+            issuer_kind: issuer_kind.to_string(),
+            issuer_group: issuer_group.to_string(),
+            expiration: None,
+            renewal: None,
+            ready: None,
+            issued: None,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    fn labelled_for(&self, spec: &CertificateSpec) -> bool {
+        let (name, kind, group) = issuer_labels(spec);
+        self.issuer_name == name && self.issuer_kind == kind && self.issuer_group == group
+    }
+}
+
+/// The issuer labels of a Certificate's series: name, kind and group, the
+/// defaults filled in.
+fn issuer_labels(spec: &CertificateSpec) -> (&str, &str, &str) {
+    (
+        &spec.issuer_ref.name,
+        spec.issuer_ref
+            .kind
+            .as_deref()
+            .unwrap_or(IssuerKind::Issuer.as_str()),
+        spec.issuer_ref.group.as_deref().unwrap_or(GROUP),
+    )
+}
+
+/// A Certificate's labels, in the order cert-manager writes them.
+fn labels<'a>(
+    namespace: &'a str,
+    name: &'a str,
+    series: &'a CertificateSeries,
+) -> [(&'static str, &'a str); 5] {
+    [
+        ("name", name),
+        ("namespace", namespace),
+        ("issuer_name", &series.issuer_name),
+        ("issuer_kind", &series.issuer_kind),
+        ("issuer_group", &series.issuer_group),
+    ]
+}
+
+/// Reads one gauge's value from a Certificate's series.
+type GaugeOf = fn(&CertificateSeries) -> Option<i64>;
+
+type ByNamespace = BTreeMap<String, BTreeMap<String, CertificateSeries>>;
+
+/// Every Certificate's series, by namespace and name, written out at each
+/// scrape. An update is one lookup by borrowed names under one lock, where
+/// a family per series would hash and clone a label set for each of the
+/// seven series a Certificate has: the cold pass of 10,000 Certificates
+/// spent a tenth of its time there.
+#[derive(Debug, Default)]
+struct Certificates(Mutex<ByNamespace>);
+
+impl Certificates {
+    /// The map, recovered from a poisoned lock as [`Metrics::known`] is:
+    /// each update changes one entry.
+    fn lock(&self) -> MutexGuard<'_, ByNamespace> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `change` to a Certificate's series. A Certificate whose
+    /// issuer changed loses its old series (they carry the old issuer's
+    /// labels) and starts new ones.
+    fn update(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: &CertificateSpec,
+        change: impl FnOnce(&mut CertificateSeries),
+    ) {
+        let mut all = self.lock();
+        let by_name = match all.get_mut(namespace) {
+            Some(by_name) => by_name,
+            None => all.entry(namespace.to_string()).or_default(),
+        };
+        match by_name.get_mut(name) {
+            Some(series) if series.labelled_for(spec) => change(series),
+            _ => {
+                let mut series = CertificateSeries::new(spec);
+                change(&mut series);
+                by_name.insert(name.to_string(), series);
+            }
+        }
+    }
+}
+
+/// Written as a family registered under the same name would be (the
+/// registry ends each help text with a full stop; a collector writes its
+/// own).
+impl Collector for Certificates {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let all = self.lock();
+        let every = || {
+            all.iter().flat_map(|(namespace, by_name)| {
+                by_name
+                    .iter()
+                    .map(move |(name, series)| (namespace.as_str(), name.as_str(), series))
+            })
+        };
+        let gauges: [(&str, &str, GaugeOf); 2] = [
+            (
+                "lanyard_certificate_expiration_timestamp_seconds",
+                "The date after which the certificate expires, as a Unix timestamp.",
+                |s| s.expiration,
+            ),
+            (
+                "lanyard_certificate_renewal_timestamp_seconds",
+                "The time at which the certificate will be renewed, as a Unix timestamp.",
+                |s| s.renewal,
+            ),
+        ];
+        for (metric, help, value) in gauges {
+            if every().any(|(_, _, s)| value(s).is_some()) {
+                let mut family =
+                    encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+                for (namespace, name, series) in every() {
+                    if let Some(v) = value(series) {
+                        ConstGauge::new(v)
+                            .encode(family.encode_family(&labels(namespace, name, series))?)?;
+                    }
+                }
+            }
+        }
+        if every().any(|(_, _, s)| s.ready.is_some()) {
+            let mut family = encoder.encode_descriptor(
+                "lanyard_certificate_ready_status",
+                "The Ready condition of the certificate (1 for the current condition).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (namespace, name, series) in every() {
+                let Some(current) = series.ready else {
+                    continue;
+                };
+                for condition in CONDITIONS {
+                    let [name, namespace, issuer_name, issuer_kind, issuer_group] =
+                        labels(namespace, name, series);
+                    let labels = [
+                        name,
+                        namespace,
+                        ("condition", condition),
+                        issuer_name,
+                        issuer_kind,
+                        issuer_group,
+                    ];
+                    ConstGauge::new(i64::from(condition == current))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        if every().any(|(_, _, s)| s.issued.is_some()) {
+            let mut family = encoder.encode_descriptor(
+                "lanyard_certificate_issued",
+                "Certificates issued.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (namespace, name, series) in every() {
+                if let Some(count) = series.issued {
+                    ConstCounter::new(count)
+                        .encode(family.encode_family(&labels(namespace, name, series))?)?;
+                }
+            }
+        }
+        if every().any(|(_, _, s)| !s.failures.is_empty()) {
+            let mut family = encoder.encode_descriptor(
+                "lanyard_certificate_issuance_failures",
+                "Failed issuance attempts, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (namespace, name, series) in every() {
+                for (reason, count) in &series.failures {
+                    let [name, namespace, issuer_name, issuer_kind, issuer_group] =
+                        labels(namespace, name, series);
+                    let labels = [
+                        name,
+                        namespace,
+                        issuer_name,
+                        issuer_kind,
+                        issuer_group,
+                        ("reason", reason.as_str()),
+                    ];
+                    ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The series one object has, so they can all be removed with it.
 #[derive(Debug, Default)]
 struct Known {
-    certificates: BTreeMap<(String, String), (CertificateLabels, BTreeSet<String>)>,
     issuers: BTreeMap<(IssuerKind, String, String), Vec<CaLabels>>,
 }
 
@@ -73,11 +263,7 @@ struct Known {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    expiration: Family<CertificateLabels, Gauge>,
-    renewal: Family<CertificateLabels, Gauge>,
-    ready: Family<ReadyLabels, Gauge>,
-    issued: Family<CertificateLabels, Counter>,
-    failures: Family<FailureLabels, Counter>,
+    certificates: Arc<Certificates>,
     issuer_ready: Family<IssuerLabels, Gauge>,
     ca_expiration: Family<CaLabels, Gauge>,
     passes: Family<PassLabels, Counter>,
@@ -123,11 +309,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
-            expiration: Family::default(),
-            renewal: Family::default(),
-            ready: Family::default(),
-            issued: Family::default(),
-            failures: Family::default(),
+            certificates: Arc::default(),
             issuer_ready: Family::default(),
             ca_expiration: Family::default(),
             passes: Family::default(),
@@ -141,31 +323,7 @@ impl Metrics {
             known: Mutex::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "lanyard_certificate_expiration_timestamp_seconds",
-            "The date after which the certificate expires, as a Unix timestamp",
-            m.expiration.clone(),
-        );
-        registry.register(
-            "lanyard_certificate_renewal_timestamp_seconds",
-            "The time at which the certificate will be renewed, as a Unix timestamp",
-            m.renewal.clone(),
-        );
-        registry.register(
-            "lanyard_certificate_ready_status",
-            "The Ready condition of the certificate (1 for the current condition)",
-            m.ready.clone(),
-        );
-        registry.register(
-            "lanyard_certificate_issued",
-            "Certificates issued",
-            m.issued.clone(),
-        );
-        registry.register(
-            "lanyard_certificate_issuance_failures",
-            "Failed issuance attempts, by reason",
-            m.failures.clone(),
-        );
+        registry.register_collector(Box::new(Arc::clone(&m.certificates)));
         registry.register(
             "lanyard_issuer_ready_status",
             "The Ready condition of the issuer (1 for the current condition)",
@@ -306,28 +464,6 @@ impl Metrics {
         register(&mut self.registry);
     }
 
-    fn certificate_labels(
-        namespace: &str,
-        name: &str,
-        spec: &CertificateSpec,
-    ) -> CertificateLabels {
-        CertificateLabels {
-            name: name.to_string(),
-            namespace: namespace.to_string(),
-            issuer_name: spec.issuer_ref.name.clone(),
-            issuer_kind: spec
-                .issuer_ref
-                .kind
-                .clone()
-                .unwrap_or_else(|| IssuerKind::Issuer.as_str().to_string()),
-            issuer_group: spec
-                .issuer_ref
-                .group
-                .clone()
-                .unwrap_or_else(|| GROUP.to_string()),
-        }
-    }
-
     /// The series each object has. The map only records which series
     /// exist, and is changed an entry at a time: a panic in a thread that
     /// held the lock leaves it readable, at worst an entry out of date. So
@@ -339,28 +475,6 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn track(&self, labels: &CertificateLabels) {
-        let mut known = self.known();
-        let key = (labels.namespace.clone(), labels.name.clone());
-        let stale = match known.certificates.get(&key) {
-            Some((old, _)) if old != labels => true,
-            Some(_) => false,
-            None => {
-                known
-                    .certificates
-                    .insert(key.clone(), (labels.clone(), BTreeSet::new()));
-                false
-            }
-        };
-        if stale {
-            drop(known);
-            self.forget_certificate(&labels.namespace, &labels.name);
-            self.known()
-                .certificates
-                .insert(key, (labels.clone(), BTreeSet::new()));
-        }
-    }
-
     /// Records a Certificate's status: expiry, renewal time and Ready.
     pub fn observe_certificate(
         &self,
@@ -369,100 +483,53 @@ impl Metrics {
         spec: &CertificateSpec,
         status: &CertificateStatus,
     ) {
-        let labels = Self::certificate_labels(namespace, name, spec);
-        self.track(&labels);
-        if let Some(not_after) = status.not_after {
-            self.expiration
-                .get_or_create(&labels)
-                .set(not_after.timestamp());
-        }
-        if let Some(renewal) = status.renewal_time {
-            self.renewal.get_or_create(&labels).set(renewal.timestamp());
-        }
         let current = status
             .conditions
             .iter()
             .find(|c| c.type_ == "Ready")
             .map_or("Unknown", |c| c.status.as_str());
-        // One label set, its condition changed in place for each series.
-        let mut ready = ReadyLabels {
-            name: labels.name,
-            namespace: labels.namespace,
-            condition: String::new(),
-            issuer_name: labels.issuer_name,
-            issuer_kind: labels.issuer_kind,
-            issuer_group: labels.issuer_group,
-        };
-        for condition in CONDITIONS {
-            ready.condition.clear();
-            ready.condition.push_str(condition);
-            self.ready
-                .get_or_create(&ready)
-                .set(i64::from(condition == current));
-        }
+        let ready = CONDITIONS
+            .into_iter()
+            .find(|c| *c == current)
+            .unwrap_or("Unknown");
+        self.certificates.update(namespace, name, spec, |series| {
+            if let Some(not_after) = status.not_after {
+                series.expiration = Some(not_after.timestamp());
+            }
+            if let Some(renewal) = status.renewal_time {
+                series.renewal = Some(renewal.timestamp());
+            }
+            series.ready = Some(ready);
+        });
     }
 
     /// Counts an issuance.
     pub fn issued(&self, namespace: &str, name: &str, spec: &CertificateSpec) {
-        let labels = Self::certificate_labels(namespace, name, spec);
-        self.track(&labels);
-        self.issued.get_or_create(&labels).inc();
+        self.certificates.update(namespace, name, spec, |series| {
+            *series.issued.get_or_insert(0) += 1;
+        });
     }
 
     /// Counts a failed issuance attempt.
     pub fn failed(&self, namespace: &str, name: &str, spec: &CertificateSpec, reason: &str) {
-        let labels = Self::certificate_labels(namespace, name, spec);
-        self.track(&labels);
-        if let Some((_, reasons)) = self
-            .known()
-            .certificates
-            .get_mut(&(namespace.to_string(), name.to_string()))
-        {
-            reasons.insert(reason.to_string());
-        }
-        self.failures
-            .get_or_create(&FailureLabels {
-                name: labels.name,
-                namespace: labels.namespace,
-                issuer_name: labels.issuer_name,
-                issuer_kind: labels.issuer_kind,
-                issuer_group: labels.issuer_group,
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.certificates.update(namespace, name, spec, |series| {
+            match series.failures.get_mut(reason) {
+                Some(count) => *count += 1,
+                None => {
+                    series.failures.insert(reason.to_string(), 1);
+                }
+            }
+        });
     }
 
     /// Removes every series of a deleted Certificate.
     pub fn forget_certificate(&self, namespace: &str, name: &str) {
-        let removed = self
-            .known()
-            .certificates
-            .remove(&(namespace.to_string(), name.to_string()));
-        let Some((labels, reasons)) = removed else {
-            return;
-        };
-        self.expiration.remove(&labels);
-        self.renewal.remove(&labels);
-        self.issued.remove(&labels);
-        for condition in CONDITIONS {
-            self.ready.remove(&ReadyLabels {
-                name: labels.name.clone(),
-                namespace: labels.namespace.clone(),
-                condition: condition.to_string(),
-                issuer_name: labels.issuer_name.clone(),
-                issuer_kind: labels.issuer_kind.clone(),
-                issuer_group: labels.issuer_group.clone(),
-            });
-        }
-        for reason in reasons {
-            self.failures.remove(&FailureLabels {
-                name: labels.name.clone(),
-                namespace: labels.namespace.clone(),
-                issuer_name: labels.issuer_name.clone(),
-                issuer_kind: labels.issuer_kind.clone(),
-                issuer_group: labels.issuer_group.clone(),
-                reason,
-            });
+        let mut all = self.certificates.lock();
+        if let Some(by_name) = all.get_mut(namespace) {
+            by_name.remove(name);
+            if by_name.is_empty() {
+                all.remove(namespace);
+            }
         }
     }
 
@@ -551,7 +618,15 @@ impl Metrics {
 
     /// The certificates with series now, as `(namespace, name)`.
     pub fn tracked_certificates(&self) -> Vec<(String, String)> {
-        self.known().certificates.keys().cloned().collect()
+        self.certificates
+            .lock()
+            .iter()
+            .flat_map(|(namespace, by_name)| {
+                by_name
+                    .keys()
+                    .map(move |name| (namespace.clone(), name.clone()))
+            })
+            .collect()
     }
 
     /// The issuers with series now, as `(kind, namespace, name)`.
@@ -591,12 +666,14 @@ mod tests {
             scope
                 .spawn(|| {
                     let _held = metrics.known.lock();
-                    panic!("a bug while the metrics lock is held");
+                    let _also = metrics.certificates.0.lock();
+                    panic!("a bug while the metrics locks are held");
                 })
                 .join()
         });
         assert!(panicked.is_err());
         assert!(metrics.known.is_poisoned());
+        assert!(metrics.certificates.0.is_poisoned());
 
         // Every update that takes the lock still works...
         let status = CertificateStatus {
@@ -632,5 +709,99 @@ mod tests {
         );
         assert!(scrape.contains("lanyard_issuer_ready_status{"), "{scrape}");
         assert!(!scrape.contains("name=\"api\""), "{scrape}");
+    }
+
+    fn spec(issuer: &str) -> CertificateSpec {
+        CertificateSpec::new(
+            "web-tls",
+            IssuerRef {
+                name: issuer.into(),
+                kind: None,
+                group: None,
+            },
+        )
+    }
+
+    fn ready(status: &str) -> CertificateStatus {
+        CertificateStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: status.into(),
+                reason: None,
+                message: None,
+                last_transition_time: None,
+                observed_generation: None,
+            }],
+            not_after: Some("2026-01-02T00:00:00Z".parse().unwrap()),
+            renewal_time: Some("2026-01-01T16:00:00Z".parse().unwrap()),
+            ..CertificateStatus::default()
+        }
+    }
+
+    /// The scrape's lines about Certificates, sorted (series of one family
+    /// have no fixed order in the exposition).
+    fn certificate_lines(metrics: &Metrics) -> Vec<String> {
+        let mut lines: Vec<String> = metrics
+            .encode()
+            .lines()
+            .filter(|l| l.contains("lanyard_certificate"))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn a_certificates_series_carry_cert_managers_names_labels_and_types() {
+        let metrics = Metrics::new();
+        assert!(
+            certificate_lines(&metrics).is_empty(),
+            "no series, no family"
+        );
+        metrics.observe_certificate("linkerd", "web", &spec("identity"), &ready("True"));
+        metrics.issued("linkerd", "web", &spec("identity"));
+        metrics.issued("linkerd", "web", &spec("identity"));
+        metrics.failed("linkerd", "web", &spec("identity"), "IssuerNotFound");
+        let labels = r#"name="web",namespace="linkerd""#;
+        let issuer = r#"issuer_name="identity",issuer_kind="Issuer",issuer_group="lanyard.dev""#;
+        let mut want = vec![
+            "# HELP lanyard_certificate_expiration_timestamp_seconds The date after which the certificate expires, as a Unix timestamp.".to_string(),
+            "# TYPE lanyard_certificate_expiration_timestamp_seconds gauge".to_string(),
+            format!("lanyard_certificate_expiration_timestamp_seconds{{{labels},{issuer}}} 1767312000"),
+            "# HELP lanyard_certificate_renewal_timestamp_seconds The time at which the certificate will be renewed, as a Unix timestamp.".to_string(),
+            "# TYPE lanyard_certificate_renewal_timestamp_seconds gauge".to_string(),
+            format!("lanyard_certificate_renewal_timestamp_seconds{{{labels},{issuer}}} 1767283200"),
+            "# HELP lanyard_certificate_ready_status The Ready condition of the certificate (1 for the current condition).".to_string(),
+            "# TYPE lanyard_certificate_ready_status gauge".to_string(),
+            format!(r#"lanyard_certificate_ready_status{{{labels},condition="True",{issuer}}} 1"#),
+            format!(r#"lanyard_certificate_ready_status{{{labels},condition="False",{issuer}}} 0"#),
+            format!(r#"lanyard_certificate_ready_status{{{labels},condition="Unknown",{issuer}}} 0"#),
+            "# HELP lanyard_certificate_issued Certificates issued.".to_string(),
+            "# TYPE lanyard_certificate_issued counter".to_string(),
+            format!("lanyard_certificate_issued_total{{{labels},{issuer}}} 2"),
+            "# HELP lanyard_certificate_issuance_failures Failed issuance attempts, by reason.".to_string(),
+            "# TYPE lanyard_certificate_issuance_failures counter".to_string(),
+            format!(r#"lanyard_certificate_issuance_failures_total{{{labels},{issuer},reason="IssuerNotFound"}} 1"#),
+        ];
+        want.sort();
+        assert_eq!(certificate_lines(&metrics), want);
+
+        // The Certificate moves to another issuer: the series labelled
+        // with the old one go, new ones start from nothing.
+        metrics.observe_certificate("linkerd", "web", &spec("other"), &ready("False"));
+        let lines = certificate_lines(&metrics).join("\n");
+        assert!(!lines.contains(r#"issuer_name="identity""#), "{lines}");
+        assert!(
+            !lines.contains("lanyard_certificate_issued_total"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains(r#"condition="False",issuer_name="other",issuer_kind="Issuer",issuer_group="lanyard.dev"} 1"#),
+            "{lines}"
+        );
+
+        metrics.forget_certificate("linkerd", "web");
+        assert!(certificate_lines(&metrics).is_empty());
+        assert!(metrics.tracked_certificates().is_empty());
     }
 }
