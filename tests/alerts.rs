@@ -143,9 +143,10 @@ fn string_literal(s: &str) -> Option<(&str, &str)> {
 
 /// The series the components export, read from their sources: each
 /// `.register("name", "help", self.field.clone())` and the declared type
-/// of `field` (or of the type alias it names). The first set holds full
-/// names; the second the ends of names registered under a caller's prefix
-/// (`format!("{prefix}_connections_open")`).
+/// of `field` (or of the type alias it names), and each family a collector
+/// writes with `.encode_descriptor("name", "help", None, MetricType::Kind)`.
+/// The first set holds full names; the second the ends of names registered
+/// under a caller's prefix (`format!("{prefix}_connections_open")`).
 fn exported_series() -> (BTreeSet<String>, BTreeSet<String>) {
     // `type Name = Family<..., Histogram>;` anywhere in the sources.
     let aliases: BTreeMap<&str, &str> = METRIC_SOURCES
@@ -211,6 +212,25 @@ fn exported_series() -> (BTreeSet<String>, BTreeSet<String>) {
             } else {
                 named.extend(series);
             }
+        }
+    }
+    // Families a collector writes at scrape time:
+    // `encode_descriptor("name", "help", None, MetricType::Kind)`.
+    for (path, source) in METRIC_SOURCES {
+        let mut rest = source;
+        while let Some(at) = rest.find(".encode_descriptor(") {
+            rest = &rest[at + ".encode_descriptor(".len()..];
+            let Some((name, after)) = string_literal(rest) else {
+                continue;
+            };
+            let kind = after
+                .split_once("MetricType::")
+                .and_then(|(_, kind)| kind.split(|c: char| !c.is_alphanumeric()).next())
+                .unwrap_or_else(|| panic!("{path}: no MetricType after {name}"));
+            named.extend(
+                series_of(name, kind)
+                    .unwrap_or_else(|| panic!("{path}: {name} has a type this test cannot read")),
+            );
         }
     }
     assert!(

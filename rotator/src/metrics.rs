@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanyard_crds::api::{CertificateSpec, CertificateStatus, GROUP, IssuerKind};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -100,8 +100,19 @@ fn labels<'a>(
     ]
 }
 
-/// Reads one gauge's value from a Certificate's series.
-type GaugeOf = fn(&CertificateSeries) -> Option<i64>;
+/// Writes one gauge of every Certificate that has it.
+fn gauges<'a>(
+    mut family: MetricEncoder<'_>,
+    every: impl Iterator<Item = (&'a str, &'a str, &'a CertificateSeries)>,
+    value: impl Fn(&CertificateSeries) -> Option<i64>,
+) -> Result<(), std::fmt::Error> {
+    for (namespace, name, series) in every {
+        if let Some(v) = value(series) {
+            ConstGauge::new(v).encode(family.encode_family(&labels(namespace, name, series))?)?;
+        }
+    }
+    Ok(())
+}
 
 type ByNamespace = BTreeMap<String, BTreeMap<String, CertificateSeries>>;
 
@@ -161,29 +172,23 @@ impl Collector for Certificates {
                     .map(move |(name, series)| (namespace.as_str(), name.as_str(), series))
             })
         };
-        let gauges: [(&str, &str, GaugeOf); 2] = [
-            (
+        if every().any(|(_, _, s)| s.expiration.is_some()) {
+            let family = encoder.encode_descriptor(
                 "lanyard_certificate_expiration_timestamp_seconds",
                 "The date after which the certificate expires, as a Unix timestamp.",
-                |s| s.expiration,
-            ),
-            (
+                None,
+                MetricType::Gauge,
+            )?;
+            gauges(family, every(), |s| s.expiration)?;
+        }
+        if every().any(|(_, _, s)| s.renewal.is_some()) {
+            let family = encoder.encode_descriptor(
                 "lanyard_certificate_renewal_timestamp_seconds",
                 "The time at which the certificate will be renewed, as a Unix timestamp.",
-                |s| s.renewal,
-            ),
-        ];
-        for (metric, help, value) in gauges {
-            if every().any(|(_, _, s)| value(s).is_some()) {
-                let mut family =
-                    encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
-                for (namespace, name, series) in every() {
-                    if let Some(v) = value(series) {
-                        ConstGauge::new(v)
-                            .encode(family.encode_family(&labels(namespace, name, series))?)?;
-                    }
-                }
-            }
+                None,
+                MetricType::Gauge,
+            )?;
+            gauges(family, every(), |s| s.renewal)?;
         }
         if every().any(|(_, _, s)| s.ready.is_some()) {
             let mut family = encoder.encode_descriptor(
