@@ -43,7 +43,7 @@
 //! figures are still reported and the peer is said to be skipped.
 //!
 //! `CERTIFY_PROFILE=plaintext:10` (or `tls:10`) runs Lanyard alone at 16
-//! clients for that many seconds, its requests prepared first; it prints
+//! clients (`tls:10:1`: at one) for that many seconds, its requests prepared first; it prints
 //! the process id two seconds before timing starts, for `perf record -p`.
 //! No cfssl, no figures beyond that run's row.
 
@@ -188,20 +188,29 @@ fn measure(
     }
 }
 
-/// `CERTIFY_PROFILE=<plaintext|tls>:<seconds>`: Lanyard alone at the
-/// highest concurrency for that long, for a profiler.
-fn profile_request() -> Option<(bool, Duration)> {
+/// `CERTIFY_PROFILE=<plaintext|tls>:<seconds>[:<clients>]`: Lanyard alone
+/// for that long, at the highest concurrency or the one given, for a
+/// profiler.
+fn profile_request() -> Option<(bool, Duration, usize)> {
     let value = std::env::var("CERTIFY_PROFILE").ok()?;
-    let (transport, seconds) = value
-        .split_once(':')
-        .expect("CERTIFY_PROFILE is <plaintext|tls>:<seconds>");
-    let tls = match transport {
+    let mut fields = value.split(':');
+    let usage = "CERTIFY_PROFILE is <plaintext|tls>:<seconds>[:<clients>]";
+    let tls = match fields.next().expect(usage) {
         "plaintext" => false,
         "tls" => true,
         other => panic!("CERTIFY_PROFILE: unknown transport `{other}`"),
     };
-    let seconds: u64 = seconds.parse().expect("CERTIFY_PROFILE: whole seconds");
-    Some((tls, Duration::from_secs(seconds)))
+    let seconds: u64 = fields
+        .next()
+        .expect(usage)
+        .parse()
+        .expect("CERTIFY_PROFILE: whole seconds");
+    let clients = fields
+        .next()
+        .map_or(CONCURRENCY[CONCURRENCY.len() - 1], |n| {
+            n.parse().expect("CERTIFY_PROFILE: a number of clients")
+        });
+    Some((tls, Duration::from_secs(seconds), clients))
 }
 
 fn profile(
@@ -210,8 +219,8 @@ fn profile(
     clients_rt: &Runtime,
     tls: bool,
     duration: Duration,
+    concurrency: usize,
 ) {
-    let concurrency = CONCURRENCY[CONCURRENCY.len() - 1];
     let transport = if tls { "tls" } else { "plaintext" };
     let server = start_lanyard(server_rt, clients_rt, fixture, tls);
     let name = fixture.service_identity().to_string();
@@ -259,8 +268,15 @@ fn main() {
     let mut fixture = Fixture::new();
     let server_rt = server_runtime();
     let clients_rt = clients_runtime();
-    if let Some((tls, duration)) = profile_request() {
-        profile(&mut fixture, &server_rt, &clients_rt, tls, duration);
+    if let Some((tls, duration, clients)) = profile_request() {
+        profile(
+            &mut fixture,
+            &server_rt,
+            &clients_rt,
+            tls,
+            duration,
+            clients,
+        );
         server_rt.shutdown_background();
         clients_rt.shutdown_background();
         return;
