@@ -61,9 +61,15 @@ impl Prepared {
     }
 
     /// Records the outcome's status (to be staged).
-    fn with_record(mut self) -> Prepared {
+    fn with_record(self) -> Prepared {
+        self.with_record_unless(None)
+    }
+
+    /// Records the outcome's status, to be staged when it differs from
+    /// what was recorded before.
+    fn with_record_unless(mut self, recorded: Option<&Record>) -> Prepared {
         self.record.status = self.outcome.status.clone();
-        self.record_changed = true;
+        self.record_changed = recorded != Some(&self.record);
         self
     }
 
@@ -196,14 +202,7 @@ impl<C: Clock> LocalController<C> {
                 Err(error) => return prepared.storage_failed("WriteFailed", &error, now),
             }
         }
-        if record.is_none_or(|r| {
-            r.generation != generation
-                || r.status != prepared.outcome.status
-                || r.spec != prepared.record.spec
-        }) {
-            prepared = prepared.with_record();
-        }
-        prepared
+        prepared.with_record_unless(record)
     }
 
     /// The second half: makes the staged Secret visible, then counts and

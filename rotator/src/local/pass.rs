@@ -238,7 +238,9 @@ impl<C: Clock> LocalController<C> {
         // then commit (renames) and flush the renames once more. A stop
         // asked for meanwhile discards what was staged.
         let fsync = self.secrets.durability() == Durability::Fsync;
-        let prepared = {
+        // Kept in the order and slots they were made in (no second vector
+        // of thousands of them: a pass's memory is mostly fresh pages).
+        let mut prepared: Vec<Option<Prepared>> = {
             let this = &*self;
             let materials = &materials;
             let certificates = &certificates;
@@ -250,9 +252,6 @@ impl<C: Clock> LocalController<C> {
                 })
                 .collect::<Vec<_>>()
         };
-        // Kept in the order and slots they were made in (no second vector
-        // of thousands of them: a pass's memory is mostly fresh pages).
-        let mut prepared: Vec<Option<Prepared>> = prepared;
         self.check_stop()?;
         let wrote = prepared.iter().flatten().any(|p| p.staged_secret.is_some());
         if fsync
