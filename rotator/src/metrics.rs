@@ -44,7 +44,8 @@ struct CertificateSeries {
     issuer_group: String,
     expiration: Option<i64>,
     renewal: Option<i64>,
-    /// The current Ready condition, once observed (three series, one 1).
+    /// The current Ready condition, once observed (three series, one 1;
+    /// empty for a status that is none of the three).
     ready: Option<&'static str>,
     issued: Option<u64>,
     /// Failed attempts by reason.
@@ -100,15 +101,16 @@ fn labels<'a>(
     ]
 }
 
-/// Writes one gauge of every Certificate that has it.
-fn gauges<'a>(
+/// Writes one series of every Certificate that has it, labelled with
+/// [`labels`].
+fn write_each<'a, M: EncodeMetric>(
     mut family: MetricEncoder<'_>,
     every: impl Iterator<Item = (&'a str, &'a str, &'a CertificateSeries)>,
-    value: impl Fn(&CertificateSeries) -> Option<i64>,
+    value: impl Fn(&CertificateSeries) -> Option<M>,
 ) -> Result<(), std::fmt::Error> {
     for (namespace, name, series) in every {
-        if let Some(v) = value(series) {
-            ConstGauge::new(v).encode(family.encode_family(&labels(namespace, name, series))?)?;
+        if let Some(metric) = value(series) {
+            metric.encode(family.encode_family(&labels(namespace, name, series))?)?;
         }
     }
     Ok(())
@@ -179,7 +181,7 @@ impl Collector for Certificates {
                 None,
                 MetricType::Gauge,
             )?;
-            gauges(family, every(), |s| s.expiration)?;
+            write_each(family, every(), |s| s.expiration.map(ConstGauge::new))?;
         }
         if every().any(|(_, _, s)| s.renewal.is_some()) {
             let family = encoder.encode_descriptor(
@@ -188,7 +190,7 @@ impl Collector for Certificates {
                 None,
                 MetricType::Gauge,
             )?;
-            gauges(family, every(), |s| s.renewal)?;
+            write_each(family, every(), |s| s.renewal.map(ConstGauge::new))?;
         }
         if every().any(|(_, _, s)| s.ready.is_some()) {
             let mut family = encoder.encode_descriptor(
@@ -218,18 +220,13 @@ impl Collector for Certificates {
             }
         }
         if every().any(|(_, _, s)| s.issued.is_some()) {
-            let mut family = encoder.encode_descriptor(
+            let family = encoder.encode_descriptor(
                 "lanyard_certificate_issued",
                 "Certificates issued.",
                 None,
                 MetricType::Counter,
             )?;
-            for (namespace, name, series) in every() {
-                if let Some(count) = series.issued {
-                    ConstCounter::new(count)
-                        .encode(family.encode_family(&labels(namespace, name, series))?)?;
-                }
-            }
+            write_each(family, every(), |s| s.issued.map(ConstCounter::new))?;
         }
         if every().any(|(_, _, s)| !s.failures.is_empty()) {
             let mut family = encoder.encode_descriptor(
@@ -493,10 +490,9 @@ impl Metrics {
             .iter()
             .find(|c| c.type_ == "Ready")
             .map_or("Unknown", |c| c.status.as_str());
-        let ready = CONDITIONS
-            .into_iter()
-            .find(|c| *c == current)
-            .unwrap_or("Unknown");
+        // A status outside the three (none the controller writes) sets
+        // none of them to 1.
+        let ready = CONDITIONS.into_iter().find(|c| *c == current).unwrap_or("");
         self.certificates.update(namespace, name, spec, |series| {
             if let Some(not_after) = status.not_after {
                 series.expiration = Some(not_after.timestamp());
@@ -808,5 +804,14 @@ mod tests {
         metrics.forget_certificate("linkerd", "web");
         assert!(certificate_lines(&metrics).is_empty());
         assert!(metrics.tracked_certificates().is_empty());
+
+        // A Ready status that is none of the three sets none of them.
+        metrics.observe_certificate("linkerd", "web", &spec("identity"), &ready("Maybe"));
+        let ready: Vec<String> = certificate_lines(&metrics)
+            .into_iter()
+            .filter(|l| l.starts_with("lanyard_certificate_ready_status{"))
+            .collect();
+        assert_eq!(ready.len(), 3, "{ready:?}");
+        assert!(ready.iter().all(|l| l.ends_with(" 0")), "{ready:?}");
     }
 }
